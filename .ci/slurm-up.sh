@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Start a one-node Slurm cluster on this host (Debian/Ubuntu, run as root).
+#
+#   .ci/slurm-up.sh          # install if needed, configure, start, wait until idle
+#   .ci/slurm-down.sh        # stop the daemons again
+#
+# Idempotent: a second call with the daemons already up and the same
+# configuration only checks that the node is idle.
+#
+# Environment (all optional):
+#   SLURM_CI_PARTITION   partition name                       (default: debug)
+#   SLURM_CI_CPUS        CPUs advertised for the node          (default: nproc)
+#                        more than nproc oversubscribes the cores, which helps a
+#                        CI run of many short, mostly idle jobs
+#   SLURM_CI_MEM_MB      RealMemory in MB                      (default: 80% of RAM,
+#                                                               at least 1 GiB left free)
+#   SLURM_CI_TIMEOUT     seconds to wait for the node to become idle (default: 90)
+#   SLURM_CI_STATE       state/spool/log root                  (default: /var/spool/slurm-ci)
+#
+# Accounting is off (no slurmdbd): `sacct` does not work, job states come from
+# `squeue`, which keeps finished jobs for MinJobAge seconds (set high on purpose).
+set -euo pipefail
+
+PARTITION="${SLURM_CI_PARTITION:-debug}"
+TIMEOUT="${SLURM_CI_TIMEOUT:-90}"
+STATE="${SLURM_CI_STATE:-/var/spool/slurm-ci}"
+LOGDIR="$STATE/log"
+CONF_DIR=/etc/slurm
+CONF="$CONF_DIR/slurm.conf"
+
+say() { echo "slurm-up: $*"; }
+die() {
+    echo "slurm-up: error: $*" >&2
+    for f in "$LOGDIR/slurmctld.log" "$LOGDIR/slurmd.log" "$LOGDIR/munged.log"; do
+        if [ -s "$f" ]; then
+            echo "----- tail of $f -----" >&2
+            tail -n 30 "$f" >&2
+        fi
+    done
+    exit 1
+}
+
+[ "$(id -u)" = 0 ] || die "must run as root (installs packages and starts daemons)"
+
+# ---------------------------------------------------------------- packages
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
+    || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null; then
+    say "installing slurm-wlm and munge"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null \
+        || die "apt-get install slurm-wlm munge failed"
+fi
+
+# ---------------------------------------------------------------- sizes
+HOST="$(hostname -s)"
+NCPU="$(nproc)"
+CPUS="${SLURM_CI_CPUS:-$NCPU}"
+TOTAL_MB="$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)"
+if [ -n "${SLURM_CI_MEM_MB:-}" ]; then
+    MEM_MB="$SLURM_CI_MEM_MB"
+else
+    MEM_MB=$(( TOTAL_MB * 8 / 10 ))
+    if [ $(( TOTAL_MB - MEM_MB )) -lt 1024 ]; then MEM_MB=$(( TOTAL_MB - 1024 )); fi
+    if [ "$MEM_MB" -lt 256 ]; then MEM_MB=256; fi
+fi
+DEF_MEM_PER_CPU=$(( MEM_MB / CPUS ))
+# The host's real core layout; when CPUS differs slurmd must accept the
+# configured value instead of the detected one.
+OVERRIDES=""
+if [ "$CPUS" != "$NCPU" ]; then OVERRIDES="SlurmdParameters=config_overrides"; fi
+
+mkdir -p "$STATE/ctld" "$STATE/d" "$LOGDIR" "$CONF_DIR"
+
+# ---------------------------------------------------------------- slurm.conf
+NEW_CONF="$(mktemp)"
+trap 'rm -f "$NEW_CONF"' EXIT
+cat >"$NEW_CONF" <<EOF
+# One-node Slurm for CI and local testing (written by .ci/slurm-up.sh).
+ClusterName=aotci
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=none
+ReturnToService=2
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=$LOGDIR/slurmctld.log
+SlurmdLogFile=$LOGDIR/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# cgroups are often unavailable in containers: track processes by parentage.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+# No accounting daemon: sacct is unavailable, squeue is the status source.
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+# Keep finished jobs visible to squeue for a day (status polling relies on it).
+MinJobAge=86400
+MaxJobCount=100000
+KillWait=30
+InactiveLimit=0
+Waittime=0
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$DEF_MEM_PER_CPU
+$OVERRIDES
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+
+CONF_CHANGED=0
+if ! cmp -s "$NEW_CONF" "$CONF"; then
+    install -m 0644 "$NEW_CONF" "$CONF"
+    CONF_CHANGED=1
+    say "wrote $CONF (node $HOST, CPUs=$CPUS, RealMemory=${MEM_MB}MB, partition $PARTITION)"
+fi
+# task/none + linuxproc need no cgroup.conf; an old one from a cgroup setup
+# would only produce warnings, so leave any existing file alone.
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# ---------------------------------------------------------------- munge
+if [ ! -s /etc/munge/munge.key ]; then
+    say "creating munge key"
+    mkdir -p /etc/munge
+    if command -v mungekey >/dev/null; then
+        mungekey --create --keyfile=/etc/munge/munge.key --force
+    else
+        dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
+    fi
+fi
+chown -R munge:munge /etc/munge
+chmod 0700 /etc/munge
+chmod 0400 /etc/munge/munge.key
+mkdir -p /run/munge /var/lib/munge /var/log/munge
+chown munge:munge /run/munge /var/lib/munge /var/log/munge
+chmod 0755 /run/munge
+if ! munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
+    say "starting munged"
+    runuser -u munge -- /usr/sbin/munged --force >>"$LOGDIR/munged.log" 2>&1 \
+        || die "munged failed to start"
+    for _ in $(seq 1 20); do
+        munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    munge -n </dev/null | unmunge >/dev/null 2>&1 || die "munge does not work"
+fi
+
+# ---------------------------------------------------------------- daemons
+if [ "$CONF_CHANGED" = 1 ]; then
+    # configuration changed: restart whatever runs with the old one
+    for pidf in "$STATE/slurmd.pid" "$STATE/slurmctld.pid"; do
+        if alive "$pidf"; then
+            kill "$(cat "$pidf")" || true
+            for _ in $(seq 1 40); do alive "$pidf" || break; sleep 0.25; done
+        fi
+    done
+fi
+if ! alive "$STATE/slurmctld.pid"; then
+    say "starting slurmctld (log: $LOGDIR/slurmctld.log)"
+    /usr/sbin/slurmctld -f "$CONF" >>"$LOGDIR/slurmctld.out" 2>&1 \
+        || die "slurmctld failed to start"
+fi
+if ! alive "$STATE/slurmd.pid"; then
+    say "starting slurmd (log: $LOGDIR/slurmd.log)"
+    /usr/sbin/slurmd -f "$CONF" >>"$LOGDIR/slurmd.out" 2>&1 \
+        || die "slurmd failed to start"
+fi
+
+# ---------------------------------------------------------------- wait for idle
+deadline=$(( $(date +%s) + TIMEOUT ))
+resumed=0
+while :; do
+    state="$(sinfo -h -n "$HOST" -o '%T' 2>/dev/null | head -n1 || true)"
+    case "$state" in
+        idle|mixed|allocated|completing)
+            break ;;
+        down*|drain*|fail*|"unknown"*|"")
+            # come up down/drained (e.g. after an unclean stop): put it back
+            if [ -n "$state" ] && [ "$resumed" -lt 3 ] && [[ "$state" != unknown* ]]; then
+                scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
+                resumed=$(( resumed + 1 ))
+            fi ;;
+    esac
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        sinfo -N -l >&2 || true
+        scontrol show node "$HOST" 2>&1 | grep -E 'State|Reason' >&2 || true
+        die "node $HOST not idle after ${TIMEOUT}s (state: '${state:-no answer from slurmctld}')"
+    fi
+    sleep 1
+done
+say "node $HOST is $state; partition $PARTITION ready"
+sinfo

@@ -1,0 +1,738 @@
+"""Datasets in EDM's format, and their preparation.
+
+The format is the one NVlabs/edm's `dataset_tool.py` writes: a zip archive (stored, not deflated) or
+a folder of PNG images named `00000/img00000000.png`, `00000/img00000001.png`, ... plus a
+`dataset.json` at the root holding `{"labels": [["00000/img00000000.png", 6], ...]}` (or
+`{"labels": null}`). EDM's own `cifar10-32x32.zip` loads unchanged, and archives written here load
+in EDM.
+
+Command line:
+
+    python -m aot.data cifar10 --source URL_OR_TARBALL [--md5 HEX | --sha256 HEX] --dest out.zip
+    python -m aot.data digits --resolution 8 --dest out.zip
+    python -m aot.data info PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import struct
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import PIL.Image
+
+from .utils import Progress, UserError, atomic_path, cli_main
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_TARBALL_NAME = "cifar-10-python.tar.gz"
+LABELS_FILE = "dataset.json"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> channels as numpy sees them (palette: indices)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def _file_ext(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+def _image_extensions() -> set[str]:
+    PIL.Image.init()
+    return set(PIL.Image.EXTENSION)
+
+
+def _decode_image(data: bytes, fname: str, where: str) -> np.ndarray:
+    """PNG/JPEG/... bytes -> uint8 CHW array (as EDM's loader: HW -> HW1 -> CHW)."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as img:
+            image = np.array(img)
+    except (OSError, ValueError, SyntaxError, zlib.error) as exc:
+        raise UserError(f"dataset {where}: image {fname} cannot be decoded ({exc})") from None
+    if image.dtype != np.uint8:
+        raise UserError(f"dataset {where}: image {fname} is not 8-bit (dtype {image.dtype})")
+    if image.ndim == 2:
+        image = image[:, :, np.newaxis]
+    return image.transpose(2, 0, 1)
+
+
+def _header_attrs(head: bytes, opener, fname: str, where: str) -> tuple[int, int, int]:
+    """(channels, height, width) from a PNG header, or from PIL's lazy open for other formats."""
+    if head[:8] == _PNG_SIGNATURE and len(head) >= 26 and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        bit_depth, colour = head[24], head[25]
+        if bit_depth != 8 and colour != 3:
+            raise UserError(f"dataset {where}: image {fname} is not 8-bit (PNG bit depth {bit_depth})")
+        if colour not in _PNG_CHANNELS:
+            raise UserError(f"dataset {where}: image {fname} has an invalid PNG colour type {colour}")
+        return _PNG_CHANNELS[colour], height, width
+    try:
+        with opener() as f, PIL.Image.open(f) as img:
+            width, height = img.size
+            channels = len(img.getbands())
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"dataset {where}: image {fname} cannot be read ({exc})") from None
+    return channels, height, width
+
+
+class ImageFolderDataset:
+    """Images and labels from a zip archive or folder in EDM's format (like EDM's class of that name).
+
+    `ds[i]` returns `(uint8 CHW array, float32 label)` where the label is one-hot for integer labels
+    (EDM's convention) and has length 0 when labels are off or absent. `max_size` keeps a random but
+    fixed subset (EDM's `random_seed` shuffle, then sorted); `xflip` doubles the dataset with
+    mirrored copies. On opening, every image header is checked: a dataset with mixed resolutions or
+    channel counts, non-square images, or (with `require_labels`) no labels fails with a UserError
+    naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, resolution: int | None = None, use_labels: bool = True,
+                 max_size: int | None = None, xflip: bool = False, random_seed: int = 0,
+                 cache: bool = False, require_labels: bool = False, check: bool = True) -> None:
+        self._path = str(path)
+        self._zipfile: zipfile.ZipFile | None = None
+        p = Path(self._path)
+        if p.is_dir():
+            self._type = "dir"
+            self._all_fnames = {
+                os.path.relpath(os.path.join(root, fname), start=self._path).replace("\\", "/")
+                for root, _dirs, files in os.walk(self._path) for fname in files
+            }
+        elif p.is_file():
+            if _file_ext(self._path) != ".zip":
+                raise UserError(f"dataset {self._path} is neither a folder nor a .zip archive")
+            self._type = "zip"
+            try:
+                self._all_fnames = set(self._get_zipfile().namelist())
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise UserError(f"dataset {self._path} is not a readable zip archive (truncated or corrupt: {exc})") from None
+        else:
+            raise UserError(f"dataset {self._path} does not exist")
+
+        exts = _image_extensions()
+        self._image_fnames = sorted(f for f in self._all_fnames if _file_ext(f) in exts)
+        if not self._image_fnames:
+            raise UserError(f"dataset {self._path} contains no image files")
+        self._name = os.path.splitext(os.path.basename(self._path.rstrip("/")))[0]
+
+        first = self._load_raw_image(0)
+        c, h, w = first.shape
+        if h != w:
+            raise UserError(f"dataset {self._path}: image {self._image_fnames[0]} is not square ({w}x{h})")
+        if resolution is not None and h != resolution:
+            raise UserError(f"dataset {self._path} has resolution {h}, expected {resolution}")
+        self._raw_shape = [len(self._image_fnames), c, h, w]
+        if check:
+            self._check_headers()
+
+        self._use_labels = bool(use_labels)
+        self._cache = cache
+        self._cached_images: dict[int, np.ndarray] = {}
+        self._raw_labels: np.ndarray | None = None
+        self._label_shape: list[int] | None = None
+
+        self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
+        if max_size is not None and self._raw_idx.size > max_size:
+            np.random.RandomState(random_seed % (1 << 31)).shuffle(self._raw_idx)
+            self._raw_idx = np.sort(self._raw_idx[:max_size])
+        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
+        if xflip:
+            self._raw_idx = np.tile(self._raw_idx, 2)
+            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
+
+        if require_labels:
+            if not self._use_labels:
+                raise UserError("require_labels needs use_labels=True")
+            if LABELS_FILE not in self._all_fnames:
+                raise UserError(f"dataset {self._path} has no {LABELS_FILE}, but labels are required")
+            if not self.has_labels:
+                raise UserError(f"dataset {self._path}: {LABELS_FILE} holds no labels, but labels are required")
+        elif self._use_labels:
+            self._get_raw_labels()  # fail early on a malformed label file
+
+    # -- files --------------------------------------------------------------------------------
+
+    def _get_zipfile(self) -> zipfile.ZipFile:
+        if self._zipfile is None:
+            self._zipfile = zipfile.ZipFile(self._path)
+        return self._zipfile
+
+    def _open_file(self, fname: str):
+        if self._type == "dir":
+            return open(os.path.join(self._path, fname), "rb")
+        return self._get_zipfile().open(fname, "r")
+
+    def _read_bytes(self, fname: str) -> bytes:
+        try:
+            with self._open_file(fname) as f:
+                return f.read()
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise UserError(f"dataset {self._path}: {fname} cannot be read (truncated or corrupt: {exc})") from None
+
+    def _check_headers(self) -> None:
+        """Every image has the first image's channels and resolution (headers only, no decoding)."""
+        c, h, w = self._raw_shape[1:]
+        for fname in self._image_fnames:
+            try:
+                with self._open_file(fname) as f:
+                    head = f.read(33)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                raise UserError(f"dataset {self._path}: {fname} cannot be read (truncated or corrupt: {exc})") from None
+            attrs = _header_attrs(head, lambda fn=fname: self._open_file(fn), fname, self._path)
+            if attrs != (c, h, w):
+                ac, ah, aw = attrs
+                if ah != aw:
+                    raise UserError(f"dataset {self._path}: image {fname} is not square ({aw}x{ah})")
+                raise UserError(
+                    f"dataset {self._path} mixes image shapes: {fname} is {ac}x{ah}x{aw} (CxHxW) "
+                    f"but {self._image_fnames[0]} is {c}x{h}x{w}")
+
+    def close(self) -> None:
+        try:
+            if self._zipfile is not None:
+                self._zipfile.close()
+        finally:
+            self._zipfile = None
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _zipfile=None, _raw_labels=None)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _load_raw_image(self, raw_idx: int) -> np.ndarray:
+        fname = self._image_fnames[raw_idx]
+        return _decode_image(self._read_bytes(fname), fname, self._path)
+
+    def _load_raw_labels(self) -> np.ndarray | None:
+        if LABELS_FILE not in self._all_fnames:
+            return None
+        try:
+            labels = json.loads(self._read_bytes(LABELS_FILE))["labels"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"dataset {self._path}: {LABELS_FILE} is malformed ({type(exc).__name__}: {exc})") from None
+        if labels is None:
+            return None
+        try:
+            labels = dict(labels)
+        except (TypeError, ValueError):
+            raise UserError(f"dataset {self._path}: {LABELS_FILE} 'labels' is not a list of [file, label] pairs") from None
+        missing = [f for f in self._image_fnames if f not in labels]
+        if missing:
+            raise UserError(f"dataset {self._path}: {LABELS_FILE} has no label for {missing[0]} "
+                            f"({len(missing)} images unlabelled)")
+        try:
+            arr = np.array([labels[f] for f in self._image_fnames])
+            arr = arr.astype({1: np.int64, 2: np.float32}[arr.ndim])
+        except (KeyError, ValueError, TypeError):
+            raise UserError(f"dataset {self._path}: {LABELS_FILE} labels are neither class indices nor vectors") from None
+        if arr.dtype == np.int64 and arr.size and arr.min() < 0:
+            raise UserError(f"dataset {self._path}: {LABELS_FILE} has a negative class label ({arr.min()})")
+        return arr
+
+    def _get_raw_labels(self) -> np.ndarray:
+        if self._raw_labels is None:
+            raw = self._load_raw_labels() if self._use_labels else None
+            if raw is None:
+                raw = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
+            self._raw_labels = raw
+        return self._raw_labels
+
+    # -- dataset protocol ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._raw_idx.size)
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        raw_idx = int(self._raw_idx[idx])
+        image = self._cached_images.get(raw_idx)
+        if image is None:
+            image = self._load_raw_image(raw_idx)
+            if list(image.shape) != self.image_shape:
+                raise UserError(f"dataset {self._path}: image {self._image_fnames[raw_idx]} has shape "
+                                f"{list(image.shape)}, expected {self.image_shape}")
+            if self._cache:
+                self._cached_images[raw_idx] = image
+        if self._xflip[idx]:
+            image = image[:, :, ::-1]
+        return image.copy(), self.get_label(idx)
+
+    def get_label(self, idx: int) -> np.ndarray:
+        label = self._get_raw_labels()[self._raw_idx[idx]]
+        if label.dtype == np.int64:
+            onehot = np.zeros(self.label_shape, dtype=np.float32)
+            onehot[label] = 1
+            label = onehot
+        return label.copy()
+
+    def get_details(self, idx: int) -> dict:
+        raw_idx = int(self._raw_idx[idx])
+        return {"raw_idx": raw_idx, "xflip": bool(self._xflip[idx]),
+                "raw_label": self._get_raw_labels()[raw_idx].copy()}
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def image_fnames(self) -> list[str]:
+        return list(self._image_fnames)
+
+    @property
+    def image_shape(self) -> list[int]:
+        return list(self._raw_shape[1:])
+
+    @property
+    def num_channels(self) -> int:
+        return self.image_shape[0]
+
+    @property
+    def resolution(self) -> int:
+        return self.image_shape[1]
+
+    @property
+    def label_shape(self) -> list[int]:
+        if self._label_shape is None:
+            raw = self._get_raw_labels()
+            if raw.dtype == np.int64:
+                self._label_shape = [int(np.max(raw)) + 1]
+            else:
+                self._label_shape = list(raw.shape[1:])
+        return list(self._label_shape)
+
+    @property
+    def label_dim(self) -> int:
+        return self.label_shape[0]
+
+    @property
+    def has_labels(self) -> bool:
+        return any(x != 0 for x in self.label_shape)
+
+    @property
+    def has_onehot_labels(self) -> bool:
+        return self._get_raw_labels().dtype == np.int64
+
+
+def open_dataset(path: str | os.PathLike, **kwargs: Any) -> ImageFolderDataset:
+    """`ImageFolderDataset(path, **kwargs)` (every failure is a one-line UserError)."""
+    return ImageFolderDataset(path, **kwargs)
+
+
+def load_all(ds: ImageFolderDataset, progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """All images of `ds` in its index order: (uint8 [N, C, H, W], int64 class labels [N] or None).
+
+    Respects `max_size` and `xflip`. Labels are class indices (the argmax of vector labels); None
+    when the dataset has no labels or was opened with `use_labels=False`.
+    """
+    n = len(ds)
+    c, h, w = ds.image_shape
+    images = np.empty([n, c, h, w], dtype=np.uint8)
+    prog = Progress(f"loading {ds.name}", n, interval=10.0) if progress else None
+    decoded: dict[int, np.ndarray] = {}
+    for i in range(n):
+        raw_idx = int(ds._raw_idx[i])
+        img = decoded.get(raw_idx)
+        if img is None:
+            img = ds._cached_images.get(raw_idx)
+        if img is None:
+            img = ds._load_raw_image(raw_idx)
+            if list(img.shape) != [c, h, w]:
+                raise UserError(f"dataset {ds.path}: image {ds._image_fnames[raw_idx]} has shape "
+                                f"{list(img.shape)}, expected {[c, h, w]}")
+            if ds._xflip.any():
+                decoded[raw_idx] = img
+        images[i] = img[:, :, ::-1] if ds._xflip[i] else img
+        if prog is not None and (i + 1) % 1000 == 0:
+            prog.update(i + 1)
+    if prog is not None:
+        prog.update(n, force=True)
+    labels = None
+    if ds.has_labels:
+        raw = ds._get_raw_labels()[ds._raw_idx]
+        labels = raw.astype(np.int64) if raw.dtype == np.int64 else np.argmax(raw, axis=1).astype(np.int64)
+    return images, labels
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _encode_png(img: np.ndarray) -> bytes:
+    """HWC or HW uint8 -> uncompressed PNG bytes, as EDM's dataset_tool writes them."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    mode = "L" if img.ndim == 2 else {3: "RGB"}.get(img.shape[2])
+    if mode is None:
+        raise UserError(f"images must have 1 or 3 channels, got {img.shape[2]}")
+    buf = io.BytesIO()
+    PIL.Image.fromarray(img, mode).save(buf, format="png", compress_level=0, optimize=False)
+    return buf.getvalue()
+
+
+def archive_fname(idx: int) -> str:
+    s = f"{idx:08d}"
+    return f"{s[:5]}/img{s}.png"
+
+
+def write_dataset(dest: str | os.PathLike, images: Iterable[np.ndarray], labels: Iterable[int] | None = None,
+                  total: int | None = None, what: str = "writing dataset") -> int:
+    """Write uint8 HWC (or HW) images, and optional integer labels, in EDM's layout.
+
+    `dest` ending in `.zip` gives a stored zip archive; anything else a folder (which must not exist
+    or be empty). Written under a temporary name and renamed at the end. All images must share one
+    square shape. Returns the number of images written.
+    """
+    dest = Path(dest)
+    is_zip = dest.suffix.lower() == ".zip"
+    if not is_zip and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"--dest folder {dest} exists and is not empty")
+    label_iter: Iterator | None = iter(labels) if labels is not None else None
+    prog = Progress(what, total, interval=10.0) if total else None
+
+    def produce(save) -> int:
+        attrs = None
+        entries = []
+        count = 0
+        for idx, img in enumerate(images):
+            img = np.asarray(img)
+            if img.dtype != np.uint8:
+                raise UserError(f"image {idx} has dtype {img.dtype}, expected uint8")
+            channels = img.shape[2] if img.ndim == 3 else 1
+            cur = (img.shape[0], img.shape[1], channels)
+            name = archive_fname(idx)
+            if attrs is None:
+                attrs = cur
+                if cur[0] != cur[1]:
+                    raise UserError(f"images must be square, got {cur[1]}x{cur[0]} for {name}")
+                if channels not in (1, 3):
+                    raise UserError(f"images must be RGB or grayscale, got {channels} channels")
+            elif cur != attrs:
+                raise UserError(f"image {name} is {cur[1]}x{cur[0]}x{cur[2]} (WxHxC) but the dataset is "
+                                f"{attrs[1]}x{attrs[0]}x{attrs[2]}: mixed resolutions or channels")
+            save(name, _encode_png(img))
+            if label_iter is not None:
+                try:
+                    entries.append([name, int(next(label_iter))])
+                except StopIteration:
+                    raise UserError(f"fewer labels than images (no label for {name})") from None
+            count += 1
+            if prog is not None:
+                prog.update(count)
+        if count == 0:
+            raise UserError("no images to write")
+        meta = {"labels": entries if label_iter is not None else None}
+        save(LABELS_FILE, json.dumps(meta).encode("utf8"))
+        return count
+
+    if is_zip:
+        with atomic_path(dest) as tmp:
+            with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_STORED) as zf:
+                count = produce(lambda name, data: zf.writestr(name, data))
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            def save(name: str, data: bytes) -> None:
+                out = tmpdir / name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(data)
+            count = produce(save)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(tmpdir, dest)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Only numpy arrays, dtypes and plain containers: the CIFAR batches need nothing else."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module == "_codecs":
+            import codecs
+            return codecs.encode
+        if module == "numpy":
+            return getattr(np, name)
+        core = getattr(np, "_core", None) or np.core
+        return getattr(getattr(core, module.rsplit(".", 1)[1]), name)
+
+
+def _safe_unpickle(data: bytes, what: str) -> dict:
+    try:
+        obj = _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{what} is not a plain CIFAR-10 batch: {exc}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise UserError(f"{what} is truncated or corrupt ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} is not a CIFAR-10 batch (a {type(obj).__name__}, not a dict)")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def file_digest(path: str | os.PathLike, algo: str) -> str:
+    h = hashlib.new(algo, usedforsecurity=False) if algo == "md5" else hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: str | os.PathLike, md5: str | None = None, sha256: str | None = None) -> None:
+    for algo, want in (("md5", md5), ("sha256", sha256)):
+        if want:
+            got = file_digest(path, algo)
+            if got.lower() != want.strip().lower():
+                raise UserError(f"{path}: wrong {algo} checksum {got}, expected {want} (corrupt or incomplete download)")
+
+
+def download(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
+             timeout: float = 60.0) -> Path:
+    """Download `url` to `dest` (atomically) with progress lines, then check the checksum."""
+    import requests
+
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        try:
+            with requests.get(url, stream=True, timeout=timeout) as resp:
+                resp.raise_for_status()
+                total = int(resp.headers.get("content-length") or 0)
+                prog = Progress(f"downloading {url}", max(total >> 10, 1), unit="KiB", interval=5.0)
+                done = 0
+                with open(tmp, "wb") as f:
+                    for chunk in resp.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+                        done += len(chunk)
+                        prog.update(done >> 10)
+                prog.update(max(done >> 10, 1), force=True)
+        except requests.RequestException as exc:
+            raise UserError(f"cannot download {url}: {exc}") from None
+        if total and done != total:
+            raise UserError(f"download of {url} is incomplete: {done} of {total} bytes")
+        verify_checksum(tmp, md5, sha256)
+    return dest
+
+
+def read_cifar10_tarball(path: str | os.PathLike, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 50,000 training images (uint8 NHWC) and labels (int64) of `cifar-10-python.tar.gz`.
+
+    Reads `cifar-10-batches-py/data_batch_1` .. `_5` in order, as EDM's dataset_tool does, through
+    an unpickler that only admits numpy arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"CIFAR-10 archive {path} does not exist")
+    images, labels = [], []
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for batch in range(1, 6):
+                name = f"cifar-10-batches-py/data_batch_{batch}"
+                try:
+                    member = tar.getmember(name)
+                except KeyError:
+                    raise UserError(f"CIFAR-10 archive {path} has no member {name}") from None
+                f = tar.extractfile(member)
+                if f is None:
+                    raise UserError(f"CIFAR-10 archive {path}: {name} is not a file")
+                with f:
+                    data = _safe_unpickle(f.read(), f"{path}:{name}")
+                try:
+                    arr = np.asarray(data["data"])
+                    lab = np.asarray(data["labels"], dtype=np.int64)
+                except KeyError as exc:
+                    raise UserError(f"CIFAR-10 archive {path}: {name} has no {exc.args[0]!r} entry") from None
+                if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32 or lab.shape != (arr.shape[0],):
+                    raise UserError(f"CIFAR-10 archive {path}: {name} holds data {arr.dtype}{list(arr.shape)} "
+                                    f"and {lab.size} labels, expected uint8 [N, 3072] and N labels")
+                images.append(arr.reshape(-1, 3, 32, 32))
+                labels.append(lab)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise UserError(f"CIFAR-10 archive {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    images_np = np.concatenate(images).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    labels_np = np.concatenate(labels)
+    if labels_np.size and (labels_np.min() < 0 or labels_np.max() > 9):
+        raise UserError(f"CIFAR-10 archive {path} has labels outside 0..9")
+    if max_images is not None:
+        images_np, labels_np = images_np[:max_images], labels_np[:max_images]
+    return np.ascontiguousarray(images_np), labels_np
+
+
+def _is_url(s: str) -> bool:
+    return s.startswith(("http://", "https://", "ftp://"))
+
+
+def prepare_cifar10(source: str, dest: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
+                    max_images: int | None = None, download_to: str | os.PathLike | None = None) -> int:
+    """CIFAR-10 training set -> EDM dataset at `dest` (zip or folder). Returns the image count.
+
+    `source` is a URL (downloaded, checked against `md5`/`sha256`, by default the official md5) or
+    a local tarball (checked when a checksum is given, or against the official md5 when it is named
+    `cifar-10-python.tar.gz` and no checksum is given).
+    """
+    _check_dest(dest)
+    source = str(source)
+    if _is_url(source):
+        if md5 is None and sha256 is None:
+            md5 = CIFAR10_MD5
+        keep = download_to is not None
+        target = Path(download_to) if keep else Path(dest).parent / f".{Path(dest).name}.download.tar.gz"
+        try:
+            download(source, target, md5=md5, sha256=sha256)
+            images, labels = read_cifar10_tarball(target, max_images)
+        finally:
+            if not keep:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+    else:
+        if not Path(source).is_file():
+            raise UserError(f"CIFAR-10 archive {source} does not exist")
+        if md5 is None and sha256 is None and Path(source).name == CIFAR10_TARBALL_NAME:
+            md5 = CIFAR10_MD5
+        verify_checksum(source, md5, sha256)
+        images, labels = read_cifar10_tarball(source, max_images)
+    return write_dataset(dest, images, labels, total=len(images), what="writing CIFAR-10")
+
+
+# --------------------------------------------------------------------------------------------
+# scikit-learn digits
+
+
+def digits_images(resolution: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (1797 images, values 0..16) as uint8 [N, R, R] and int64 labels.
+
+    Values map to 0..255 (round(v * 255 / 16)); other resolutions are resized with Lanczos
+    filtering as EDM's dataset_tool resizes.
+    """
+    from sklearn.datasets import load_digits
+
+    resolution = int(resolution)
+    if resolution < 2 or resolution & (resolution - 1):
+        raise UserError(f"--resolution must be a power of two >= 2, got {resolution}")
+    d = load_digits()
+    images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    if resolution != images.shape[1]:
+        images = np.stack([
+            np.asarray(PIL.Image.fromarray(img, "L").resize((resolution, resolution), PIL.Image.Resampling.LANCZOS))
+            for img in images
+        ])
+    return images, np.asarray(d.target, dtype=np.int64)
+
+
+def prepare_digits(dest: str | os.PathLike, resolution: int = 8, max_images: int | None = None) -> int:
+    _check_dest(dest)
+    images, labels = digits_images(resolution)
+    if max_images is not None:
+        images, labels = images[:max_images], labels[:max_images]
+    return write_dataset(dest, images, labels, total=len(images), what="writing digits")
+
+
+def _check_dest(dest: str | os.PathLike) -> None:
+    dest = Path(dest)
+    if str(dest) == "":
+        raise UserError("--dest must not be empty")
+    if dest.suffix.lower() != ".zip" and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"--dest folder {dest} exists and is not empty")
+
+
+# --------------------------------------------------------------------------------------------
+# Information and command line
+
+
+def dataset_info(path: str | os.PathLike) -> dict:
+    ds = ImageFolderDataset(path, use_labels=True)
+    info: dict[str, Any] = {
+        "path": str(path), "name": ds.name, "resolution": ds.resolution, "channels": ds.num_channels,
+        "count": len(ds), "labels": ds.has_labels, "label_dim": ds.label_dim if ds.has_labels else 0,
+    }
+    if ds.has_labels and ds.has_onehot_labels:
+        counts = np.bincount(ds._get_raw_labels(), minlength=ds.label_dim)
+        info["class_counts"] = [int(c) for c in counts]
+    ds.close()
+    return info
+
+
+def _positive(name: str):
+    def conv(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {v}")
+        return v
+    return conv
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m aot.data", description="Prepare and inspect EDM-format datasets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("cifar10", help="CIFAR-10 training set from cifar-10-python.tar.gz")
+    p.add_argument("--source", default=CIFAR10_URL, help=f"URL or local tarball (default {CIFAR10_URL})")
+    p.add_argument("--md5", default=None, help="expected md5 of the tarball (default for the official file: %s)" % CIFAR10_MD5)
+    p.add_argument("--sha256", default=None, help="expected sha256 of the tarball")
+    p.add_argument("--download-to", default=None, help="keep the downloaded tarball at this path")
+    p.add_argument("--max-images", type=_positive("--max-images"), default=None)
+    p.add_argument("--dest", required=True, help="output .zip (or folder)")
+
+    p = sub.add_parser("digits", help="scikit-learn's bundled 8x8 digits (1797 images, 1 channel, labels)")
+    p.add_argument("--resolution", type=_positive("--resolution"), default=8)
+    p.add_argument("--max-images", type=_positive("--max-images"), default=None)
+    p.add_argument("--dest", required=True, help="output .zip (or folder)")
+
+    p = sub.add_parser("info", help="print resolution, channels, count and labels of a dataset as JSON")
+    p.add_argument("path")
+    return parser
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    args = _build_parser().parse_args(argv)
+    if args.command == "cifar10":
+        n = prepare_cifar10(args.source, args.dest, md5=args.md5, sha256=args.sha256,
+                            max_images=args.max_images, download_to=args.download_to)
+        print(f"wrote {n} images to {args.dest}", flush=True)
+    elif args.command == "digits":
+        n = prepare_digits(args.dest, resolution=args.resolution, max_images=args.max_images)
+        print(f"wrote {n} images to {args.dest}", flush=True)
+    elif args.command == "info":
+        print(json.dumps(dataset_info(args.path), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""EDM's deterministic and stochastic samplers (Karras et al. 2022, Algorithm 2), step for step.
+
+`edm_sampler` performs the same float64 operations in the same order as NVlabs/edm's
+`generate.py`, so given the same network, latents and `randn_like` it returns the same tensor.
+`euler_sampler` is its first-order variant (one network evaluation per step). `denoised_trajectory`
+runs either and also records every state x_i and the single-step denoised estimate
+x0_i = D(x_hat_i, t_hat_i) that the paper's trajectory figures show.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+SOLVERS = ("heun", "euler")
+
+
+def _check_settings(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> None:
+    if int(num_steps) != num_steps or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps}")
+    if not sigma_min > 0:
+        raise ValueError(f"sigma_min must be positive, got {sigma_min}")
+    if not sigma_max > sigma_min:
+        raise ValueError(f"sigma_max ({sigma_max}) must exceed sigma_min ({sigma_min})")
+    if not rho > 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+
+
+def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7,
+                   net: torch.nn.Module | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """EDM's noise levels t_0 > ... > t_{N-1} followed by t_N = 0 (float64, length N + 1).
+
+    t_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho. With `net`,
+    the range is first clipped to the network's [sigma_min, sigma_max] and the levels are passed
+    through `net.round_sigma`, as EDM's sampler does.
+    """
+    if net is not None:
+        sigma_min = max(sigma_min, net.sigma_min)
+        sigma_max = min(sigma_max, net.sigma_max)
+    _check_settings(num_steps, sigma_min, sigma_max, rho)
+    step_indices = torch.arange(num_steps, dtype=torch.float64, device=device)
+    t_steps = (sigma_max ** (1 / rho) + step_indices / (num_steps - 1)
+               * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    t_rounded = torch.as_tensor(net.round_sigma(t_steps)) if net is not None else t_steps
+    return torch.cat([t_rounded, torch.zeros_like(t_steps[:1])])  # t_N = 0
+
+
+def nfe(num_steps: int, solver: str = "heun") -> int:
+    """Network evaluations per image: Heun 2N - 1 (no correction on the last step), Euler N."""
+    if solver == "heun":
+        return 2 * int(num_steps) - 1
+    if solver == "euler":
+        return int(num_steps)
+    raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+
+
+def sampler_key(solver: str = "heun", num_steps: int = 18, rho: float = 7, S_churn: float = 0) -> str:
+    """Workflow name of a sampler setting: `heun-n18-rho7`, with `-churn<S>` when S_churn > 0."""
+    key = f"{solver}-n{int(num_steps)}-rho{float(rho):g}"
+    if S_churn and S_churn > 0:
+        key += f"-churn{float(S_churn):g}"
+    return key
+
+
+def _run(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None,
+         randn_like: Callable, num_steps: int, sigma_min: float, sigma_max: float, rho: float,
+         S_churn: float, S_min: float, S_max: float, S_noise: float, solver: str,
+         record: dict | None) -> torch.Tensor:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+    t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, net=net, device=latents.device)
+
+    x_next = latents.to(torch.float64) * t_steps[0]
+    if record is not None:
+        record["t_steps"] = t_steps
+        record["x"] = [x_next]
+        record["x0"] = []
+        record["t_hat"] = []
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):  # 0, ..., N-1
+        x_cur = x_next
+
+        # Increase noise temporarily. With S_churn = 0 the added noise is exactly zero, so drawing
+        # it can be skipped without changing a bit (and nothing else consumes the generator).
+        gamma = min(S_churn / num_steps, np.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
+        t_hat = net.round_sigma(t_cur + gamma * t_cur)
+        if S_churn == 0:
+            x_hat = x_cur
+        else:
+            x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+
+        # Euler step.
+        denoised = net(x_hat, t_hat, class_labels).to(torch.float64)
+        d_cur = (x_hat - denoised) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if record is not None:
+            record["x0"].append(denoised)
+            record["t_hat"].append(torch.as_tensor(t_hat, dtype=torch.float64))
+
+        # Second-order correction (Heun), except on the last step towards t_N = 0.
+        if solver == "heun" and i < num_steps - 1:
+            denoised = net(x_next, t_next, class_labels).to(torch.float64)
+            d_prime = (x_next - denoised) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        if record is not None:
+            record["x"].append(x_next)
+    return x_next
+
+
+def edm_sampler(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
+                randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
+                sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
+                S_max: float = float("inf"), S_noise: float = 1) -> torch.Tensor:
+    """EDM's Heun sampler (Algorithm 2); returns the final float64 images (about [-1, 1])."""
+    return _run(net, latents, class_labels, randn_like, num_steps, sigma_min, sigma_max, rho,
+                S_churn, S_min, S_max, S_noise, "heun", None)
+
+
+def euler_sampler(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
+                  randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
+                  sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
+                  S_max: float = float("inf"), S_noise: float = 1) -> torch.Tensor:
+    """First-order (Euler) variant of `edm_sampler` on the same time steps; NFE = num_steps."""
+    return _run(net, latents, class_labels, randn_like, num_steps, sigma_min, sigma_max, rho,
+                S_churn, S_min, S_max, S_noise, "euler", None)
+
+
+SAMPLER_FNS: dict[str, Callable[..., torch.Tensor]] = {"heun": edm_sampler, "euler": euler_sampler}
+
+
+def get_sampler(solver: str) -> Callable[..., torch.Tensor]:
+    try:
+        return SAMPLER_FNS[solver]
+    except KeyError:
+        raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})") from None
+
+
+def denoised_trajectory(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
+                        randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
+                        sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
+                        S_max: float = float("inf"), S_noise: float = 1, solver: str = "heun") -> dict[str, Any]:
+    """Run the sampler and keep every step.
+
+    Returns a dict of float64 tensors:
+      `t_steps` [K+1]            the noise levels, ending with 0 (K = num_steps);
+      `t_hat`   [K]              the level at which the network was evaluated at each step
+                                 (t_i unless S_churn > 0);
+      `x`       [N, K+1, C, H, W] the sampler states: x[:, 0] = latents * t_0, x[:, K] = the sample
+                                 (equal to what `edm_sampler`/`euler_sampler` returns);
+      `x0`      [N, K, C, H, W]   the single-step denoised estimate D(x_hat_i, t_hat_i) at each step.
+    """
+    record: dict[str, Any] = {}
+    _run(net, latents, class_labels, randn_like, num_steps, sigma_min, sigma_max, rho,
+         S_churn, S_min, S_max, S_noise, solver, record)
+    return {
+        "t_steps": record["t_steps"],
+        "t_hat": torch.stack(record["t_hat"]),
+        "x": torch.stack(record["x"], dim=1),
+        "x0": torch.stack(record["x0"], dim=1),
+    }
+
+
+class StackedRandomGenerator:
+    """One torch generator per seed (seed mod 2^32), as EDM's generate.py: sample n of a batch is
+    drawn from its own seed's stream, so it does not depend on the batch it is in."""
+
+    def __init__(self, device: torch.device | str, seeds) -> None:
+        self.generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
+
+    def randn(self, size, **kwargs) -> torch.Tensor:
+        assert size[0] == len(self.generators)
+        return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+    def randn_like(self, input: torch.Tensor) -> torch.Tensor:
+        return self.randn(input.shape, dtype=input.dtype, layout=input.layout, device=input.device)
+
+    def randint(self, *args, size, **kwargs) -> torch.Tensor:
+        assert size[0] == len(self.generators)
+        return torch.stack([torch.randint(*args, size=size[1:], generator=gen, **kwargs) for gen in self.generators])
