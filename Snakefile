@@ -5,14 +5,21 @@
 #   snakemake --profile slurm table4                       # one table, and only what it needs
 #   snakemake --cores all --configfile config/demo.yaml    # the same DAG at toy scale, offline, CPU
 
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-configfile: "config/config.yaml"
+
+# The paper's configuration, unless a --configfile replaces it (never merged: a demo or custom config
+# must stand on its own, and the schema below checks that it does).
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"), set_default=True)
 
 
 wildcard_constraints:

@@ -382,6 +382,7 @@ def cmd_measure(args) -> None:
                         f"the feature network gives {mu.shape[0]}")
     fid = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
     elapsed = time.time() - t0
+    feature_record = dict(space.record(), dims=int(mu.shape[0]))
     if "seeds" in meta:
         seed_range = list(meta["seeds"])
     elif seeds is not None and len(seeds):
@@ -397,7 +398,7 @@ def cmd_measure(args) -> None:
         "repeat": int(args.repeat),
         "seeds": seed_range,
         "num_images": int(n),
-        "feature_network": space.record(),
+        "feature_network": feature_record,
         "reference": {"name": str(ref.get("name")), "path": str(args.ref), "num_images": ref["num_images"],
                       "source": str(ref.get("source"))},
         "fid": float(fid),

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -60,10 +61,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         raise ValueError(f"covariances do not match the means: {sigma1.shape}, {sigma2.shape}, {mu1.shape}")
 
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    with warnings.catch_warnings():  # clean-fid passes disp=False: no singular/ill-conditioned warning
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1.dot(sigma2))
+        if not np.isfinite(covmean).all():
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"matrix square root has an imaginary component {np.max(np.abs(covmean.imag)):g}")
@@ -138,8 +141,6 @@ def inception_feature_fn(weights_dir: str | os.PathLike, device: str | torch.dev
     Same construction as ``cleanfid.features.build_feature_extractor("legacy_tensorflow")``
     (``InceptionV3W(..., resize_inside=True)``), minus DataParallel and the download.
     """
-    import warnings
-
     from cleanfid.inception_torchscript import InceptionV3W
 
     with warnings.catch_warnings():

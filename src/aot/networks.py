@@ -581,8 +581,9 @@ class VPPrecond(_Precond):
         self.beta_min = beta_min
         self.M = M
         self.epsilon_t = epsilon_t
-        self.sigma_min = float(self.sigma(epsilon_t))
-        self.sigma_max = float(self.sigma(1))
+        with torch.device("cpu"):  # plain numbers, also when built under torch.device('meta')
+            self.sigma_min = float(self.sigma(epsilon_t))
+            self.sigma_max = float(self.sigma(1))
         self.model = self._make_model(model_type, img_resolution, img_channels, label_dim, model_kwargs)
 
     def coefficients(self, sigma):
