@@ -50,3 +50,23 @@ rule all:
     input:
         f"{R}/README.md",
     default_target: True
+
+
+def fetch_targets():
+    """Everything that needs the internet: run `snakemake fetch` on a login node first."""
+    out = []
+    if config["dataset"]["name"] == "cifar10" and str(config["dataset"].get("source", "")).startswith("http"):
+        out.append(f"{DOWNLOADS}/cifar-10-python.tar.gz")
+    if FID["features"] == "inception":
+        out.append(f"{DOWNLOADS}/clean-fid/assets.json")
+    out += [network_path(m) for m in IMPORTED]
+    return out
+
+
+localrules:
+    fetch,
+
+
+rule fetch:
+    input:
+        fetch_targets(),

@@ -62,11 +62,11 @@ def test_vp_coefficients_and_sigma_range():
         assert c_in[i].item() == pytest.approx(1 / math.sqrt(s * s + 1), rel=1e-6)
         assert c_noise[i].item() == pytest.approx((M - 1) * t, rel=1e-4, abs=2e-3)  # float32 cancellation
     sigma = lambda t: math.sqrt(math.exp(0.5 * beta_d * t * t + beta_min * t) - 1)  # noqa: E731
-    assert net.sigma_min == pytest.approx(sigma(1e-5), rel=1e-3)
+    assert net.sigma_min == pytest.approx(sigma(1e-5), rel=0.05)  # EDM evaluates it in float32 (exp(x) - 1 cancels)
     assert net.sigma_max == pytest.approx(sigma(1.0), rel=1e-6)
     # sigma_inv inverts sigma.
-    t = torch.tensor([1e-3, 0.1, 0.5, 1.0])
-    assert torch.allclose(net.sigma_inv(net.sigma(t)), t, rtol=1e-4)
+    t = torch.tensor([1e-3, 0.1, 0.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(net.sigma_inv(net.sigma(t)), t, rtol=1e-9)
     assert isinstance(net.sigma_min, float) and isinstance(net.sigma_max, float)
 
 

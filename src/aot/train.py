@@ -11,7 +11,6 @@ the same code path, which is plain EDM.
 Output folder:
     training_options.json       every option, the dataset and the network's constructor arguments
     stats.jsonl                 one JSON line per tick (kimg, img/s, sec/kimg, loss, pairing costs, ETA)
-    log.txt                     the console output of rank 0
     network-snapshot-XXXXXX.pt  EMA network every --snap ticks (kimg in the name)
     training-state.pt           full state (network, EMA, optimizer, RNGs, pool position) every --dump ticks
     network-final.pt            EMA network at the end; written last, so its presence means "done"
@@ -271,9 +270,10 @@ def make_draw_fn(images_u8: torch.Tensor, labels_onehot: torch.Tensor | None, st
     """draw_fn(pool_index, generator) -> (images in [-1, 1], onehot labels or None, augment labels or None)."""
 
     def draw(pool_index: int, generator: torch.Generator):
+        # Runs in the pool builder thread: all randomness from `generator` (a CPU generator).
         idx = torch.from_numpy(stream.take(pool_index * pool_size, pool_size))
-        x = images_u8[idx].to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
-        labels = labels_onehot[idx].to(device) if labels_onehot is not None else None
+        x = images_u8[idx].to(torch.float32) / 127.5 - 1
+        labels = labels_onehot[idx] if labels_onehot is not None else None
         augment_labels = None
         if augment_pipe is not None:
             x, augment_labels = augment_pipe(x, generator=generator)
@@ -377,7 +377,8 @@ def training_loop(opts: argparse.Namespace, dist: Dist) -> int:
     stream = IndexStream(len(dataset), dist.rank, dist.world_size, seed=opts.seed)
     draw_fn = make_draw_fn(images_u8, labels_onehot, stream, opts.pool_size, augment_pipe, device)
     pool = PairPool(draw_fn, pool_size=opts.pool_size, batch_size=opts.batch_gpu, aot=opts.aot, cost=opts.cost,
-                    classwise=opts.cond, seed=rank_seed, device=device, solver=opts.solver)
+                    labels_mode="classwise" if opts.cond else None, seed=opts.seed, rank=dist.rank,
+                    device=device, solver=opts.solver)
     sigma_gen = torch.Generator(device=device).manual_seed(rank_seed + 1_000_003)
 
     cur_nimg = 0
@@ -511,7 +512,9 @@ def training_loop(opts: argparse.Namespace, dist: Dist) -> int:
             tick_time = now - tick_start_time
             rate = (cur_nimg - tick_start_nimg) / max(tick_time, 1e-9)
             remaining = (total_nimg - cur_nimg) / max((cur_nimg - start_nimg) / max(now - start_time, 1e-9), 1e-9)
-            pstats = pool.pop_stats()
+            pstats = summarize_pools(pool.pop_stats())
+            if pstats:
+                pstats["stall_share"] = pstats["wait_s"] * pstats["pools"] / max(tick_time, 1e-9)
             record = {
                 "tick": cur_tick, "kimg": cur_nimg / 1000, "img_per_s": rate,
                 "sec_per_kimg": tick_time / max((cur_nimg - tick_start_nimg) / 1000, 1e-9),
@@ -523,11 +526,11 @@ def training_loop(opts: argparse.Namespace, dist: Dist) -> int:
                 line = (f"tick {cur_tick:<5d} kimg {record['kimg']:<9.3f} loss {record['loss']:<8.4f} "
                         f"{rate:7.1f} img/s  sec/kimg {record['sec_per_kimg']:<7.2f} "
                         f"ETA {format_seconds(remaining)}")
-                if "pairing_time_s" in pstats:
-                    line += (f"  pairing {pstats['pairing_time_s'] * 1000:.0f} ms/pool, wait "
-                             f"{pstats.get('wait_time_s', 0) * 1000:.0f} ms/pool, cost paired "
-                             f"{pstats.get('paired_cost', float('nan')):.3f} vs random "
-                             f"{pstats.get('random_cost', float('nan')):.3f}")
+                if pstats:
+                    line += (f"  pools {pstats['pools']} pairing {pstats['pairing_s'] * 1000:.0f} ms/pool "
+                             f"(stall {pstats['wait_s'] * 1000:.0f} ms/pool, {100 * pstats['stall_share']:.1f}% "
+                             f"of step time) cost paired {pstats['paired_cost']:.3f} vs random "
+                             f"{pstats['random_cost']:.3f}")
                 print(line, flush=True)
                 with open(stats_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -556,6 +559,16 @@ def training_loop(opts: argparse.Namespace, dist: Dist) -> int:
         dist.print(f"Training done: {cur_nimg / 1000:.3f} kimg in {format_seconds(time.time() - start_time)}; "
                    f"{outdir / 'network-final.pt'}")
     return exit_code
+
+
+def summarize_pools(pool_stats: list[dict], tick_time: float | None = None) -> dict:
+    """Mean per-pool pairing statistics of one tick (see aot.pairing.PairPool)."""
+    if not pool_stats:
+        return {}
+    mean = lambda key: float(np.mean([s.get(key, float("nan")) for s in pool_stats]))  # noqa: E731
+    return {"pools": len(pool_stats), "paired_cost": mean("mean_cost_paired"),
+            "random_cost": mean("mean_cost_random"), "pairing_s": mean("pairing_s"),
+            "build_s": mean("build_s"), "wait_s": mean("wait_s")}
 
 
 class _nullcontext:

@@ -1,0 +1,468 @@
+"""Tables, figures and the run report (aot.report) from hand-written result files."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from aot import report
+from aot.utils import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PAPER = REPO.parent / "shared" / "paper"
+DG_AOT = {"method": "dg", "aot": True, "discriminator": "d.pt", "dg_weight_1st_order": 2.0,
+          "dg_weight_2nd_order": 0.0, "time_min": 0.01, "time_max": 1.0, "boosting": False}
+DG_PLAIN = {**DG_AOT, "aot": False}
+
+
+def fid_json(model: str, aot: bool, cond: bool, fid: float, repeat: int = 0, steps: int = 18,
+             rho: float = 7.0, guidance: dict | None = None, features: str = "inception-v3-tf",
+             nfe: int | None = None) -> dict:
+    key = f"heun-n{steps}-rho{rho:g}"
+    return {
+        "kind": "fid",
+        "model": {"name": model, "aot": aot, "cond": cond, "checkpoint": "m.pt",
+                  "source": "trained", "kimg": 200.0},
+        "sampler": {"key": key, "solver": "heun", "num_steps": steps, "rho": float(rho),
+                    "sigma_min": 0.002, "sigma_max": 80.0, "S_churn": 0.0,
+                    "nfe": 2 * steps - 1 if nfe is None else nfe, "guidance": guidance},
+        "repeat": repeat, "seeds": [50000 * repeat, 50000 * repeat + 49999], "num_images": 50000,
+        "feature_network": {"name": features,
+                            "mode": "offline" if features == "offline-classifier" else "legacy_tensorflow",
+                            "path": None},
+        "reference": {"name": "cifar10-train", "path": "ref.npz", "num_images": 50000},
+        "fid": fid, "time_s": 10.0, "samples": f"rep{repeat}.npz", "env": {},
+    }
+
+
+def write_results(folder: Path, results: list[dict]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, r in enumerate(results):
+        p = folder / f"r{i:03d}.json"
+        p.write_text(json.dumps(r))
+        paths.append(p)
+    return paths
+
+
+def three(model, aot, cond, fids, **kw) -> list[dict]:
+    return [fid_json(model, aot, cond, f, repeat=i, **kw) for i, f in enumerate(fids)]
+
+
+def paper_csv(name: str) -> pd.DataFrame:
+    return pd.read_csv(SHARED_PAPER / name if SHARED_PAPER.is_dir()
+                       else resources.files("aot").joinpath("paper", name), comment="#")
+
+
+def row(df: pd.DataFrame, col: str, value: str) -> pd.Series:
+    hits = df[df[col] == value]
+    assert len(hits) == 1, f"{value!r}: {len(hits)} rows"
+    return hits.iloc[0]
+
+
+# ------------------------------------------------------------------------------ paper numbers
+
+
+def test_package_paper_copy_equals_shared_folder():
+    if not SHARED_PAPER.is_dir():
+        pytest.skip("no ../shared/paper beside the repository")
+    for number, name in report.PAPER_FILES.items():
+        ours = resources.files("aot").joinpath("paper", name).read_bytes()
+        assert ours == (SHARED_PAPER / name).read_bytes(), name
+        pd.testing.assert_frame_equal(report.paper_table(number), paper_csv(name))
+
+
+# ------------------------------------------------------------------------------ aggregation
+
+
+def test_min_of_three_aggregation():
+    agg = report.as_aggregate(three("aot-uncond", True, False, [2.1, 1.9, 2.3]))
+    assert len(agg) == 1
+    r = agg.iloc[0]
+    assert r["fid"] == pytest.approx(1.9)
+    assert r["fid_mean"] == pytest.approx(2.1)
+    assert r["fid_std"] == pytest.approx(0.2)  # sample standard deviation
+    assert r["n"] == 3 and r["repeats"] == [0, 1, 2]
+    assert r["sampler_key"] == "heun-n18-rho7"
+
+
+def test_sample_sets_are_kept_apart():
+    res = (three("aot-uncond", True, False, [2.0, 2.1, 2.2])
+           + three("aot-uncond", True, False, [1.8, 1.7, 1.9], steps=14, rho=90)
+           + three("aot-uncond", True, False, [1.6, 1.5], steps=14, rho=90, guidance=DG_AOT))
+    agg = report.as_aggregate(res)
+    assert sorted(agg["sampler_key"]) == ["dgaot-heun-n14-rho90", "heun-n14-rho90", "heun-n18-rho7"]
+    assert sorted(agg["fid"]) == pytest.approx([1.5, 1.7, 2.0])
+
+
+def test_duplicate_repeat_is_an_error(tmp_path):
+    paths = write_results(tmp_path, [fid_json("edm-uncond", False, False, 2.0, repeat=1)] * 2)
+    with pytest.raises(UserError, match="r001.json"):
+        report.aggregate(report.load_fid_results(paths))
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def test_table1_cells_and_files(tmp_path):
+    res = (three("edm-uncond", False, False, [2.05, 2.00, 2.10])
+           + three("aot-uncond", True, False, [1.99, 2.03, 2.01])
+           + three("aot-uncond", True, False, [1.93, 1.91, 1.95], steps=14, rho=90)
+           + [fid_json("aot-uncond", True, False, 3.3, steps=8, rho=81)]
+           + three("aot-cond", True, True, [1.7, 1.8, 1.9]))  # conditional: not in Table 1
+    paths = write_results(tmp_path / "fid", res)
+    out = report.write_table(1, report.load_fid_results(paths), tmp_path / "t" / "table1")
+    assert sorted(p.name for p in out) == ["table1.csv", "table1.md", "table1.tex"]
+    df, meta = report.read_table_csv(tmp_path / "t" / "table1.csv")
+    assert meta["table"] == "1" and meta["feature_network"] == "inception-v3-tf"
+    paper = paper_csv("table1_uncond.csv")
+    # every paper row is there, with the paper's value
+    for _, p in paper.iterrows():
+        assert row(df, "model", p["model"])["fid_paper"] == pytest.approx(p["fid"])
+    edm = row(df, "model", "EDM")
+    assert edm["status"] == "measured" and edm["n"] == 3
+    assert edm["fid"] == pytest.approx(2.00) and edm["fid_mean"] == pytest.approx(2.05)
+    assert edm["diff"] == pytest.approx(2.00 - 1.97)
+    best = row(df, "model", "EDM-AOT (rho=90, 14 steps)")
+    assert best["fid"] == pytest.approx(1.91) and best["nfe"] == 27
+    assert best["diff"] == pytest.approx(1.91 - 1.88)
+    assert row(df, "model", "EDM-AOT (rho=7, 18 steps)")["fid"] == pytest.approx(1.99)
+    extra = row(df, "model", "EDM-AOT (rho=81, 8 steps)")
+    assert extra["fid"] == pytest.approx(3.3) and extra["n"] == 1 and math.isnan(extra["fid_paper"])
+    for name in report.QUOTED_BASELINES:
+        q = row(df, "model", name)
+        assert q["status"] == "quoted" and math.isnan(q["fid"])
+    md = (tmp_path / "t" / "table1.md").read_text()
+    assert "| EDM-AOT (rho=90, 14 steps) | 27 | measured | 1.91 |" in md
+    assert "| DDPM | 1000 | quoted |" in md
+    tex = (tmp_path / "t" / "table1.tex").read_text()
+    assert r"\begin{tabular}" in tex and "EDM-AOT (rho=90, 14 steps) & 27 & measured & 1.91" in tex
+
+
+def test_table2_uses_conditional_models_and_marks_unmeasured_rows():
+    res = three("edm-cond", False, True, [1.85, 1.80, 1.83])
+    full, disp, meta = report.make_table(2, res)
+    paper = paper_csv("table2_cond.csv")
+    assert list(full["model"]) == list(paper["model"])
+    assert list(full["fid_paper"]) == pytest.approx(list(paper["fid"]))
+    assert row(full, "model", "EDM")["fid"] == pytest.approx(1.80)
+    missing = row(full, "model", "EDM-AOT (rho=72, 15 steps)")
+    assert missing["status"] == "not measured" and math.isnan(missing["fid"])
+    assert row(full, "model", "PFGM++")["status"] == "quoted"
+    assert row(disp, "Model", "EDM-AOT (rho=72, 15 steps)")["FID (ours, min)"] == ""
+
+
+def test_table3_rows_and_cell_choice():
+    res = (three("edm-uncond", False, False, [2.0, 2.1, 2.2])
+           + three("edm-uncond", False, False, [1.9, 1.8, 1.85], guidance=DG_PLAIN)
+           + three("aot-uncond", True, False, [2.05, 2.0, 2.1])                       # default
+           + three("aot-uncond", True, False, [1.95, 1.9, 1.92], steps=14, rho=90)    # DG's
+           + three("aot-uncond", True, False, [1.75, 1.7, 1.72], steps=14, rho=90, guidance=DG_PLAIN)
+           + three("aot-uncond", True, False, [1.69, 1.67, 1.68], steps=14, rho=90, guidance=DG_AOT)
+           + three("aot-cond", True, True, [1.6, 1.58, 1.59], steps=15, rho=72, guidance=DG_AOT))
+    full, disp, _ = report.make_table(3, res)
+    paper = paper_csv("table3_dg.csv")
+    assert list(full["model"]) == list(paper["model"])
+    for c in ("uncond", "cond"):
+        assert list(full[f"fid_{c}_paper"]) == pytest.approx(list(paper[f"fid_{c}"]))
+    get = lambda label, c: row(full, "model", label)[f"fid_{c}"]  # noqa: E731
+    assert get("EDM w/o DG", "uncond") == pytest.approx(2.0)
+    assert get("EDM+DG", "uncond") == pytest.approx(1.8)
+    aot_plain = row(full, "model", "EDM-AOT w/o DG")
+    assert aot_plain["fid_uncond"] == pytest.approx(1.9)  # the guided runs' sampler, not the default
+    assert aot_plain["sampler_uncond"] == "heun-n14-rho90"
+    assert get("EDM-AOT + DG w/o AOT", "uncond") == pytest.approx(1.70)
+    assert get("EDM-AOT + DG w/ AOT", "uncond") == pytest.approx(1.67)
+    assert get("EDM-AOT + DG w/ AOT", "cond") == pytest.approx(1.58)
+    assert math.isnan(get("EDM w/o DG", "cond"))
+    assert row(full, "model", "EDM-AOT + DG w/ AOT")["diff_uncond"] == pytest.approx(1.67 - 1.68)
+    assert row(disp, "Model", "EDM+DG")["uncond: FID (ours)"] == "1.80"
+
+
+def test_table4_cells_and_empty_paper_cells():
+    res = (three("edm-uncond", False, False, [1.99, 1.96, 1.98], rho=9)
+           + three("aot-uncond", True, False, [3.2, 3.1, 3.3], steps=8, rho=27)
+           + three("aot-uncond", True, False, [1.95, 1.96, 1.97], rho=16))
+    full, disp, _ = report.make_table(4, res)
+    paper = paper_csv("table4_rho.csv").set_index("setting")
+
+    def cell(setting, stat, col):
+        return row(full[full["stat"] == stat], "setting", setting)[col]
+
+    assert cell("EDM, 18 steps, uncond", "ours", "rho=9") == pytest.approx(1.96)
+    assert cell("EDM, 18 steps, uncond", "n", "rho=9") == 3
+    assert cell("EDM, 18 steps, uncond", "paper", "rho=9") == pytest.approx(1.94)
+    assert cell("EDM, 18 steps, uncond", "diff", "rho=9") == pytest.approx(0.02)
+    assert cell("EDM-AOT, 8 steps, uncond", "ours", "rho=27") == pytest.approx(3.1)
+    assert cell("EDM-AOT, 8 steps, uncond", "paper", "rho=27") == pytest.approx(3.06)
+    # the paper's empty cell stays empty; our measured value is still there
+    assert math.isnan(cell("EDM-AOT, 18 steps, uncond", "paper", "rho=16"))
+    assert cell("EDM-AOT, 18 steps, uncond", "ours", "rho=16") == pytest.approx(1.95)
+    assert math.isnan(cell("EDM-AOT, 18 steps, uncond", "diff", "rho=16"))
+    for setting, p in paper.iterrows():
+        for col, v in p.items():
+            got = cell(setting, "paper", col)
+            assert (math.isnan(got) and pd.isna(v)) or got == pytest.approx(v)
+    # missing measurement: empty cell, the paper value alone
+    assert math.isnan(cell("EDM, 8 steps, uncond", "ours", "rho=9"))
+    shown = disp[disp["Setting"] == "EDM, 8 steps, uncond"]
+    assert list(shown[""]) == ["FID (paper)"]
+
+
+def test_table5_best_over_rho_set(tmp_path):
+    res = []
+    for rho, f in ((7, 1.0), (9, 2.5), (27, 2.2), (81, 2.3), (243, 2.6)):  # rho=7 not in the set
+        res += three("aot-uncond", True, False, [f, f + 0.1, f + 0.2], steps=14, rho=rho)
+    res += three("edm-cond", False, True, [4.0, 4.2, 4.1], steps=8, rho=81)
+    full, _, meta = report.make_table(5, res)
+    ours = full[full["stat"] == "ours"].set_index("setting")
+    best = full[full["stat"] == "best rho"].set_index("setting")
+    assert ours.loc["EDM-AOT, uncond", "nfe=27"] == pytest.approx(2.2)
+    assert best.loc["EDM-AOT, uncond", "nfe=27"] == 27
+    assert ours.loc["EDM, cond", "nfe=15"] == pytest.approx(4.0)
+    paper = full[full["stat"] == "paper"].set_index("setting")
+    assert paper.loc["EDM-AOT, uncond", "nfe=27"] == pytest.approx(1.88)
+    assert math.isnan(ours.loc["EDM, uncond", "nfe=27"])
+    # a different rho set (a CLI option)
+    full7, _, meta7 = report.make_table(5, res, rhos=(7, 9))
+    assert full7[full7["stat"] == "ours"].set_index("setting").loc["EDM-AOT, uncond", "nfe=27"] \
+        == pytest.approx(1.0)
+    assert meta7["rhos"] == "7,9"
+    paths = write_results(tmp_path / "fid", res)
+    report.main(["table", "--table", "5", "--rhos", "9,27", "--out-prefix",
+                 str(tmp_path / "t" / "table5"), str(tmp_path / "fid")])
+    df, meta = report.read_table_csv(tmp_path / "t" / "table5.csv")
+    assert meta["rhos"] == "9,27"
+    assert len(paths) == 18
+
+
+def test_tables_without_measurements_are_made(tmp_path):
+    for n in (1, 2, 3, 4, 5):
+        report.main(["table", "--table", str(n), "--out-prefix", str(tmp_path / f"table{n}")])
+        df, meta = report.read_table_csv(tmp_path / f"table{n}.csv")
+        assert meta["sample_sets"] == "0" and len(df)
+    df, _ = report.read_table_csv(tmp_path / "table1.csv")
+    assert df["fid"].isna().all()
+
+
+def test_offline_feature_network_caveat(tmp_path):
+    res = three("aot-uncond", True, False, [0.5, 0.6, 0.7], features="offline-classifier")
+    report.write_table(1, res, tmp_path / "table1")
+    for ext in ("csv", "md", "tex"):
+        text = (tmp_path / f"table1.{ext}").read_text()
+        assert "offline classifier" in text and "not comparable to the paper column" in text
+    assert report.OFFLINE_CAVEAT in (tmp_path / "table1.md").read_text()
+
+
+def test_mixed_feature_networks_are_an_error():
+    res = [fid_json("a", True, False, 2.0), fid_json("b", False, False, 2.0,
+                                                     features="offline-classifier")]
+    with pytest.raises(UserError, match="mix feature networks"):
+        report.make_table(1, res)
+
+
+def test_bad_json_names_the_file_and_writes_nothing(tmp_path, capsys):
+    good = write_results(tmp_path / "fid", three("edm-uncond", False, False, [2.0, 2.1, 2.2]))
+    bad = tmp_path / "fid" / "broken.json"
+    bad.write_text('{"kind": "fid", "model": ')
+    out = tmp_path / "tables" / "table1"
+    with pytest.raises(SystemExit) as exc:
+        report.main(["table", "--table", "1", "--out-prefix", str(out), *map(str, good), str(bad)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "broken.json" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("tables/*"))
+
+
+@pytest.mark.parametrize("drop", ["fid", "model.aot", "sampler.num_steps", "feature_network.name"])
+def test_missing_field_names_file_and_key(tmp_path, drop):
+    obj = fid_json("edm-uncond", False, False, 2.0)
+    parent, _, leaf = drop.rpartition(".")
+    del (obj[parent] if parent else obj)[leaf]
+    path = write_results(tmp_path, [obj])[0]
+    with pytest.raises(UserError, match=rf"r000\.json.*'{drop}'"):
+        report.load_fid_results([path])
+
+
+def test_outputs_are_all_or_none(tmp_path):
+    (tmp_path / "table1.tex").mkdir()  # the last file cannot be written
+    with pytest.raises(OSError):
+        report.write_table(1, three("edm-uncond", False, False, [2.0, 2.1, 2.2]),
+                           tmp_path / "table1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table1.tex"]
+
+
+def test_folder_arguments_skip_other_json(tmp_path):
+    write_results(tmp_path / "fid", three("edm-uncond", False, False, [2.0, 2.1, 2.2]))
+    (tmp_path / "fid" / "other.json").write_text('{"kind": "diagnostics"}')
+    assert len(report.load_fid_results([tmp_path / "fid"])) == 3
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def synthetic_results() -> list[dict]:
+    res = []
+    for aot in (False, True):
+        for cond in (False, True):
+            name = f"{'aot' if aot else 'edm'}-{'cond' if cond else 'uncond'}"
+            for steps in (4, 8, 14, 18):
+                for rho in (7, 9, 27, 81, 243):
+                    f = 2 + 10 / steps + 0.1 * abs(math.log(rho / 30)) - 0.2 * aot
+                    res.append(fid_json(name, aot, cond, f, steps=steps, rho=rho))
+    return res
+
+
+def synthetic_diagnostics(channels: int, seeds: int = 4, steps: int = 5, res: int = 8) -> dict:
+    rng = np.random.default_rng(0)
+    d = {"names": np.array(["edm-uncond", "aot-uncond"]),
+         "t_steps": np.r_[np.geomspace(80, 0.002, steps), 0.0], "labels": -np.ones(seeds, int)}
+    for i in range(2):
+        d[f"x0_{i}"] = rng.uniform(-1, 1, (seeds, steps, channels, res, res)).astype(np.float32)
+        d[f"x_{i}"] = rng.uniform(-1, 1, (seeds, steps + 1, channels, res, res)).astype(np.float32)
+    return d
+
+
+def assert_png(paths: list[Path]) -> None:
+    png, pdf = paths
+    with Image.open(png) as im:
+        im.load()
+        assert im.size[0] > 0 and im.size[1] > 0
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_curve_figures(tmp_path):
+    res = synthetic_results()
+    assert_png(report.save_figure(report.plot_fid_vs_nfe(res), tmp_path / "figure1"))
+    assert_png(report.save_figure(report.plot_fid_vs_rho(res), tmp_path / "figure4"))
+    assert_png(report.save_figure(report.plot_best_fid_vs_nfe(res), tmp_path / "figure5"))
+    offline = [fid_json("a", True, False, 0.3, steps=s, features="offline-classifier") for s in (8, 18)]
+    assert_png(report.save_figure(report.plot_best_fid_vs_nfe(offline), tmp_path / "off"))
+    assert_png(report.save_figure(report.plot_fid_vs_rho([]), tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_figures(tmp_path, channels):
+    diag = synthetic_diagnostics(channels)
+    assert_png(report.save_figure(report.plot_trajectory_strip(diag, max_columns=3), tmp_path / "f2"))
+    assert_png(report.save_figure(report.plot_denoised_grid(diag, step=1), tmp_path / "f3"))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (40, 8, 8, channels), dtype=np.uint8)
+    labels = rng.integers(0, 10, 40) if channels == 3 else None
+    assert_png(report.save_figure(report.plot_sample_grid(images, labels, count=20, columns=5),
+                                  tmp_path / "f10"))
+
+
+def test_curvature_figure(tmp_path):
+    curve = {"models": [{"name": n, "aot": a, "cond": False, "curvature": 0.1 + a,
+                         "curve": {"sigma": [80, 10, 1, 0.1], "x0_distance_to_final": [3, 2, 1, 0.5]}}
+                        for n, a in (("edm-uncond", False), ("aot-uncond", True))]}
+    assert_png(report.save_figure(report.plot_curvature(curve), tmp_path / "curvature"))
+
+
+def test_figure_cli_from_files(tmp_path):
+    np.savez(tmp_path / "traj.npz", **synthetic_diagnostics(1))
+    report.main(["figure", "--figure", "2", "--diagnostics", str(tmp_path / "traj.npz"),
+                 "--out-prefix", str(tmp_path / "figs" / "figure2")])
+    report.main(["figure", "--figure", "9", "--diagnostics", str(tmp_path / "traj.npz"),
+                 "--step", "0", "--out-prefix", str(tmp_path / "figs" / "figure9")])
+    meta = {"model": {"name": "aot-cond", "aot": True, "cond": True}, "sampler": {"key": "heun-n18-rho7"}}
+    np.savez(tmp_path / "s.npz", images=np.zeros((12, 8, 8, 1), np.uint8),
+             labels=np.arange(12) % 3, seeds=np.arange(12), meta=np.array(json.dumps(meta)))
+    report.main(["figure", "--figure", "10", "--samples", str(tmp_path / "s.npz"),
+                 "--out-prefix", str(tmp_path / "figs" / "figure10")])
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == [f"figure{n}.{e}" for n in (10, 2, 9) for e in ("pdf", "png")]
+
+
+def test_figure_cli_bad_input(tmp_path, capsys):
+    (tmp_path / "traj.npz").write_bytes(b"not an npz")
+    with pytest.raises(SystemExit):
+        report.main(["figure", "--figure", "2", "--diagnostics", str(tmp_path / "traj.npz"),
+                     "--out-prefix", str(tmp_path / "figure2")])
+    assert "traj.npz" in capsys.readouterr().err
+    with pytest.raises(UserError, match="seed-index"):
+        report.plot_trajectory_strip(synthetic_diagnostics(1), seed_index=9)
+    assert not list(tmp_path.glob("figure2*"))
+
+
+def test_minimal_step_optimum():
+    nfe = [7, 11, 15, 19, 23, 27, 31, 35]
+    fid = [60, 8, 3.0, 2.3, 2.02, 1.88, 1.88, 1.87]
+    assert report.minimal_step_optimum(nfe, fid, tolerance=0.01) == (27, 1.88)
+    assert report.minimal_step_optimum(nfe, fid, tolerance=0.0) == (35, 1.87)
+    assert report.minimal_step_optimum(nfe, fid, tolerance=0.1) == (23, 2.02)
+    assert report.minimal_step_optimum([], []) is None
+
+
+# ------------------------------------------------------------------------------ readme
+
+
+def test_readme(tmp_path):
+    run = tmp_path / "results" / "demo"
+    res = synthetic_results() + three("aot-uncond", True, False, [1.5, 1.4], steps=14, rho=90,
+                                      guidance=DG_AOT)
+    paths = write_results(run / "fid", res)
+    for n in (1, 2, 3, 4, 5):
+        report.main(["table", "--table", str(n), "--out-prefix", str(run / "tables" / f"table{n}"),
+                     *map(str, paths)])
+    for n in ("1", "4", "5"):
+        report.main(["figure", "--figure", n, "--out-prefix", str(run / "figures" / f"figure{n}"),
+                     str(run / "fid")])
+    report.save_figure(report.plot_trajectory_strip(synthetic_diagnostics(1)), run / "figures" / "figure2")
+    bench = tmp_path / "benchmarks" / "demo"
+    tsv = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    files = {"train_aot-uncond.tsv": [3600.0, 1800.0], "generate/aot-uncond/heun-n18-rho7/rep0.tsv": [60.0],
+             "fid_aot-uncond_rep0.tsv": [30.0], "train_discriminator_aot.tsv": [120.0],
+             "prepare_dataset.tsv": [10.0]}
+    for name, secs in files.items():
+        (bench / name).parent.mkdir(parents=True, exist_ok=True)
+        (bench / name).write_text(tsv + "".join(f"{s}\t0\t1\t1\t1\t1\t0\t0\t50\t{s / 2}\n" for s in secs))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"run": "demo", "fid": {"repeats": 3, "num_images": 50000}}))
+    report.main(["readme", "--run-dir", str(run), "--config", str(config),
+                 "--benchmarks", str(bench)])
+    text = (run / "README.md").read_text()
+    for n in (1, 2, 3, 4, 5):
+        assert report.TABLE_TITLES[n] in text
+        body = (run / "tables" / f"table{n}.md").read_text().split("\n", 2)[2]
+        assert body.split("\n- ")[0].strip() in text  # the Markdown table itself, inline
+        assert f"](tables/table{n}.csv)" in text and f"](tables/table{n}.tex)" in text
+    for n in ("1", "2", "4", "5"):
+        assert f"](figures/figure{n}.png)" in text and f"](figures/figure{n}.pdf)" in text
+    assert "| `fid.repeats` | 3 |" in text
+    assert "Quoted from the paper" in text and "DDPM" in text
+    assert "5620 s" not in text and "1.56 h" in text  # 5620 s of wall time in all
+    stage = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 1 | 1:30:00 |" in stage["train"]  # one file, two benchmark repeats
+    assert "| 1 | 0:02:00 |" in stage["dg"] and "| 1 | 0:00:10 |" in stage["other"]
+    assert "| 5 | 1:33:40 |" in stage["total"]
+    assert report.OFFLINE_CAVEAT not in text
+
+
+def test_readme_offline_caveat_and_missing_table(tmp_path):
+    run = tmp_path / "run"
+    report.write_table(1, three("a", True, False, [0.4, 0.5, 0.6], features="offline-classifier"),
+                       run / "tables" / "table1")
+    out = report.write_readme(run, benchmarks=tmp_path / "none")
+    text = out.read_text()
+    assert report.OFFLINE_CAVEAT in text and "No Snakemake benchmark files" in text
+    with pytest.raises(UserError, match="table9"):
+        report.write_readme(run, tables=[run / "tables" / "table9.csv"])
+
+
+def test_benchmark_stages():
+    assert report.benchmark_stage("train_edm-uncond.tsv") == "train"
+    assert report.benchmark_stage("train/aot-cond.tsv") == "train"
+    assert report.benchmark_stage("train_discriminator_aot-cond.tsv") == "dg"
+    assert report.benchmark_stage("generate_dg/aot-cond/rep0.tsv") == "dg"
+    assert report.benchmark_stage("generate/aot-cond/heun-n18-rho7/rep0.tsv") == "generate"
+    assert report.benchmark_stage("fid/aot-cond/heun-n18-rho7/rep0.tsv") == "fid"
+    assert report.benchmark_stage("prepare_dataset.tsv") == "other"
