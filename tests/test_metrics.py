@@ -19,6 +19,7 @@ import torch
 from aot import fid, metrics
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
 
 def _random_cov(rng, d, n=None):
@@ -119,10 +120,15 @@ def digits(tmp_path_factory):
     images, labels = digits_images(8)
     images, labels = images[:600], labels[:600]
     write_dataset(root / "digits.zip", images, labels)
-    fid.main(["train-features", "--data", str(root / "digits.zip"), "--out", str(root / "featnet.pt"),
-              "--epochs", "6", "--feature-dim", "32", "--width", "16", "--device", "cpu"])
-    fid.main(["reference", "--data", str(root / "digits.zip"), "--features", str(root / "featnet.pt"),
-              "--out", str(root / "ref.npz"), "--device", "cpu"])
+    threads = torch.get_num_threads()
+    try:  # one thread: a tiny network gains nothing from more, and loses much on a busy machine
+        fid.main(["train-features", "--data", str(root / "digits.zip"), "--out", str(root / "featnet.pt"),
+                  "--epochs", "10", "--batch", "32", "--feature-dim", "16", "--width", "8", "--device", "cpu",
+                  "--threads", "1"])
+        fid.main(["reference", "--data", str(root / "digits.zip"), "--features", str(root / "featnet.pt"),
+                  "--out", str(root / "ref.npz"), "--device", "cpu", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
     return root, images, labels
 
 
@@ -130,19 +136,19 @@ def test_feature_net_file_is_weights_only_and_learns(digits):
     root, _, _ = digits
     payload = torch.load(root / "featnet.pt", weights_only=True)
     assert payload["format"] == metrics.FEATNET_FORMAT
-    assert payload["init_kwargs"] == {"in_channels": 1, "resolution": 8, "num_classes": 10, "feature_dim": 32,
-                                      "width": 16}
+    assert payload["init_kwargs"] == {"in_channels": 1, "resolution": 8, "num_classes": 10, "feature_dim": 16,
+                                      "width": 8}
     assert payload["meta"]["name"] == "offline-classifier"
     assert payload["meta"]["val_accuracy"] > 0.6  # 10 classes: chance is 0.1
     net, _ = metrics.load_feature_net(root / "featnet.pt")
-    assert net.features(torch.zeros(2, 1, 8, 8)).shape == (2, 32)
+    assert net.features(torch.zeros(2, 1, 8, 8)).shape == (2, 16)
 
 
 def test_reference_file(digits):
     root, images, _ = digits
     ref = fid.load_reference(root / "ref.npz")
     assert ref["feature"] == "offline-classifier" and ref["num_images"] == 600
-    assert (ref["resolution"], ref["channels"]) == (8, 1) and ref["mu"].shape == (32,)
+    assert (ref["resolution"], ref["channels"]) == (8, 1) and ref["mu"].shape == (16,)
     net, _ = metrics.load_feature_net(root / "featnet.pt")
     with torch.no_grad():
         feats = net.features(torch.from_numpy(images[:, None]).float()).numpy()
@@ -198,6 +204,15 @@ def test_measure_rejects_mismatched_samples(digits, tmp_path, capsys):
     with pytest.raises(SystemExit):  # an Inception measurement against offline statistics
         fid.main(["measure", "--samples", str(rgb), "--ref", str(root / "ref.npz"), "--features", "inception",
                   "--out", str(out)])
+    net, meta = metrics.load_feature_net(root / "featnet.pt")
+    with torch.no_grad():
+        net.head.bias.add_(1.0)
+    metrics.save_feature_net(tmp_path / "other.pt", net, **meta)
+    gray = _samples_npz(tmp_path / "gray.npz", images[..., None])
+    with pytest.raises(SystemExit):  # not the feature network the reference was computed with
+        fid.main(["measure", "--samples", str(gray), "--ref", str(root / "ref.npz"), "--features",
+                  str(tmp_path / "other.pt"), "--out", str(out)])
+    assert "is not the one reference" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -226,7 +241,7 @@ def test_missing_inception_fails_at_once(tmp_path, capsys, no_network, monkeypat
     assert f"python -m aot.fid fetch-assets --cache-dir {tmp_path / 'cache'}" in err[0]
     assert not out.exists()
     with pytest.raises(SystemExit):
-        fid.main(["reference", "--precomputed", "cifar10-train", "--cache-dir", str(tmp_path / "cache"),
+        fid.main(["reference", "--precomputed", "cifar10", "--cache-dir", str(tmp_path / "cache"),
                   "--out", str(out)])
     assert "cifar10_legacy_tensorflow_train_32.npz" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "cache").exists()
@@ -294,8 +309,11 @@ def test_fetch_assets_from_local_server(served, tmp_path, capsys):
     fid.main(args)
     for name in ("inception-2015-12-05.pt", "cifar10_legacy_tensorflow_train_32.npz"):
         assert (cache / name).read_bytes() == (site / name).read_bytes()
-    assert sorted(p.name for p in cache.iterdir()) == ["cifar10_legacy_tensorflow_train_32.npz",
+    assert sorted(p.name for p in cache.iterdir()) == ["assets.json", "cifar10_legacy_tensorflow_train_32.npz",
                                                         "inception-2015-12-05.pt"]  # no temporaries left
+    manifest = json.loads((cache / "assets.json").read_text())
+    assert manifest["files"]["inception"]["url"] == f"{base}/inception-2015-12-05.pt"
+    assert manifest["files"]["cifar10"]["bytes"] == (site / "cifar10_legacy_tensorflow_train_32.npz").stat().st_size
     fid.main(args)
     assert capsys.readouterr().out.count("present:") == 2
 
@@ -314,8 +332,8 @@ def test_default_urls_are_clean_fids():
     from cleanfid.downloads_helper import inception_url
 
     assert fid.INCEPTION_URL == inception_url
-    assert fid.precomputed_url("cifar10-train").endswith("/cifar10_legacy_tensorflow_train_32.npz")
-    assert fid.precomputed_url("cifar10-train").startswith("https://www.cs.cmu.edu/~clean-fid/stats/")
+    assert fid.precomputed_url("cifar10").endswith("/cifar10_legacy_tensorflow_train_32.npz")
+    assert fid.precomputed_url("cifar10").startswith("https://www.cs.cmu.edu/~clean-fid/stats/")
     parser = fid.build_parser()
     assert parser.parse_args(["fetch-assets"]).inception_url == inception_url
 
@@ -330,17 +348,22 @@ def test_inception_path_with_fetched_assets(served, tmp_path, monkeypatch):
     monkeypatch.setenv("AOT_FID_CACHE", str(cache))
     # The 2048-d sqrtm is slow; the fake features live in the first 4 dims, so compare there (exact).
     full = metrics.frechet_distance
-    monkeypatch.setattr(metrics, "frechet_distance", lambda m1, s1, m2, s2: full(m1[:4], s1[:4, :4], m2[:4], s2[:4, :4]))
+    monkeypatch.setattr(metrics, "frechet_distance",
+                        lambda m1, s1, m2, s2: full(m1[:4], s1[:4, :4], m2[:4], s2[:4, :4]))
 
-    fid.main(["reference", "--precomputed", "cifar10-train", "--out", str(tmp_path / "ref.npz")])
+    from aot.data import write_dataset
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    write_dataset(tmp_path / "rgb.zip", images, None)
+    fid.main(["reference", "--precomputed", "cifar10", "--data", str(tmp_path / "rgb.zip"),
+              "--out", str(tmp_path / "ref.npz")])
     ref = fid.load_reference(tmp_path / "ref.npz")
     assert ref["feature"] == "inception-v3-tf" and ref["mode"] == "legacy_tensorflow"
     assert ref["num_images"] == 50000 and (ref["resolution"], ref["channels"]) == (32, 3)
 
-    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     samples = _samples_npz(tmp_path / "s.npz", images, META)
     fid.main(["measure", "--samples", str(samples), "--ref", str(tmp_path / "ref.npz"), "--features", "inception",
-              "--out", str(tmp_path / "s.json"), "--device", "cpu", "--batch", "16"])
+              "--out", str(tmp_path / "s.json"), "--device", "cpu", "--batch", "16", "--threads", "1"])
     res = json.loads((tmp_path / "s.json").read_text())
     assert res["feature_network"] == {"name": "inception-v3-tf", "mode": "legacy_tensorflow", "path": None,
                                       "dims": 2048}
@@ -351,12 +374,41 @@ def test_inception_path_with_fetched_assets(served, tmp_path, monkeypatch):
     assert res["fid"] == pytest.approx(expected, rel=1e-5)
 
     # Grayscale data: repeated to three channels for Inception; reference from a dataset.
-    from aot.data import write_dataset
-
     gray = images[..., 0]
     write_dataset(tmp_path / "gray.zip", gray, None)
-    fid.main(["reference", "--data", str(tmp_path / "gray.zip"), "--out", str(tmp_path / "gref.npz"), "--device", "cpu"])
+    with pytest.raises(SystemExit):  # CIFAR-10 statistics for a 1x32x32 dataset
+        fid.main(["reference", "--precomputed", "cifar10", "--data", str(tmp_path / "gray.zip"),
+                  "--out", str(tmp_path / "bad.npz")])
+    assert not (tmp_path / "bad.npz").exists()
+    fid.main(["reference", "--data", str(tmp_path / "gray.zip"), "--out", str(tmp_path / "gref.npz"),
+              "--device", "cpu"])
     gref = fid.load_reference(tmp_path / "gref.npz")
     assert gref["channels"] == 1
     g = torch.from_numpy(gray).float()[:, None].repeat(1, 3, 1, 1)
     np.testing.assert_allclose(gref["mu"][:4], _FakeInception()(g).numpy()[:, :4].mean(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_inception_inputs_match_clean_fid_folder_loader(tmp_path, channels):
+    """Arrays fed by aot.metrics equal what clean-fid's own folder pipeline feeds (legacy_tensorflow)."""
+    from PIL import Image
+    from cleanfid.fid import get_folder_features
+
+    images = np.random.default_rng(channels).integers(0, 256, (7, 32, 32, channels), dtype=np.uint8)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img[..., 0] if channels == 1 else img).save(folder / f"img{i:03d}.png")
+    model = torch.jit.script(_FakeInception())
+    seen = []
+
+    def fn(x):
+        seen.append(x.clone())
+        return model(x)
+
+    ref = get_folder_features(str(folder), fn, num_workers=0, batch_size=4, device=torch.device("cpu"),
+                              mode="legacy_tensorflow", verbose=False)
+    ours = metrics.compute_features(metrics.images_to_nchw(images), fn, "cpu", batch_size=4, rgb=True)
+    n = len(seen) // 2
+    torch.testing.assert_close(torch.cat(seen[n:]), torch.cat(seen[:n]), rtol=0, atol=0)
+    np.testing.assert_array_equal(ours, ref)

@@ -102,6 +102,15 @@ def test_sample_sets_are_kept_apart():
     assert sorted(agg["fid"]) == pytest.approx([1.5, 1.7, 2.0])
 
 
+def test_guidance_from_sampler_key_and_top_level_nfe():
+    obj = fid_json("aot-uncond", True, False, 1.7, steps=14, rho=90)
+    obj["sampler"]["key"] = "dgaot-heun-n14-rho90"
+    del obj["sampler"]["nfe"]
+    obj["nfe"] = 27
+    rec = report.parse_fid_result(obj)
+    assert rec["guidance"] == "aot" and rec["sampler_key"] == "dgaot-heun-n14-rho90" and rec["nfe"] == 27
+
+
 def test_duplicate_repeat_is_an_error(tmp_path):
     paths = write_results(tmp_path, [fid_json("edm-uncond", False, False, 2.0, repeat=1)] * 2)
     with pytest.raises(UserError, match="r001.json"):
@@ -259,6 +268,12 @@ def test_offline_feature_network_caveat(tmp_path):
         text = (tmp_path / f"table1.{ext}").read_text()
         assert "offline classifier" in text and "not comparable to the paper column" in text
     assert report.OFFLINE_CAVEAT in (tmp_path / "table1.md").read_text()
+    assert "Δ" not in (tmp_path / "table1.md").read_text().split("\n- ")[0]  # no difference column
+    df, meta = report.read_table_csv(tmp_path / "table1.csv")
+    assert meta["feature_network"] == "offline-classifier" and df["diff"].isna().all()
+    assert row(df, "model", "EDM-AOT (rho=7, 18 steps)")["fid"] == pytest.approx(0.5)
+    full, _, _ = report.make_table(4, res)
+    assert "diff" not in set(full["stat"])
 
 
 def test_mixed_feature_networks_are_an_error():
@@ -313,8 +328,8 @@ def synthetic_results() -> list[dict]:
     for aot in (False, True):
         for cond in (False, True):
             name = f"{'aot' if aot else 'edm'}-{'cond' if cond else 'uncond'}"
-            for steps in (4, 8, 14, 18):
-                for rho in (7, 9, 27, 81, 243):
+            for steps in (8, 18):
+                for rho in (7, 27, 81):
                     f = 2 + 10 / steps + 0.1 * abs(math.log(rho / 30)) - 0.2 * aot
                     res.append(fid_json(name, aot, cond, f, steps=steps, rho=rho))
     return res
@@ -338,14 +353,21 @@ def assert_png(paths: list[Path]) -> None:
     assert pdf.read_bytes().startswith(b"%PDF")
 
 
+def png_only(fig, prefix: Path) -> None:
+    """Curve figures are slow to lay out; the PNG alone (small) shows that they render."""
+    (png,) = report.save_figure(fig, prefix, dpi=40, formats=("png",))
+    with Image.open(png) as im:
+        im.load()
+        assert im.size[0] > 0 and im.size[1] > 0
+
+
 def test_curve_figures(tmp_path):
     res = synthetic_results()
-    assert_png(report.save_figure(report.plot_fid_vs_nfe(res), tmp_path / "figure1"))
-    assert_png(report.save_figure(report.plot_fid_vs_rho(res), tmp_path / "figure4"))
     assert_png(report.save_figure(report.plot_best_fid_vs_nfe(res), tmp_path / "figure5"))
-    offline = [fid_json("a", True, False, 0.3, steps=s, features="offline-classifier") for s in (8, 18)]
-    assert_png(report.save_figure(report.plot_best_fid_vs_nfe(offline), tmp_path / "off"))
-    assert_png(report.save_figure(report.plot_fid_vs_rho([]), tmp_path / "empty"))
+    png_only(report.plot_fid_vs_nfe(res), tmp_path / "figure1")
+    png_only(report.plot_fid_vs_rho(res, steps=(18, 8)), tmp_path / "figure4")
+    offline = [fid_json("a", True, False, 0.3, steps=8, features="offline-classifier")]
+    png_only(report.plot_fid_vs_rho(offline, steps=(8,)), tmp_path / "offline")  # twin axes, no data
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -361,25 +383,44 @@ def test_image_figures(tmp_path, channels):
 
 
 def test_curvature_figure(tmp_path):
-    curve = {"models": [{"name": n, "aot": a, "cond": False, "curvature": 0.1 + a,
-                         "curve": {"sigma": [80, 10, 1, 0.1], "x0_distance_to_final": [3, 2, 1, 0.5]}}
-                        for n, a in (("edm-uncond", False), ("aot-uncond", True))]}
-    assert_png(report.save_figure(report.plot_curvature(curve), tmp_path / "curvature"))
+    assert_png(report.save_figure(report.plot_curvature(curvature_json(4)), tmp_path / "curvature"))
+    with pytest.raises(UserError, match="x0_distance_to_final"):
+        report.plot_curvature({"models": [{"name": "a", "curve": {"sigma": [1]}}]})
 
 
-def test_figure_cli_from_files(tmp_path):
-    np.savez(tmp_path / "traj.npz", **synthetic_diagnostics(1))
-    report.main(["figure", "--figure", "2", "--diagnostics", str(tmp_path / "traj.npz"),
-                 "--out-prefix", str(tmp_path / "figs" / "figure2")])
-    report.main(["figure", "--figure", "9", "--diagnostics", str(tmp_path / "traj.npz"),
-                 "--step", "0", "--out-prefix", str(tmp_path / "figs" / "figure9")])
+def curvature_json(steps: int) -> dict:
+    return {"kind": "diagnostics", "sampler": {"key": f"heun-n{steps}-rho7", "num_steps": steps},
+            "models": [{"name": n, "aot": a, "cond": False, "curvature": 0.1 + a,
+                        "curve": {"sigma": [80, 10, 1, 0.1][:steps],
+                                  "x0_distance_to_final": [3, 2, 1, 0.5][:steps]}}
+                       for n, a in (("edm-uncond", False), ("aot-uncond", True))]}
+
+
+def test_figure_cli_as_the_workflow_calls_it(tmp_path):
+    figs = tmp_path / "figs"
+    np.savez(tmp_path / "uncond-heun-n18-rho7.npz", **synthetic_diagnostics(1))
+    rhos = ["--rhos", "9,27,81,243"]
+    report.main(["figure", "--figure", "6", "--kind", "strip", *rhos, "--out-prefix",
+                 str(figs / "figure6"), str(tmp_path / "uncond-heun-n18-rho7.npz")])
+    report.main(["figure", "--figure", "9", "--kind", "denoised-grid", *rhos, "--out-prefix",
+                 str(figs / "figure9"), str(tmp_path / "uncond-heun-n18-rho7.npz")])
+    report.main(["figure", "--figure", "2", "--diagnostics", str(tmp_path / "uncond-heun-n18-rho7.npz"),
+                 "--step", "0", "--out-prefix", str(figs / "figure2")])
     meta = {"model": {"name": "aot-cond", "aot": True, "cond": True}, "sampler": {"key": "heun-n18-rho7"}}
-    np.savez(tmp_path / "s.npz", images=np.zeros((12, 8, 8, 1), np.uint8),
+    np.savez(tmp_path / "rep0.npz", images=np.zeros((12, 8, 8, 1), np.uint8),
              labels=np.arange(12) % 3, seeds=np.arange(12), meta=np.array(json.dumps(meta)))
-    report.main(["figure", "--figure", "10", "--samples", str(tmp_path / "s.npz"),
-                 "--out-prefix", str(tmp_path / "figs" / "figure10")])
-    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert names == [f"figure{n}.{e}" for n in (10, 2, 9) for e in ("pdf", "png")]
+    report.main(["figure", "--figure", "11", "--kind", "samples", *rhos, "--out-prefix",
+                 str(figs / "figure11"), str(tmp_path / "rep0.npz")])
+    for steps in (4, 2):
+        (tmp_path / f"uncond-heun-n{steps}-rho7.json").write_text(json.dumps(curvature_json(steps)))
+    report.main(["figure", "--figure", "curvature", "--out-prefix", str(figs / "curvature"),
+                 str(tmp_path / "uncond-heun-n4-rho7.json"), str(tmp_path / "uncond-heun-n2-rho7.json")])
+    names = sorted(p.name for p in figs.iterdir())
+    assert names == [f"{n}.{e}" for n in ("curvature", "figure11", "figure2", "figure6", "figure9")
+                     for e in ("pdf", "png")]
+    with pytest.raises(UserError, match="exactly one"):
+        report.make_figure(report._parser().parse_args(
+            ["figure", "--figure", "2", "--out-prefix", "x", "a.npz", "b.npz"]))
 
 
 def test_figure_cli_bad_input(tmp_path, capsys):
@@ -413,14 +454,17 @@ def test_readme(tmp_path):
     for n in (1, 2, 3, 4, 5):
         report.main(["table", "--table", str(n), "--out-prefix", str(run / "tables" / f"table{n}"),
                      *map(str, paths)])
-    for n in ("1", "4", "5"):
-        report.main(["figure", "--figure", n, "--out-prefix", str(run / "figures" / f"figure{n}"),
-                     str(run / "fid")])
+    report.main(["figure", "--figure", "1", "--paper-baselines", "--rhos", "9,27,81,243",
+                 "--out-prefix", str(run / "figures" / "figure1"),
+                 *[str(p) for p, r in zip(paths, res) if not r["model"]["cond"]]])
+    for n in ("4", "5"):  # the report only links figures: stand-ins keep the test fast
+        for ext in ("png", "pdf"):
+            (run / "figures" / f"figure{n}.{ext}").write_bytes((run / "figures" / f"figure1.{ext}").read_bytes())
     report.save_figure(report.plot_trajectory_strip(synthetic_diagnostics(1)), run / "figures" / "figure2")
     bench = tmp_path / "benchmarks" / "demo"
     tsv = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    files = {"train_aot-uncond.tsv": [3600.0, 1800.0], "generate/aot-uncond/heun-n18-rho7/rep0.tsv": [60.0],
-             "fid_aot-uncond_rep0.tsv": [30.0], "train_discriminator_aot.tsv": [120.0],
+    files = {"train/aot-uncond.tsv": [3600.0, 1800.0], "generate/aot-uncond/heun-n18-rho7-rep0.tsv": [60.0],
+             "fid/aot-uncond/heun-n18-rho7-rep0.tsv": [30.0], "train_discriminator/aot-uncond-aot.tsv": [120.0],
              "prepare_dataset.tsv": [10.0]}
     for name, secs in files.items():
         (bench / name).parent.mkdir(parents=True, exist_ok=True)
@@ -459,10 +503,12 @@ def test_readme_offline_caveat_and_missing_table(tmp_path):
 
 
 def test_benchmark_stages():
-    assert report.benchmark_stage("train_edm-uncond.tsv") == "train"
-    assert report.benchmark_stage("train/aot-cond.tsv") == "train"
-    assert report.benchmark_stage("train_discriminator_aot-cond.tsv") == "dg"
-    assert report.benchmark_stage("generate_dg/aot-cond/rep0.tsv") == "dg"
-    assert report.benchmark_stage("generate/aot-cond/heun-n18-rho7/rep0.tsv") == "generate"
-    assert report.benchmark_stage("fid/aot-cond/heun-n18-rho7/rep0.tsv") == "fid"
-    assert report.benchmark_stage("prepare_dataset.tsv") == "other"
+    stage = report.benchmark_stage
+    assert stage("train/edm-uncond.tsv") == "train"
+    assert stage("train_discriminator/aot-cond-aot.tsv") == "dg"
+    assert stage("generate_dg/aot-cond/dgaot-heun-n15-rho72-rep0.tsv") == "dg"
+    assert stage("generate/aot-cond/heun-n18-rho7-rep0.tsv") == "generate"
+    assert stage("fid/aot-cond/dgaot-heun-n15-rho72-rep0.tsv") == "fid"
+    assert stage("train_features.tsv") == "fid" and stage("reference_stats.tsv") == "fid"
+    assert stage("prepare_dataset.tsv") == "other" and stage("report/table1.tsv") == "other"
+    assert stage("diagnostics/uncond-heun-n18-rho7.tsv") == "other"

@@ -19,8 +19,6 @@ isotropic scaling, fractional rotation, anisotropic scaling and fractional trans
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -87,9 +85,26 @@ def rotate2d_inv(theta, **kw):
     return rotate2d(-theta, **kw)
 
 
-def _gate(values, prob, shape, device):
-    """Keep `values` where a uniform draw is below `prob`, zero elsewhere."""
-    return torch.where(torch.rand(shape, device=device) < prob, values, torch.zeros_like(values))
+class _Draws:
+    """Random draws on the images' device, from `generator` (any device) or torch's global RNG."""
+
+    def __init__(self, device, generator=None):
+        self.device = device
+        self.generator = generator
+        self.source = device if generator is None else generator.device
+
+    def rand(self, shape):
+        return torch.rand(shape, device=self.source, generator=self.generator).to(self.device)
+
+    def randn(self, shape):
+        return torch.randn(shape, device=self.source, generator=self.generator).to(self.device)
+
+    def randint(self, high, shape):
+        return torch.randint(high, shape, device=self.source, generator=self.generator).to(self.device)
+
+    def gate(self, values, prob, shape):
+        """Keep `values` where a uniform draw is below `prob`, zero elsewhere."""
+        return torch.where(self.rand(shape) < prob, values, torch.zeros_like(values))
 
 
 class AugmentPipe:
@@ -127,29 +142,31 @@ class AugmentPipe:
         args = ", ".join(f"{k}={v:g}" for k, v in self.init_kwargs.items())
         return f"AugmentPipe({args})"
 
-    def __call__(self, images):
+    def __call__(self, images, generator: torch.Generator | None = None):
+        """Augment float NCHW `images`; random draws come from `generator` if given (else torch's RNG)."""
         N, C, H, W = images.shape
         device = images.device
+        rng = _Draws(device, generator)
         labels = [torch.zeros([N, 0], device=device)]
         p = self.p
 
         # Pixel blitting.
         if self.xflip > 0:
-            w = _gate(torch.randint(2, [N, 1, 1, 1], device=device), self.xflip * p, [N, 1, 1, 1], device)
+            w = rng.gate(rng.randint(2, [N, 1, 1, 1]), self.xflip * p, [N, 1, 1, 1])
             images = torch.where(w == 1, images.flip(3), images)
             labels.append(w)
         if self.yflip > 0:
-            w = _gate(torch.randint(2, [N, 1, 1, 1], device=device), self.yflip * p, [N, 1, 1, 1], device)
+            w = rng.gate(rng.randint(2, [N, 1, 1, 1]), self.yflip * p, [N, 1, 1, 1])
             images = torch.where(w == 1, images.flip(2), images)
             labels.append(w)
         if self.rotate_int > 0:
-            w = _gate(torch.randint(4, [N, 1, 1, 1], device=device), self.rotate_int * p, [N, 1, 1, 1], device)
+            w = rng.gate(rng.randint(4, [N, 1, 1, 1]), self.rotate_int * p, [N, 1, 1, 1])
             images = torch.where((w == 1) | (w == 2), images.flip(3), images)
             images = torch.where((w == 2) | (w == 3), images.flip(2), images)
             images = torch.where((w == 1) | (w == 3), images.transpose(2, 3), images)
             labels += [(w == 1) | (w == 2), (w == 2) | (w == 3)]
         if self.translate_int > 0:
-            w = _gate(torch.rand([2, N, 1, 1, 1], device=device) * 2 - 1, self.translate_int * p, [1, N, 1, 1, 1], device)
+            w = rng.gate(rng.rand([2, N, 1, 1, 1]) * 2 - 1, self.translate_int * p, [1, N, 1, 1, 1])
             tx = w[0].mul(W * self.translate_int_max).round().to(torch.int64)
             ty = w[1].mul(H * self.translate_int_max).round().to(torch.int64)
             b, c, y, x = torch.meshgrid(*(torch.arange(n, device=device) for n in images.shape), indexing="ij")
@@ -162,25 +179,25 @@ class AugmentPipe:
         eye3 = torch.eye(3, device=device)
         G_inv = eye3
         if self.scale > 0:
-            w = _gate(torch.randn([N], device=device), self.scale * p, [N], device)
+            w = rng.gate(rng.randn([N]), self.scale * p, [N])
             s = w.mul(self.scale_std).exp2()
             G_inv = G_inv @ scale2d_inv(s, s)
             labels.append(w)
         if self.rotate_frac > 0:
-            w = (torch.rand([N], device=device) * 2 - 1) * (np.pi * self.rotate_frac_max)
-            w = _gate(w, self.rotate_frac * p, [N], device)
+            w = (rng.rand([N]) * 2 - 1) * (np.pi * self.rotate_frac_max)
+            w = rng.gate(w, self.rotate_frac * p, [N])
             G_inv = G_inv @ rotate2d_inv(-w)
             labels += [w.cos() - 1, w.sin()]
         if self.aniso > 0:
-            w = torch.randn([N], device=device)
-            r = (torch.rand([N], device=device) * 2 - 1) * np.pi
-            w = _gate(w, self.aniso * p, [N], device)
-            r = _gate(r, self.aniso_rotate_prob, [N], device)
+            w = rng.randn([N])
+            r = (rng.rand([N]) * 2 - 1) * np.pi
+            w = rng.gate(w, self.aniso * p, [N])
+            r = rng.gate(r, self.aniso_rotate_prob, [N])
             s = w.mul(self.aniso_std).exp2()
             G_inv = G_inv @ rotate2d_inv(r) @ scale2d_inv(s, 1 / s) @ rotate2d_inv(-r)
             labels += [w * r.cos(), w * r.sin()]
         if self.translate_frac > 0:
-            w = _gate(torch.randn([2, N], device=device), self.translate_frac * p, [1, N], device)
+            w = rng.gate(rng.randn([2, N]), self.translate_frac * p, [1, N])
             G_inv = G_inv @ translate2d_inv(w[0].mul(W * self.translate_frac_std), w[1].mul(H * self.translate_frac_std))
             labels += [w[0], w[1]]
 
@@ -193,26 +210,26 @@ class AugmentPipe:
         luma = torch.as_tensor(np.asarray([1, 1, 1, 0]) / np.sqrt(3), dtype=torch.float32, device=device)
         luma_outer = torch.outer(luma, luma)
         if self.brightness > 0:
-            w = _gate(torch.randn([N], device=device), self.brightness * p, [N], device)
+            w = rng.gate(rng.randn([N]), self.brightness * p, [N])
             b = w * self.brightness_std
             M = translate3d(b, b, b) @ M
             labels.append(w)
         if self.contrast > 0:
-            w = _gate(torch.randn([N], device=device), self.contrast * p, [N], device)
+            w = rng.gate(rng.randn([N]), self.contrast * p, [N])
             c = w.mul(self.contrast_std).exp2()
             M = scale3d(c, c, c) @ M
             labels.append(w)
         if self.lumaflip > 0:
-            w = _gate(torch.randint(2, [N, 1, 1], device=device), self.lumaflip * p, [N, 1, 1], device)
+            w = rng.gate(rng.randint(2, [N, 1, 1]), self.lumaflip * p, [N, 1, 1])
             M = (eye4 - 2 * luma_outer * w) @ M
             labels.append(w)
         if self.hue > 0:
-            w = (torch.rand([N], device=device) * 2 - 1) * (np.pi * self.hue_max)
-            w = _gate(w, self.hue * p, [N], device)
+            w = (rng.rand([N]) * 2 - 1) * (np.pi * self.hue_max)
+            w = rng.gate(w, self.hue * p, [N])
             M = rotate3d(luma, w) @ M
             labels += [w.cos() - 1, w.sin()]
         if self.saturation > 0:
-            w = _gate(torch.randn([N, 1, 1], device=device), self.saturation * p, [N, 1, 1], device)
+            w = rng.gate(rng.randn([N, 1, 1]), self.saturation * p, [N, 1, 1])
             M = (luma_outer + (eye4 - luma_outer) * w.mul(self.saturation_std).exp2()) @ M
             labels.append(w)
 
@@ -282,5 +299,3 @@ def edm_augment_pipe(p: float = 0.12) -> AugmentPipe:
     """The pipeline of EDM's train.py for `--augment=p` (the paper's CIFAR-10 setting is p = 0.12)."""
     return AugmentPipe(p=p, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
 
-
-_ = math  # (kept for numerical helpers used by callers)

@@ -9,6 +9,7 @@ in EDM.
 Command line:
 
     python -m aot.data cifar10 --source URL_OR_TARBALL [--md5 HEX | --sha256 HEX] --dest out.zip
+    python -m aot.data download --url URL [--md5 HEX | --sha256 HEX] --dest FILE
     python -m aot.data digits --resolution 8 --dest out.zip
     python -m aot.data info PATH
 """
@@ -22,6 +23,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import struct
 import tarfile
@@ -102,9 +104,10 @@ class ImageFolderDataset:
     naming the file.
     """
 
-    def __init__(self, path: str | os.PathLike, resolution: int | None = None, use_labels: bool = True,
-                 max_size: int | None = None, xflip: bool = False, random_seed: int = 0,
-                 cache: bool = False, require_labels: bool = False, check: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, use_labels: bool = True, max_size: int | None = None,
+                 xflip: bool = False, resolution: int | None = None, random_seed: int = 0,
+                 cache: bool = False, require_labels: bool = False, check: bool = True,
+                 use_pyspng: bool = True) -> None:  # use_pyspng: accepted for EDM's dataset_kwargs, unused
         self._path = str(path)
         self._zipfile: zipfile.ZipFile | None = None
         p = Path(self._path)
@@ -513,12 +516,14 @@ def file_digest(path: str | os.PathLike, algo: str) -> str:
     return h.hexdigest()
 
 
-def verify_checksum(path: str | os.PathLike, md5: str | None = None, sha256: str | None = None) -> None:
+def verify_checksum(path: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
+                    what: str | None = None) -> None:
     for algo, want in (("md5", md5), ("sha256", sha256)):
         if want:
             got = file_digest(path, algo)
             if got.lower() != want.strip().lower():
-                raise UserError(f"{path}: wrong {algo} checksum {got}, expected {want} (corrupt or incomplete download)")
+                raise UserError(f"{what or path}: wrong {algo} checksum {got}, expected {want} "
+                                "(corrupt or incomplete download, or another file)")
 
 
 def download(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
@@ -544,7 +549,7 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: 
             raise UserError(f"cannot download {url}: {exc}") from None
         if total and done != total:
             raise UserError(f"download of {url} is incomplete: {done} of {total} bytes")
-        verify_checksum(tmp, md5, sha256)
+        verify_checksum(tmp, md5, sha256, what=url)
     return dest
 
 
@@ -596,19 +601,37 @@ def _is_url(s: str) -> bool:
     return s.startswith(("http://", "https://", "ftp://"))
 
 
+def resolve_checksums(name: str, md5: str | None, sha256: str | None) -> tuple[str | None, str | None]:
+    """Which checksums to verify for a file called `name`.
+
+    Empty or missing values mean "not given": a file called `cifar-10-python.tar.gz` (or any
+    download by `prepare_cifar10`) is then checked against the official md5. The word `none`
+    switches checking off.
+    """
+    md5 = (md5 or "").strip() or None
+    sha256 = (sha256 or "").strip() or None
+    if (md5 or "").lower() == "none" or (sha256 or "").lower() == "none":
+        return None, None
+    for algo, value, length in (("md5", md5, 32), ("sha256", sha256, 64)):
+        if value is not None and not re.fullmatch(rf"[0-9a-fA-F]{{{length}}}", value):
+            raise UserError(f"--{algo} {value!r} is not a {length}-digit hexadecimal checksum")
+    if md5 is None and sha256 is None and name == CIFAR10_TARBALL_NAME:
+        md5 = CIFAR10_MD5
+    return md5, sha256
+
+
 def prepare_cifar10(source: str, dest: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
                     max_images: int | None = None, download_to: str | os.PathLike | None = None) -> int:
     """CIFAR-10 training set -> EDM dataset at `dest` (zip or folder). Returns the image count.
 
     `source` is a URL (downloaded, checked against `md5`/`sha256`, by default the official md5) or
     a local tarball (checked when a checksum is given, or against the official md5 when it is named
-    `cifar-10-python.tar.gz` and no checksum is given).
+    `cifar-10-python.tar.gz` and no checksum is given; `md5="none"` skips the check).
     """
     _check_dest(dest)
     source = str(source)
     if _is_url(source):
-        if md5 is None and sha256 is None:
-            md5 = CIFAR10_MD5
+        md5, sha256 = resolve_checksums(CIFAR10_TARBALL_NAME, md5, sha256)
         keep = download_to is not None
         target = Path(download_to) if keep else Path(dest).parent / f".{Path(dest).name}.download.tar.gz"
         try:
@@ -621,8 +644,7 @@ def prepare_cifar10(source: str, dest: str | os.PathLike, md5: str | None = None
     else:
         if not Path(source).is_file():
             raise UserError(f"CIFAR-10 archive {source} does not exist")
-        if md5 is None and sha256 is None and Path(source).name == CIFAR10_TARBALL_NAME:
-            md5 = CIFAR10_MD5
+        md5, sha256 = resolve_checksums(Path(source).name, md5, sha256)
         verify_checksum(source, md5, sha256)
         images, labels = read_cifar10_tarball(source, max_images)
     return write_dataset(dest, images, labels, total=len(images), what="writing CIFAR-10")
@@ -698,17 +720,29 @@ def _positive(name: str):
     return conv
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, via cli_main
+        raise UserError(message)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m aot.data", description="Prepare and inspect EDM-format datasets.")
+    parser = _Parser(prog="python -m aot.data", description="Prepare and inspect EDM-format datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("cifar10", help="CIFAR-10 training set from cifar-10-python.tar.gz")
     p.add_argument("--source", default=CIFAR10_URL, help=f"URL or local tarball (default {CIFAR10_URL})")
-    p.add_argument("--md5", default=None, help="expected md5 of the tarball (default for the official file: %s)" % CIFAR10_MD5)
+    p.add_argument("--md5", default=None, help="expected md5 of the tarball (default for the official file: %s; "
+                   "'none' skips the check)" % CIFAR10_MD5)
     p.add_argument("--sha256", default=None, help="expected sha256 of the tarball")
     p.add_argument("--download-to", default=None, help="keep the downloaded tarball at this path")
     p.add_argument("--max-images", type=_positive("--max-images"), default=None)
     p.add_argument("--dest", required=True, help="output .zip (or folder)")
+
+    p = sub.add_parser("download", help="download a file (atomically) and check its checksum")
+    p.add_argument("--url", default=CIFAR10_URL, help=f"URL (default {CIFAR10_URL})")
+    p.add_argument("--md5", default=None, help="expected md5 (default for cifar-10-python.tar.gz: the official one)")
+    p.add_argument("--sha256", default=None, help="expected sha256")
+    p.add_argument("--dest", required=True, help="where to store the file")
 
     p = sub.add_parser("digits", help="scikit-learn's bundled 8x8 digits (1797 images, 1 channel, labels)")
     p.add_argument("--resolution", type=_positive("--resolution"), default=8)
@@ -727,6 +761,13 @@ def main(argv: list[str] | None = None) -> None:
         n = prepare_cifar10(args.source, args.dest, md5=args.md5, sha256=args.sha256,
                             max_images=args.max_images, download_to=args.download_to)
         print(f"wrote {n} images to {args.dest}", flush=True)
+    elif args.command == "download":
+        if not _is_url(args.url):
+            raise UserError(f"--url {args.url!r} is not an http(s) or ftp URL")
+        name = os.path.basename(args.url.split("?")[0])
+        md5, sha256 = resolve_checksums(name, args.md5, args.sha256)
+        download(args.url, args.dest, md5=md5, sha256=sha256)
+        print(f"downloaded {args.url} to {args.dest}", flush=True)
     elif args.command == "digits":
         n = prepare_digits(args.dest, resolution=args.resolution, max_images=args.max_images)
         print(f"wrote {n} images to {args.dest}", flush=True)

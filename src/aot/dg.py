@@ -486,6 +486,9 @@ def dg_sampler(net: nn.Module, latents: torch.Tensor, class_labels: torch.Tensor
     def guidance(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return grad_log_ratio(discriminator, x, sigma, class_labels, time_min, time_max, cosine_time)
 
+    # DG draws churn noise on every step; it only matters (and is only drawn here) when some step
+    # can add noise, i.e. with S_churn > 0 or boosting.
+    draw_noise = bool(S_churn) or bool(boosting)
     x_next = latents.to(torch.float64) * t_steps[0]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
@@ -501,7 +504,10 @@ def dg_sampler(net: nn.Module, latents: torch.Tensor, class_labels: torch.Tensor
             c, s_noise = float(churn[0]), float(noise[0])
             gamma = min(c / num_steps, gamma_max) if in_range else 0
             t_hat = net.round_sigma(t_cur + gamma * t_cur)
-            x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * s_noise * randn_like(x_cur)
+            if draw_noise:
+                x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * s_noise * randn_like(x_cur)
+            else:  # the added noise would be exactly zero (aot.sampling skips the draw too)
+                x_hat = x_cur
             t_hat_b = t_hat
         else:
             gamma_vec = torch.clamp(churn / num_steps, max=gamma_max) if in_range else torch.zeros_like(churn)
@@ -529,3 +535,604 @@ def dg_sampler(net: nn.Module, latents: torch.Tensor, class_labels: torch.Tensor
                 d_prime = d_prime + w2 * (g / t_next.float())
             x_next = x_hat + (t_next - t_hat_b) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next
+
+
+# ------------------------------------------------------------------------------------------------
+# Files: feature extractors (ours or DG's ADM classifier), discriminators (ours or DG's heads)
+
+
+def _encoder_record(model: ADMEncoder) -> dict:
+    return {"init_kwargs": dict(model.init_kwargs),
+            "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}}
+
+
+def _build_encoder(init_kwargs: dict, state_dict: dict, what: str) -> ADMEncoder:
+    try:
+        model = ADMEncoder(**init_kwargs)
+        model.load_state_dict(state_dict, strict=True)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} does not match its architecture: {first}") from None
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"{what} has non-finite values in {key}")
+    return model
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt archives raise many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} {path} cannot be read (truncated or not a torch file): {first}") from None
+
+
+def _is_bare_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def save_encoder(path: str | os.PathLike, model: ADMEncoder, **meta: Any) -> None:
+    """An ADM encoder as a weights_only-safe file (constructor args + state dict), atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": ENCODER_FORMAT, **_encoder_record(model), "meta": meta}, tmp)
+
+
+def load_feature_extractor(path: str | os.PathLike, image_size: int | None = None,
+                           in_channels: int | None = None) -> ADMEncoder:
+    """ADM classifier used as feature extractor: DG's `32x32_classifier.pt` (a bare state dict in
+    DG's configuration for `image_size`) or an encoder file written by `save_encoder`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ADM classifier checkpoint {path} does not exist; DG publishes 32x32_classifier.pt "
+                        f"at {DG_CLASSIFIER_URL} (see {DG_REPO}, 'Prepare a pre-trained classifier')")
+    obj = _torch_load(path, "ADM classifier checkpoint")
+    what = f"ADM classifier checkpoint {path}"
+    if isinstance(obj, dict) and obj.get("format") == ENCODER_FORMAT:
+        model = _build_encoder(obj["init_kwargs"], obj["state_dict"], what)
+    elif _is_bare_state_dict(obj):
+        if image_size is None:
+            raise UserError(f"{what} is a bare state dict; its image size must be given")
+        w = obj.get("input_blocks.0.0.weight")
+        if w is None:
+            raise UserError(f"{what} is not an ADM classifier (no input_blocks.0.0.weight)")
+        kwargs = dg_classifier_kwargs(int(image_size), int(w.shape[1]))
+        kwargs["width"] = int(w.shape[0])
+        model = _build_encoder(kwargs, obj, what)
+    else:
+        raise UserError(f"{what} is neither DG's ADM classifier state dict nor an aot encoder file")
+    if image_size is not None and model.image_size != image_size:
+        raise UserError(f"{what} is for {model.image_size}x{model.image_size} images, the data are {image_size}x{image_size}")
+    if in_channels is not None and model.in_channels != in_channels:
+        raise UserError(f"{what} expects {model.in_channels} channels, the data have {in_channels}")
+    return model
+
+
+def save_discriminator(path: str | os.PathLike, disc: GuidedDiscriminator, extractor_path: str | None = None,
+                       **meta: Any) -> None:
+    """Write a discriminator: the head's plain state dict and constructor args (`head`), and the
+    feature extractor either inline (`feature_extractor`, when it was trained) or by path
+    (`feature_extractor_path`, DG's frozen ADM classifier). Loadable with weights_only=True; the
+    head's state dict has DG's keys (`torch.save(payload["head"]["state_dict"])` is a DG checkpoint)."""
+    payload: dict[str, Any] = {"format": DISCRIMINATOR_FORMAT, "head": _encoder_record(disc.head), "meta": meta}
+    if extractor_path is None:
+        payload["feature_extractor"] = _encoder_record(disc.feature_extractor)
+    else:
+        payload["feature_extractor_path"] = str(extractor_path)
+        payload["feature_extractor_kwargs"] = dict(disc.feature_extractor.init_kwargs)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_discriminator(path: str | os.PathLike, feature_extractor: str | os.PathLike | None = None,
+                       image_size: int | None = None, in_channels: int | None = None,
+                       device: str | torch.device = "cpu") -> tuple[GuidedDiscriminator, dict]:
+    """Rebuild a discriminator (eval mode, no parameter gradients); returns (disc, meta).
+
+    Accepts our files (`save_discriminator`) and DG's released heads (`discriminator_60.pt`, bare
+    state dicts; a `label_emb` makes them conditional), which need `feature_extractor` (DG's ADM
+    classifier). `feature_extractor` also overrides the path stored in our files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"discriminator {path} does not exist (DG's released heads: "
+                        + ", ".join(f"{k} at {v}" for k, v in DG_DISCRIMINATOR_URLS.items()) + ")")
+    obj = _torch_load(path, "discriminator")
+    what = f"discriminator {path}"
+    meta: dict = {}
+    if isinstance(obj, dict) and obj.get("format") == DISCRIMINATOR_FORMAT:
+        head = _build_encoder(obj["head"]["init_kwargs"], obj["head"]["state_dict"], what)
+        meta = dict(obj.get("meta") or {})
+        if "feature_extractor" in obj and feature_extractor is None:
+            ext = _build_encoder(obj["feature_extractor"]["init_kwargs"], obj["feature_extractor"]["state_dict"],
+                                 f"{what} (feature extractor)")
+        else:
+            ext_path = feature_extractor or obj.get("feature_extractor_path")
+            if ext_path is None:
+                raise UserError(f"{what} names no feature extractor; pass --feature-extractor")
+            kw = obj.get("feature_extractor_kwargs") or {}
+            ext = load_feature_extractor(ext_path, image_size or kw.get("image_size"), in_channels or kw.get("in_channels"))
+            meta["feature_extractor_path"] = str(ext_path)
+    elif _is_bare_state_dict(obj):
+        if "input_blocks.0.0.weight" not in obj:
+            raise UserError(f"{what} is not an ADM discriminator head (no input_blocks.0.0.weight)")
+        if feature_extractor is None:
+            raise UserError(f"{what} is a bare DG discriminator head; pass its ADM classifier with --feature-extractor "
+                            f"(DG publishes 32x32_classifier.pt at {DG_CLASSIFIER_URL})")
+        w = obj["input_blocks.0.0.weight"]
+        depth = len({k.split(".")[1] for k in obj if k.startswith("input_blocks.")}) - 1
+        kw = dg_discriminator_kwargs(int(w.shape[1]), "label_emb.weight" in obj, width=int(w.shape[0]), depth=depth)
+        if "label_emb.weight" in obj:
+            kw["num_class"] = int(obj["label_emb.weight"].shape[0])
+        head = _build_encoder(kw, obj, what)
+        ext = load_feature_extractor(feature_extractor, image_size, in_channels)
+        meta = {"source": f"dg:{path}", "feature_extractor_path": str(feature_extractor), "cond": bool(head.condition)}
+    else:
+        raise UserError(f"{what} is neither an aot discriminator file nor a DG discriminator state dict")
+    if ext.feature_channels != head.in_channels:
+        raise UserError(f"{what}: the head expects {head.in_channels} feature channels, the feature extractor "
+                        f"gives {ext.feature_channels}")
+    disc = GuidedDiscriminator(ext, head).to(device).eval().requires_grad_(False)
+    return disc, meta
+
+
+# ------------------------------------------------------------------------------------------------
+# Discriminator training (DG's train.py recipe, with optional AOT noise assignment)
+
+
+def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float32 in [-1, 1] (DG: ToTensor then 2x - 1)."""
+    return images_u8.to(torch.float32) / 255.0 * 2.0 - 1.0
+
+
+def pool_noise(images: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor | None, aot: bool,
+               cost: str = "l2") -> tuple[torch.Tensor, dict]:
+    """Noise for a pool of images: `noise` itself, or with AOT permuted by `aot.pairing.assign_noise`
+    (class-wise when `labels` are given). Returns (noise for images[i], stats)."""
+    stats: dict = {}
+    if not aot:
+        return noise, stats
+    from .pairing import assign_noise
+
+    flat_x, flat_z = images.reshape(images.shape[0], -1), noise.reshape(noise.shape[0], -1)
+    t0 = time.monotonic()
+    perm = assign_noise(flat_x, flat_z, labels=labels, cost=cost)
+    stats["pair_time_s"] = time.monotonic() - t0
+    paired = noise[perm]
+    stats["paired_l2"] = float((flat_x - paired.reshape(flat_x.shape)).norm(dim=1).mean())
+    stats["unpaired_l2"] = float((flat_x - flat_z).norm(dim=1).mean())
+    return paired, stats
+
+
+class _Log:
+    def __init__(self, stream=None) -> None:
+        self.stream = stream
+
+    def __call__(self, msg: str) -> None:
+        print(msg, flush=True, file=self.stream)
+
+
+def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: np.ndarray,
+                        fake_labels: np.ndarray | None, out_dir: str | os.PathLike, *,
+                        extractor: ADMEncoder | None = None, extractor_path: str | None = None,
+                        scratch_width: int = 64, scratch_depth: int = 1, width: int = 128, depth: int = 2,
+                        cond: bool = False, aot: bool = False, pool_size: int | None = None, cost: str = "l2",
+                        batch: int = 128, epochs: int = 50, lr: float = 3e-4, weight_decay: float = 1e-7,
+                        seed: int = 0, device: str | torch.device = "cpu", resume: bool = False,
+                        snapshot_epochs: int = 10, options: dict | None = None,
+                        log: Callable[[str], None] | None = None, stop: Callable[[], bool] | None = None) -> dict:
+    """Train a real-vs-generated discriminator on VP-perturbed images; returns the result dict.
+
+    `real`/`fake` are uint8 NCHW arrays (label 1 / 0), `*_labels` int class indices for conditional
+    heads. `extractor` is a frozen feature extractor (DG's ADM classifier); None trains a small
+    ADM encoder (`scratch_width`, `scratch_depth`) jointly with the head. Each epoch shuffles all
+    images and serves full batches; noise is drawn per pool of `pool_size` images (one batch without
+    AOT) and, with `aot`, assigned to the images by `aot.pairing.assign_noise`. Per image, the VP time
+    is importance-sampled as DG does, x_t = mean(t) x + std(t) z. Writes `out_dir/{training-state.pt,
+    stats.jsonl, discriminator.pt, discriminator-snapshot-XXXXXX.pt, result.json}`.
+    `stop()` returning True ends training after the current batch without saving (state stays at the
+    last finished epoch; rerun with resume).
+    """
+    log = log or _Log()
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    t_start = time.monotonic()
+    n_real, n_fake = real.shape[0], fake.shape[0]
+    images = torch.from_numpy(np.concatenate([real, fake]))
+    targets = torch.cat([torch.ones(n_real), torch.zeros(n_fake)])
+    cls = None
+    if cond:
+        cls = torch.from_numpy(np.concatenate([real_labels, fake_labels]).astype(np.int64))
+    total = images.shape[0]
+    if batch > total:
+        raise UserError(f"--batch {batch} is larger than the {total} training images")
+    pool = int(pool_size or batch) if aot else batch
+    if aot and (pool < batch or pool % batch):
+        raise UserError(f"--pool-size {pool} must be a multiple of --batch {batch} (and at least as large)")
+    _, c, h, w = images.shape
+
+    scratch = extractor is None
+    if scratch:
+        torch.manual_seed(seed)  # initial weights of the jointly trained encoder and the head
+        extractor = ADMEncoder(h, c, scratch_width, scratch_depth, (32, 16, 8), 1,
+                               num_head_channels=min(64, scratch_width))
+    else:
+        torch.manual_seed(seed)
+    head = ADMEncoder(extractor.feature_resolution, extractor.feature_channels, width, depth, (32, 16, 8), 1,
+                      condition=cond, num_head_channels=min(64, width))
+    disc = GuidedDiscriminator(extractor, head).to(device)
+    if scratch:
+        disc.train()
+        params = list(disc.parameters())
+    else:
+        extractor.eval().requires_grad_(False)
+        head.train()
+        params = list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    bce = nn.BCELoss()
+    gen = torch.Generator().manual_seed(seed)
+
+    opts = dict(options or {})
+    opts.update(dict(aot=aot, pool_size=pool if aot else None, cost=cost, cond=cond, batch=batch, lr=lr,
+                     weight_decay=weight_decay, seed=seed, width=width, depth=depth, scratch=scratch,
+                     scratch_width=scratch_width if scratch else None, scratch_depth=scratch_depth if scratch else None,
+                     num_real=n_real, num_fake=n_fake))
+    state_path = out_dir / "training-state.pt"
+    stats_path = out_dir / "stats.jsonl"
+    stats: list[dict] = []
+    start_epoch = 0
+    if resume and state_path.is_file():
+        st = _torch_load(state_path, "training state")
+        if not isinstance(st, dict) or st.get("format") != TRAIN_STATE_FORMAT:
+            raise UserError(f"{state_path} is not a discriminator training state")
+        for key in ("aot", "pool_size", "cost", "cond", "batch", "seed", "width", "depth", "scratch",
+                    "num_real", "num_fake"):
+            if st["options"].get(key) != opts.get(key):
+                raise UserError(f"cannot resume from {state_path}: {key} was {st['options'].get(key)!r}, "
+                                f"now {opts.get(key)!r}")
+        head.load_state_dict(st["head"])
+        if scratch:
+            extractor.load_state_dict(st["extractor"])
+        optimizer.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+        stats = list(st["stats"])
+        start_epoch = int(st["epoch"])
+        log(f"resuming discriminator training from epoch {start_epoch} ({state_path})")
+    elif resume:
+        log(f"no training state in {out_dir}; starting from scratch")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stats_path, "".join(json.dumps(s) + "\n" for s in stats))
+    write_json_atomic(out_dir / "training_options.json", opts)
+    log(f"discriminator training: {n_real} real + {n_fake} generated images {c}x{h}x{w}, "
+        f"{'AOT pools of ' + str(pool) if aot else 'independent noise'}, "
+        f"{'scratch encoder' if scratch else 'frozen ADM classifier'}, head width {width} depth {depth}, "
+        f"{'conditional' if cond else 'unconditional'}, {epochs} epochs of {total // batch} batches on {device}")
+
+    def save_final(epoch: int) -> Path:
+        meta = dict(kind="dg-discriminator", aot=aot, cond=cond, epoch=epoch, pool_size=pool if aot else None,
+                    cost=cost, scratch=scratch)
+        final = out_dir / "discriminator.pt"
+        save_discriminator(final, disc, None if scratch else extractor_path, **meta)
+        return final
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.monotonic()
+        order = torch.randperm(total, generator=gen)
+        nb = total // batch
+        order = order[: nb * batch]
+        losses, accs, pair_stats = [], [], []
+        per_pool = pool // batch
+        for p0 in range(0, nb, per_pool):
+            idx = order[p0 * batch: min(p0 + per_pool, nb) * batch]
+            x0 = to_model_range(images[idx])
+            z = torch.randn(x0.shape, generator=gen)
+            z, ps = pool_noise(x0, z, cls[idx] if (cls is not None) else None, aot, cost)
+            if ps:
+                pair_stats.append(ps)
+            for b0 in range(0, idx.shape[0], batch):
+                sl = slice(b0, b0 + batch)
+                t = sample_vp_time(batch, gen)
+                mean, std = vp_marginal(t)
+                xt = mean[:, None, None, None] * x0[sl] + std[:, None, None, None] * z[sl]
+                xt, t, y = xt.to(device), t.to(device), targets[idx[sl]].to(device)
+                c_lab = cls[idx[sl]].to(device) if cls is not None else None
+                optimizer.zero_grad(set_to_none=True)
+                if scratch:
+                    feats = extractor(xt, timesteps=t, feature=True)
+                else:
+                    with torch.no_grad():
+                        feats = extractor(xt, timesteps=t, feature=True)
+                pred = head(feats, t, sigmoid=True, condition=c_lab).view(-1)
+                loss = bce(pred, y)
+                if not torch.isfinite(loss):
+                    raise UserError(f"non-finite discriminator loss in epoch {epoch + 1}")
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                accs.append(float(((pred > 0.5).float() == y).float().mean()))
+                if stop is not None and stop():
+                    log(f"stopping in epoch {epoch + 1}; state of epoch {epoch} kept in {state_path}")
+                    return {"stopped": True, "epoch": epoch}
+        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
+               "num_images": nb * batch, "time_s": time.monotonic() - t0}
+        if pair_stats:
+            rec["paired_l2"] = float(np.mean([s["paired_l2"] for s in pair_stats]))
+            rec["unpaired_l2"] = float(np.mean([s["unpaired_l2"] for s in pair_stats]))
+            rec["pair_time_s"] = float(np.sum([s["pair_time_s"] for s in pair_stats]))
+        stats.append(rec)
+        line = (f"epoch {epoch + 1}/{epochs}: BCE {rec['loss']:.4f}, accuracy {rec['accuracy']:.4f}, "
+                f"{rec['num_images'] / max(rec['time_s'], 1e-9):.1f} img/s")
+        if pair_stats:
+            line += (f", AOT pair L2 {rec['paired_l2']:.3f} vs random {rec['unpaired_l2']:.3f} "
+                     f"({rec['pair_time_s']:.2f} s assigning)")
+        log(line)
+        if snapshot_epochs and (epoch + 1) % snapshot_epochs == 0 and epoch + 1 < epochs:
+            save_discriminator(out_dir / f"discriminator-snapshot-{epoch + 1:06d}.pt", disc,
+                               None if scratch else extractor_path, kind="dg-discriminator", aot=aot, cond=cond,
+                               epoch=epoch + 1, scratch=scratch)
+        state = {"format": TRAIN_STATE_FORMAT, "epoch": epoch + 1, "options": opts,
+                 "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+                 "extractor": {k: v.detach().cpu() for k, v in extractor.state_dict().items()} if scratch else None,
+                 "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "stats": stats}
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
+        write_text_atomic(stats_path, "".join(json.dumps(s) + "\n" for s in stats))
+
+    final = save_final(len(stats))
+    result = {"kind": "dg-train", **opts, "epochs": epochs, "discriminator": str(final),
+              "feature_extractor": {"kind": "scratch" if scratch else "adm-classifier",
+                                    "path": None if scratch else extractor_path,
+                                    "init_kwargs": dict(extractor.init_kwargs)},
+              "head": dict(head.init_kwargs),
+              "final": stats[-1] if stats else None, "stats": stats,
+              "time_s": time.monotonic() - t_start, "env": environment_info()}
+    write_json_atomic(out_dir / "result.json", result)
+    log(f"wrote {final} and {out_dir / 'result.json'}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, via cli_main
+        raise UserError(message)
+
+
+def _num(name: str, kind: type = float, positive: bool = False, nonneg: bool = False):
+    def conv(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {s!r}") from None
+        if kind is float and not math.isfinite(v) and not (name in ("--S-max",) and v == float("inf")):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {s!r}")
+        if positive and not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {s!r}")
+        if nonneg and v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must not be negative, got {s!r}")
+        return v
+    return conv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m aot.dg", description="Discriminator Guidance: train a discriminator, sample with it.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a real-vs-generated discriminator (DG's recipe, optional AOT noise)")
+    t.add_argument("--data", required=True, help="real images: dataset zip/folder in EDM's format")
+    t.add_argument("--samples", required=True, help="generated images: sample set npz of aot.generate")
+    t.add_argument("--out", required=True, help="output folder (discriminator.pt, result.json, stats.jsonl, state)")
+    t.add_argument("--aot", action="store_true", help="assign perturbation noise per pool with aot.pairing")
+    t.add_argument("--pool-size", type=_num("--pool-size", int, positive=True), default=None,
+                   help="AOT pool size N (default 512 unconditional, 2048 conditional)")
+    t.add_argument("--cost", default="l2", choices=["l2", "sqeuclidean"], help="AOT pairing cost")
+    t.add_argument("--feature-extractor", default="scratch",
+                   help="DG's ADM classifier checkpoint (e.g. 32x32_classifier.pt; frozen) or 'scratch' "
+                        "(small ADM encoder trained jointly)")
+    t.add_argument("--scratch-width", type=_num("--scratch-width", int, positive=True), default=64,
+                   help="width of the scratch encoder (a multiple of 32)")
+    t.add_argument("--scratch-depth", type=_num("--scratch-depth", int, positive=True), default=1)
+    t.add_argument("--width", type=_num("--width", int, positive=True), default=128, help="head width (DG: 128)")
+    t.add_argument("--depth", type=_num("--depth", int, positive=True), default=2, help="head depth (DG: 2)")
+    t.add_argument("--batch", type=_num("--batch", int, positive=True), default=128)
+    t.add_argument("--epochs", type=_num("--epochs", int, positive=True), default=50)
+    t.add_argument("--lr", type=_num("--lr", positive=True), default=3e-4)
+    t.add_argument("--weight-decay", type=_num("--weight-decay", nonneg=True), default=1e-7)
+    t.add_argument("--num-data", type=_num("--num-data", int, positive=True), default=None,
+                   help="use at most this many real and this many generated images (DG: 50000)")
+    t.add_argument("--cond", action="store_true", help="class-conditional discriminator")
+    t.add_argument("--seed", type=_num("--seed", int, nonneg=True), default=0)
+    t.add_argument("--snapshot-epochs", type=_num("--snapshot-epochs", int, nonneg=True), default=10,
+                   help="write discriminator-snapshot-XXXXXX.pt every this many epochs (0: none)")
+    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/training-state.pt if present")
+
+    g = sub.add_parser("generate", help="sample with Discriminator Guidance (EDM-G++) into a sample set npz")
+    g.add_argument("--network", required=True, help="network checkpoint (.pt of aot, or an EDM .pkl)")
+    g.add_argument("--discriminator", required=True, help="discriminator.pt of `aot.dg train`, or DG's head")
+    g.add_argument("--feature-extractor", default=None,
+                   help="ADM classifier for DG's bare heads (overrides the path stored in our files)")
+    g.add_argument("--seeds", required=True, help="seeds, e.g. 0-49999")
+    g.add_argument("--out", required=True, help="output .npz")
+    g.add_argument("--steps", "--num-steps", dest="num_steps", type=_num("--steps", int), default=18)
+    g.add_argument("--rho", type=_num("--rho"), default=7.0)
+    g.add_argument("--sigma-min", type=_num("--sigma-min"), default=0.002)
+    g.add_argument("--sigma-max", type=_num("--sigma-max"), default=80.0)
+    g.add_argument("--S-churn", dest="S_churn", type=_num("--S-churn"), default=0.0)
+    g.add_argument("--S-min", dest="S_min", type=_num("--S-min"), default=0.0)
+    g.add_argument("--S-max", dest="S_max", type=_num("--S-max"), default=float("inf"))
+    g.add_argument("--S-noise", dest="S_noise", type=_num("--S-noise"), default=1.0)
+    g.add_argument("--dg-weight-1st-order", type=_num("--dg-weight-1st-order", nonneg=True), default=2.0)
+    g.add_argument("--dg-weight-2nd-order", type=_num("--dg-weight-2nd-order", nonneg=True), default=0.0)
+    g.add_argument("--time-min", type=_num("--time-min", nonneg=True), default=0.01)
+    g.add_argument("--time-max", type=_num("--time-max", nonneg=True), default=1.0)
+    g.add_argument("--boosting", action="store_true", help="DG's boosting of low log-ratio samples")
+    g.add_argument("--batch", type=_num("--batch", int), default=256)
+    g.add_argument("--class-labels", default="random", help="'random' (per seed) or a fixed class index")
+    g.add_argument("--shard-size", type=_num("--shard-size", int), default=1000)
+    g.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    return p
+
+
+def _load_training_data(args: argparse.Namespace):
+    from .data import ImageFolderDataset, load_all
+    from .generate import load_samples
+
+    ds = ImageFolderDataset(args.data, use_labels=bool(args.cond), require_labels=bool(args.cond))
+    samples = load_samples(args.samples)
+    fake = samples["images"]
+    if fake.ndim != 4:
+        raise UserError(f"sample set {args.samples}: images have shape {list(fake.shape)}, expected [N, H, W, C]")
+    fake = np.ascontiguousarray(fake.transpose(0, 3, 1, 2))
+    if list(fake.shape[1:]) != [ds.num_channels, ds.resolution, ds.resolution]:
+        raise UserError(f"sample set {args.samples} has images {list(fake.shape[1:])} (CHW), dataset {args.data} "
+                        f"has {[ds.num_channels, ds.resolution, ds.resolution]}")
+    fake_labels = samples["labels"].astype(np.int64)
+    if args.cond and (fake_labels < 0).any():
+        raise UserError(f"--cond: sample set {args.samples} has no class labels (labels -1: unconditional model)")
+    if args.cond and ds.label_dim > 1000:
+        raise UserError(f"--cond: dataset {args.data} has {ds.label_dim} classes; DG's head embeds at most 1000")
+    real, real_labels = load_all(ds, progress=True)
+    if args.num_data is not None:
+        real, fake, fake_labels = real[: args.num_data], fake[: args.num_data], fake_labels[: args.num_data]
+        real_labels = real_labels[: args.num_data] if real_labels is not None else None
+    return real, (real_labels if args.cond else None), fake, (fake_labels if args.cond else None), ds
+
+
+def _install_stop_handler() -> Callable[[], bool]:
+    import signal
+
+    flag = {"stop": False}
+
+    def handler(signum, frame):
+        flag["stop"] = True
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not in the main thread
+                pass
+    return lambda: flag["stop"]
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from .generate import resolve_device
+    from .utils import EXIT_PREEMPTED
+
+    if args.aot:
+        pool = args.pool_size or (2048 if args.cond else 512)
+        if pool < args.batch or pool % args.batch:
+            raise UserError(f"--pool-size {pool} must be a multiple of --batch {args.batch} (and at least as large)")
+    else:
+        pool = None
+    device = resolve_device(args.device)
+    real, real_labels, fake, fake_labels, ds = _load_training_data(args)
+    extractor, extractor_path = None, None
+    if args.feature_extractor != "scratch":
+        extractor = load_feature_extractor(args.feature_extractor, ds.resolution, ds.num_channels)
+        extractor_path = str(Path(args.feature_extractor).resolve())
+        if extractor.feature_resolution != 8:
+            raise UserError(f"feature extractor {args.feature_extractor} gives {extractor.feature_resolution}x"
+                            f"{extractor.feature_resolution} features; DG's head expects 8x8")
+    if real.shape[0] + fake.shape[0] < args.batch:
+        raise UserError(f"--batch {args.batch} is larger than the {real.shape[0] + fake.shape[0]} training images")
+    options = {"data": str(args.data), "samples": str(args.samples), "feature_extractor": args.feature_extractor,
+               "num_data": args.num_data}
+    stop = _install_stop_handler()
+    result = train_discriminator(
+        real, real_labels, fake, fake_labels, args.out, extractor=extractor, extractor_path=extractor_path,
+        scratch_width=args.scratch_width, scratch_depth=args.scratch_depth, width=args.width, depth=args.depth,
+        cond=args.cond, aot=args.aot, pool_size=pool, cost=args.cost, batch=args.batch, epochs=args.epochs,
+        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device, resume=args.resume,
+        snapshot_epochs=args.snapshot_epochs, options=options, stop=stop)
+    if result.get("stopped"):
+        raise SystemExit(EXIT_PREEMPTED)
+    return result
+
+
+def dg_sampler_key(aot: bool, num_steps: int, rho: float, S_churn: float = 0) -> str:
+    """Workflow name of a guided sampler: `dgaot-heun-n18-rho7` / `dgplain-heun-n18-rho7`."""
+    from .sampling import sampler_key
+
+    return f"dg{'aot' if aot else 'plain'}-" + sampler_key("heun", num_steps, rho, S_churn)
+
+
+def cmd_generate(args: argparse.Namespace) -> dict | None:
+    import contextlib
+    import signal
+
+    from .checkpoints import load_any_network
+    from .generate import (check_class_labels, check_seeds, model_meta, parse_class_labels, resolve_device,
+                           run_generation, sampler_meta)
+    from .utils import EXIT_PREEMPTED, parse_int_list
+
+    if Path(args.out).suffix != ".npz":
+        raise UserError(f"--out {args.out} must end in .npz")
+    if args.grid is not None and Path(args.grid).suffix.lower() != ".png":
+        raise UserError(f"--grid {args.grid} must end in .png")
+    if args.num_steps < 2:
+        raise UserError(f"--steps must be at least 2, got {args.num_steps}")
+    if not args.rho > 0 or not args.sigma_min > 0 or not args.sigma_max > args.sigma_min:
+        raise UserError("--rho and --sigma-min must be positive and --sigma-max larger than --sigma-min")
+    if args.S_churn < 0 or args.S_noise < 0 or args.S_min < 0 or args.S_max < args.S_min:
+        raise UserError("--S-churn, --S-noise, --S-min must not be negative and --S-max not below --S-min")
+    if not args.time_min <= args.time_max:
+        raise UserError(f"--time-min ({args.time_min}) must not exceed --time-max ({args.time_max})")
+    if args.batch <= 0 or args.shard_size <= 0:
+        raise UserError("--batch and --shard-size must be positive")
+    seeds = check_seeds(parse_int_list(args.seeds, "--seeds"))
+    class_labels = parse_class_labels(args.class_labels)
+    device = resolve_device(args.device)
+
+    net, ckpt_meta = load_any_network(args.network, device="cpu")
+    check_class_labels(net, class_labels, what=f"network {args.network}")
+    disc, disc_meta = load_discriminator(args.discriminator, args.feature_extractor, int(net.img_resolution),
+                                         int(net.img_channels))
+    if disc.condition and not int(getattr(net, "label_dim", 0) or 0):
+        raise UserError(f"discriminator {args.discriminator} is class-conditional but network {args.network} is not")
+    if disc.feature_extractor.image_size != int(net.img_resolution) or disc.feature_extractor.in_channels != int(net.img_channels):
+        raise UserError(f"discriminator {args.discriminator} is for {disc.feature_extractor.in_channels}x"
+                        f"{disc.feature_extractor.image_size}x{disc.feature_extractor.image_size} images, network "
+                        f"{args.network} makes {net.img_channels}x{net.img_resolution}x{net.img_resolution}")
+    for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, lambda s, f: (_ for _ in ()).throw(SystemExit(EXIT_PREEMPTED)))
+    net, disc = net.to(device), disc.to(device)
+
+    aot = bool(disc_meta.get("aot", False))
+    guidance = {"method": "dg", "aot": aot, "discriminator": str(args.discriminator),
+                "dg_weight_1st_order": float(args.dg_weight_1st_order),
+                "dg_weight_2nd_order": float(args.dg_weight_2nd_order),
+                "time_min": float(args.time_min), "time_max": float(args.time_max), "boosting": bool(args.boosting)}
+    smeta = sampler_meta("heun", args.num_steps, args.rho, args.sigma_min, args.sigma_max, args.S_churn, args.S_min,
+                         args.S_max, args.S_noise, class_labels, guidance=guidance)
+    smeta["key"] = dg_sampler_key(aot, args.num_steps, args.rho, args.S_churn)
+    meta = {"model": model_meta(args.network, ckpt_meta, net), "sampler": smeta, "batch": args.batch,
+            "shard_size": args.shard_size, "device": str(device),
+            "discriminator": {"path": str(args.discriminator), **{k: v for k, v in disc_meta.items() if k != "stats"}}}
+    sampler_kwargs = dict(discriminator=disc, num_steps=args.num_steps, sigma_min=args.sigma_min,
+                          sigma_max=args.sigma_max, rho=args.rho, S_churn=args.S_churn, S_min=args.S_min,
+                          S_max=args.S_max, S_noise=args.S_noise, dg_weight_1st_order=args.dg_weight_1st_order,
+                          dg_weight_2nd_order=args.dg_weight_2nd_order, time_min=args.time_min,
+                          time_max=args.time_max, boosting=bool(args.boosting))
+    print(f"generating {len(seeds)} images with {smeta['key']} (NFE {smeta['nfe']}, DG weights "
+          f"{args.dg_weight_1st_order}/{args.dg_weight_2nd_order}) from {args.network} on {device}", flush=True)
+    return run_generation(net, args.out, seeds, sampler_fn=dg_sampler, sampler_kwargs=sampler_kwargs,
+                          batch=args.batch, device=device, class_labels=class_labels, shard_size=args.shard_size,
+                          meta=meta, fingerprint_extra={"discriminator": str(args.discriminator)}, grid=args.grid)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> Any:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return cmd_train(args)
+    return cmd_generate(args)
+
+
+if __name__ == "__main__":
+    main()

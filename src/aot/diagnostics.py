@@ -10,7 +10,9 @@ Figures 2, 3, 6-9). Two numbers per model make "AOT straightens trajectories" me
   curve over sigma = t_k. A trajectory whose denoised estimate never changes is a straight line
   travelled at the rate of the noise level, and scores 0.
 * path deviation: 1 - ||x_K - x_0|| / sum_k ||x_{k+1} - x_k|| (0 for a straight path, whatever its
-  speed); with the distance of every x_k from the chord x_0 -> x_K, divided by sqrt(dim), as a curve.
+  speed); with the distance of every x_k from the chord x_0 -> x_K, divided by sqrt(dim), as a curve
+  over sigma and as its mean (`chord_distance`). The radial shrinking from sigma_max dominates the
+  path length, so path deviations are small numbers; compare models with each other.
 
 Outputs `traj.npz` (arrays, layout below) and `traj.json` beside it (numbers). npz keys, for model i:
 `x0_<i>` float32 [S, K, C, H, W], `x_<i>` float32 [S, K+1, C, H, W], `t_steps_<i>` float64 [K+1];
@@ -45,6 +47,7 @@ def trajectory_metrics(x: Any, x0: Any, t_steps: Any) -> dict:
       curvature (scalar, mean over seeds and steps), curvature_per_seed [S],
       curve = {sigma: t_0..t_{K-1}, x0_distance_to_final: [K] (mean over seeds)},
       path_deviation (scalar, mean over seeds), path_deviation_per_seed [S],
+      chord_distance (scalar, mean over seeds and states of the distance to the chord / sqrt(dim)),
       path = {sigma: t_0..t_K, x_distance_to_chord: [K+1] (mean over seeds)}.
     """
     x, x0, t = _np(x), _np(x0), _np(t_steps)
@@ -78,6 +81,7 @@ def trajectory_metrics(x: Any, x0: Any, t_steps: Any) -> dict:
         "curve": {"sigma": t[:-1].tolist(), "x0_distance_to_final": dist.mean(axis=0).tolist()},
         "path_deviation": float(dev_seed.mean()),
         "path_deviation_per_seed": dev_seed.tolist(),
+        "chord_distance": float(chord_dist.mean()),
         "path": {"sigma": t.tolist(), "x_distance_to_chord": chord_dist.mean(axis=0).tolist()},
     }
 
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-labels", default="random", help="'random' (as aot.generate) or a class index")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--out", required=True, help="output .npz (the JSON is written beside it)")
     return p
 
@@ -149,6 +154,8 @@ def main(argv=None) -> None:
     seeds = check_seeds(parse_int_list(args.seeds, "--seeds"))
     steps = positive_int("--steps", args.steps)
     batch = positive_int("--batch", args.batch)
+    if args.threads is not None:
+        torch.set_num_threads(positive_int("--threads", args.threads))
     try:
         edm_time_steps(steps, args.sigma_min, args.sigma_max, args.rho)
     except ValueError as exc:

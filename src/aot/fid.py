@@ -3,7 +3,7 @@
     python -m aot.fid fetch-assets [--cache-dir DIR]            # login node: Inception + CIFAR-10 stats
     python -m aot.fid train-features --data DS.zip --out featnet.pt
     python -m aot.fid reference --data DS.zip --features inception|featnet.pt --out ref.npz
-    python -m aot.fid reference --precomputed cifar10-train --out ref.npz
+    python -m aot.fid reference --precomputed cifar10 [--data DS.zip] --out ref.npz
     python -m aot.fid measure --samples X.npz --ref ref.npz --repeat 0 --out X.json
     python -m aot.fid aggregate rep0.json rep1.json rep2.json --out agg.json
 
@@ -39,8 +39,9 @@ CLEANFID_STATS_BASE = "https://www.cs.cmu.edu/~clean-fid/stats/"
 
 # Precomputed clean-fid reference statistics that `reference --precomputed` accepts.
 PRECOMPUTED = {
-    "cifar10-train": {"dataset": "cifar10", "res": 32, "split": "train", "num_images": 50000, "channels": 3},
+    "cifar10": {"dataset": "cifar10", "res": 32, "split": "train", "num_images": 50000, "channels": 3},
 }
+MANIFEST = "assets.json"
 
 
 def precomputed_file(key: str) -> str:
@@ -286,20 +287,27 @@ def cmd_fetch_assets(args) -> None:
     cache = args.cache_dir
     jobs = []
     if "inception" in args.only:
-        jobs.append(("Inception weights", args.inception_url, inception_path(cache), _valid_inception))
-    if "cifar10-train" in args.only:
-        jobs.append(("CIFAR-10 train statistics (legacy_tensorflow, 32x32)", args.stats_url or
-                     precomputed_url("cifar10-train"), stats_path("cifar10-train", cache), _valid_stats))
-    for what, url, dest, valid in jobs:
+        jobs.append(("inception", "Inception weights", args.inception_url, inception_path(cache), _valid_inception))
+    if "cifar10" in args.only:
+        jobs.append(("cifar10", "CIFAR-10 train statistics (legacy_tensorflow, 32x32)", args.stats_url or
+                     precomputed_url("cifar10"), stats_path("cifar10", cache), _valid_stats))
+    files = {}
+    for key, what, url, dest, valid in jobs:
         if dest.is_file() and valid(dest) and not args.force:
             print(f"present: {what} at {dest}", flush=True)
-            continue
-        print(f"fetching {what} from {url}", flush=True)
-        size = download(url, dest, timeout=args.timeout)
-        if not valid(dest):
-            dest.unlink()
-            raise UserError(f"downloaded {what} from {url} is not a valid file (removed {dest})")
-        print(f"fetched {what} to {dest} ({size} bytes)", flush=True)
+        else:
+            print(f"fetching {what} from {url}", flush=True)
+            size = download(url, dest, timeout=args.timeout)
+            if not valid(dest):
+                dest.unlink()
+                raise UserError(f"downloaded {what} from {url} is not a valid file (removed {dest})")
+            print(f"fetched {what} to {dest} ({size} bytes)", flush=True)
+        files[key] = {"path": str(dest), "url": url, "bytes": dest.stat().st_size,
+                      "sha256": metrics.file_sha256(dest)}
+    cache = cache or os.environ.get("AOT_FID_CACHE")
+    if cache:  # a record of what is there, for the workflow (not written into clean-fid's own folders)
+        write_json_atomic(Path(cache) / MANIFEST, {"kind": "fid-assets", "files": files,
+                                                   "time": environment_info()["time"]})
 
 
 def cmd_train_features(args) -> None:
@@ -330,12 +338,21 @@ def cmd_reference(args) -> None:
             raise UserError("--precomputed statistics are Inception statistics; use --features inception")
         src = require_stats(args.precomputed, args.cache_dir)
         p = PRECOMPUTED[args.precomputed]
+        if args.data:  # the statistics must be for images like the dataset's
+            from .data import ImageFolderDataset
+
+            ds = ImageFolderDataset(args.data, use_labels=False)
+            if (ds.resolution, ds.num_channels) != (p["res"], p["channels"]):
+                raise UserError(f"dataset {args.data} has {ds.num_channels}x{ds.resolution}x{ds.resolution} images; "
+                                f"--precomputed {args.precomputed} is for {p['channels']}x{p['res']}x{p['res']}")
         with np.load(src, allow_pickle=False) as z:
             mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
         record = dict(name=f"cleanfid:{src.stem}", source=precomputed_url(args.precomputed),
                       num_images=p["num_images"], resolution=p["res"], channels=p["channels"],
                       feature=metrics.INCEPTION_NAME, mode=metrics.INCEPTION_MODE, feature_path="", feature_sha256="")
     else:
+        if not args.data:
+            raise UserError("reference needs --data DATASET (or --precomputed NAME)")
         space = FeatureSpace(args.features, args.cache_dir, device)  # assets checked before loading data
         images, _ = load_dataset_images(args.data, args.max_images)
         metrics.check_square(images, f"dataset {args.data}")
@@ -356,6 +373,7 @@ def cmd_reference(args) -> None:
 
 
 def cmd_measure(args) -> None:
+    t0 = time.time()
     out = Path(args.out)
     device = _device(args.device)
     ref = load_reference(args.ref)
@@ -374,12 +392,12 @@ def cmd_measure(args) -> None:
                         f"{ref['channels']}x{ref['resolution']}x{ref['resolution']}")
     space.check_images(h, c, f"sample set {args.samples}")
     print(f"measure: {n} images from {args.samples} against {args.ref} ({space.name}) on {device}", flush=True)
-    t0 = time.time()
     feats = space.features(images, args.batch, "sample features")
     mu, sigma = metrics.feature_statistics(feats)
     if mu.shape != ref["mu"].shape:
         raise UserError(f"reference {args.ref} has {ref['mu'].shape[0]}-dimensional features, "
                         f"the feature network gives {mu.shape[0]}")
+    print(f"measure: Frechet distance of {mu.shape[0]}-dimensional statistics (matrix square root)", flush=True)
     fid = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
     elapsed = time.time() - t0
     feature_record = dict(space.record(), dims=int(mu.shape[0]))
@@ -444,11 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of clean-fid assets (default: $AOT_FID_CACHE, else clean-fid's own locations)")
         sp.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         sp.add_argument("--batch", type=int, default=100, help="images per feature batch")
+        sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
 
     sp = sub.add_parser("fetch-assets", help="download the Inception weights and CIFAR-10 statistics (login node)")
     sp.add_argument("--cache-dir", "--dest", dest="cache_dir", default=None,
                     help="destination folder (default: $AOT_FID_CACHE, else clean-fid's own locations)")
-    sp.add_argument("--only", nargs="+", choices=["inception", "cifar10-train"], default=["inception", "cifar10-train"])
+    sp.add_argument("--only", nargs="+", choices=["inception", "cifar10"], default=["inception", "cifar10"],
+                    help="which assets (default: both)")
     sp.add_argument("--inception-url", default=INCEPTION_URL)
     sp.add_argument("--stats-url", default=None, help="URL of the CIFAR-10 statistics (default: clean-fid's)")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds without data before giving up")
@@ -464,13 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--width", type=int, default=32)
     sp.add_argument("--max-images", type=int, default=None)
     sp.add_argument("--device", default=None)
-    sp.add_argument("--batch", type=int, default=128)
+    sp.add_argument("--batch", type=int, default=64)
+    sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     sp.set_defaults(fn=cmd_train_features)
 
     sp = sub.add_parser("reference", help="reference statistics of a dataset, or clean-fid's precomputed ones")
-    g = sp.add_mutually_exclusive_group(required=True)
-    g.add_argument("--data", help="EDM-format dataset (zip or folder)")
-    g.add_argument("--precomputed", choices=sorted(PRECOMPUTED), help="clean-fid's precomputed statistics")
+    sp.add_argument("--data", help="EDM-format dataset (zip or folder); with --precomputed only checked")
+    sp.add_argument("--precomputed", choices=sorted(PRECOMPUTED),
+                    help="use clean-fid's precomputed statistics (legacy_tensorflow, train split) instead")
     sp.add_argument("--features", default="inception", help="'inception' or a feature network file")
     sp.add_argument("--out", required=True)
     sp.add_argument("--max-images", type=int, default=None)
@@ -496,9 +517,17 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch", 1) is not None:
-        positive_int("--batch", getattr(args, "batch", 1))
+    if getattr(args, "batch", None) is not None:
+        positive_int("--batch", args.batch)
+    if getattr(args, "threads", None) is not None:
+        set_threads(args.threads)
     args.fn(args)
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(positive_int("--threads", threads))
 
 
 if __name__ == "__main__":

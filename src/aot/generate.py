@@ -3,7 +3,7 @@
     python -m aot.generate --network CKPT --seeds 0-49999 --out X.npz [--steps 18 --rho 7
         --solver heun|euler --S-churn 0 --S-min 0 --S-max inf --S-noise 1 --sigma-min 0.002
         --sigma-max 80 --batch 256 --class-labels random|INT --shard-size 1000 --grid grid.png
-        --device cuda|cpu]
+        --device cuda|cpu|auto --threads N --model-name NAME]
 
 As in EDM's `generate.py`, every seed has its own random generator: the latents, the class label
 (drawn after the latents) and any stochastic-sampler noise of seed s come from seed s alone, so the
@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,7 +54,7 @@ def default_device() -> str:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """`None` -> cuda if available else cpu; an unavailable CUDA device is a UserError."""
-    if device is None or device == "":
+    if device is None or device == "" or device == "auto":
         device = default_device()
     try:
         dev = torch.device(device)
@@ -407,11 +406,13 @@ def load_samples(path: str | os.PathLike) -> dict:
 # Model and sampler description for `meta`
 
 
-def model_meta(checkpoint: str | os.PathLike, ckpt_meta: dict, net: torch.nn.Module) -> dict:
+def model_meta(checkpoint: str | os.PathLike, ckpt_meta: dict, net: torch.nn.Module,
+               name: str | None = None) -> dict:
+    """The `model` entry of a sample set's meta, from the checkpoint's meta (name may be overridden)."""
     ckpt_meta = ckpt_meta or {}
     label_dim = int(getattr(net, "label_dim", 0) or 0)
     return {
-        "name": ckpt_meta.get("model") or Path(checkpoint).stem,
+        "name": name or ckpt_meta.get("model") or Path(checkpoint).stem,
         "aot": ckpt_meta.get("aot"),
         "cond": bool(ckpt_meta.get("cond", label_dim > 0)),
         "checkpoint": str(checkpoint),
@@ -480,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-labels", default="random", help="'random' (per seed) or a fixed class index")
     p.add_argument("--shard-size", type=_int("--shard-size"), default=1000)
     p.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N, cpu or auto (default: cuda if available)")
+    p.add_argument("--threads", type=_int("--threads"), default=None, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--model-name", default=None, help="model name recorded in meta (default: the checkpoint's)")
     return p
 
 
@@ -510,6 +513,10 @@ def validate_output_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch must be positive, got {args.batch}")
     if args.shard_size <= 0:
         raise UserError(f"--shard-size must be positive, got {args.shard_size}")
+    if args.threads is not None and args.threads <= 0:
+        raise UserError(f"--threads must be positive, got {args.threads}")
+    if args.model_name is not None and not args.model_name.strip():
+        raise UserError("--model-name must not be empty")
     parent = Path(args.out).resolve().parent
     while not parent.exists():
         parent = parent.parent
@@ -543,10 +550,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     seeds = check_seeds(parse_int_list(args.seeds, "--seeds"))
     class_labels = parse_class_labels(args.class_labels)
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
-    from .checkpoints import load_any_network
+    from . import checkpoints
 
-    net, ckpt_meta = load_any_network(args.network, device="cpu")
+    # our .pt files, or official EDM pickles where aot.checkpoints can import them
+    loader = getattr(checkpoints, "load_any_network", None) or checkpoints.load_network
+    net, ckpt_meta = loader(args.network, device="cpu")
     check_class_labels(net, class_labels, what=f"network {args.network}")
 
     for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
@@ -561,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                           rho=args.rho, S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max,
                           S_noise=args.S_noise)
     meta = {
-        "model": model_meta(args.network, ckpt_meta, net),
+        "model": model_meta(args.network, ckpt_meta, net, name=args.model_name),
         "sampler": sampler_meta(args.solver, args.num_steps, args.rho, args.sigma_min, args.sigma_max,
                                 args.S_churn, args.S_min, args.S_max, args.S_noise, class_labels),
         "batch": args.batch, "shard_size": args.shard_size, "device": str(device),

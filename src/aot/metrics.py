@@ -203,7 +203,7 @@ def _rotation_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor
 
 
 def train_feature_net(images_nchw: np.ndarray, labels: np.ndarray | None, epochs: int = 10,
-                      seed: int = 0, device: str | torch.device = "cpu", batch_size: int = 128,
+                      seed: int = 0, device: str | torch.device = "cpu", batch_size: int = 64,
                       lr: float = 2e-3, feature_dim: int = 128, width: int = 32,
                       val_fraction: float = 0.1, stream=None) -> tuple[FeatureNet, dict]:
     """Train :class:`FeatureNet` on uint8 NCHW images.

@@ -27,7 +27,8 @@ Solvers (all exact; they differ in speed only, measured by `bench/bench_assignme
                  reduced cost plus the identity matching). Subtracting u_i + v_j from C changes
                  every assignment's total by the same constant, so the optimum is the same; the
                  warm start only makes the dense Jonker-Volgenant pass fast.
-    "auto"       "lapjv" below `AUTO_WARM_MIN_N` rows, "lapjv-warm" from there on.
+    "auto"       by size: "scipy" below `AUTO_LAPJV_MIN_N` rows, "lapjv" below `AUTO_WARM_MIN_N`,
+                 "lapjv-warm" from there on (thresholds measured, see bench/README.md).
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ __all__ = [
 COSTS = ("l2", "sqeuclidean")
 SOLVERS = ("auto", "lapjv", "lapjv-warm", "scipy")
 
-# From this size on, "auto" uses the warm-started solver (measured; see bench/README.md).
-AUTO_WARM_MIN_N = 384
+# "auto" uses scipy below AUTO_LAPJV_MIN_N rows (lower call overhead), lapjv up to
+# AUTO_WARM_MIN_N, and the warm-started lapjv from there on (measured; see bench/README.md).
+AUTO_LAPJV_MIN_N = 48
+AUTO_WARM_MIN_N = 640
 # Candidate edges per row and per column for the warm start's sparse problem.
 WARM_K = 8
 # lap's Jonker-Volgenant code initialises prices with a fixed LARGE = 1e6, so every cost it sees
@@ -116,20 +119,23 @@ def _check_perm(perm: np.ndarray, n: int, solver: str) -> np.ndarray:
     return perm
 
 
-def _lap_ready(C: np.ndarray) -> np.ndarray:
-    """Shift (and if needed scale by 2^-k) a cost matrix so that lap's fixed LARGE stays out of reach."""
-    lo = C.min()
-    R = C - lo
-    hi = R.max()
-    if hi > _LAP_MAX_RANGE:
-        R *= 2.0 ** -math.ceil(math.log2(hi / _LAP_MAX_RANGE))
+def _lap_ready(C: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """Shift and, if needed, scale by 2^-k (exact in binary) so that lap's LARGE stays out of reach."""
+    lo, hi = float(C.min()), float(C.max())
+    R = C if inplace else C.copy()
+    if hi - lo > _LAP_MAX_RANGE:
+        R -= lo
+        R *= 2.0 ** -math.ceil(math.log2((hi - lo) / _LAP_MAX_RANGE))
+    elif max(abs(lo), abs(hi)) > _LAP_MAX_RANGE:
+        R -= lo
     return R
 
 
-def _solve_lapjv(C: np.ndarray) -> np.ndarray:
+def _solve_lapjv(C: np.ndarray, inplace: bool = False) -> np.ndarray:
     import lap
 
-    _, x, _ = lap.lapjv(np.ascontiguousarray(_lap_ready(C)), extend_cost=False, return_cost=True)
+    R = np.ascontiguousarray(_lap_ready(C, inplace=inplace))
+    _, x, _ = lap.lapjv(R, extend_cost=False, return_cost=True)
     return x
 
 
@@ -140,58 +146,63 @@ def _solve_scipy(C: np.ndarray) -> np.ndarray:
     return cols
 
 
-def _row_topk(R: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k smallest entries of each row of R [n, m] (unordered)."""
-    return torch.topk(torch.from_numpy(R), k, dim=1, largest=False, sorted=False).indices.numpy()
+def _row_topk(A: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k smallest entries of each row of A (unordered)."""
+    return torch.topk(torch.from_numpy(A), k, dim=1, largest=False, sorted=False).indices.numpy()
 
 
-def _warm_duals(C: np.ndarray, k: int = WARM_K, max_sweeps: int = 500):
-    """Near-optimal dual prices (u, v) for the assignment problem with cost C (n x n).
+def _warm_duals(C: np.ndarray, k: int = WARM_K, max_sweeps: int = 1000):
+    """Near-optimal dual prices (U, V) for the assignment problem with cost C (n x n, float64).
 
-    1. Classic reduction: v0_j = min_i C_ij, u0_i = min_j (C_ij - v0_j); R0 = C - u0 - v0 >= 0.
-    2. Candidate graph: the k smallest reduced costs of every row and of every column, plus the
-       identity matching (so a perfect matching always exists).
-    3. Exact solve of the sparse problem (scipy's LAPJVsp), then its dual prices by Bellman-Ford
-       on the residual graph: v_j <- min(v_j, min over candidate edges (i, j) of R0_ij - u_i),
-       u_i = R0_i,sigma(i) - v_sigma(i), until nothing moves (or `max_sweeps`).
-    Returns (U, V) with C - U[:, None] - V[None, :] ~ the reduced costs of the sparse optimum. The
-    prices only steer the dense solver; optimality never depends on them.
+    1. Classic reduction: v0_j = min_i C_ij, u0_i = min_j (C_ij - v0_j).
+    2. Candidate graph: for every row the k smallest C_ij - v0_j, for every column the k smallest
+       C_ij - u0_i (both selected in float32; selection need not be exact), plus the identity
+       matching so that a perfect matching always exists.
+    3. Exact solve of the sparse problem (scipy's LAPJVsp) on the reduced costs, then dual prices
+       for it by Bellman-Ford on its residual graph: v_j <- min(v_j, min over candidate edges
+       (i, j) of w_ij - u_i) with u_i = w_i,sigma(i) - v_sigma(i), until nothing moves.
+    The prices only steer the dense solver: optimality never depends on them.
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
     n = C.shape[0]
-    v0 = C.min(axis=0)
-    R0 = C - v0[None, :]
-    u0 = R0.min(axis=1)
-    R0 -= u0[:, None]
     k = min(k, n)
     ar = np.arange(n)
-    rk = _row_topk(R0, k)                     # [n, k] columns per row
-    ck = _row_topk(np.ascontiguousarray(R0.T), k)  # [n, k] rows per column
+    v0 = C.min(axis=0)
+    A = np.subtract(C, v0[None, :], dtype=np.float32)
+    u0 = A.min(axis=1).astype(np.float64)
+    rk = _row_topk(A, k)                                   # [n, k] columns of each row
+    A = np.subtract(C, u0[:, None], dtype=np.float32)
+    A = torch.from_numpy(A).T.contiguous().numpy()        # A[j, i] = C_ij - u0_i (blocked copy)
+    ck = _row_topk(A, k)                                   # [n, k] rows of each column
+    del A
     rows = np.concatenate([np.repeat(ar, k), ck.ravel(), ar])
     cols = np.concatenate([rk.ravel(), np.repeat(ar, k), ar])
     key = np.unique(rows * n + cols)
-    rows, cols = key // n, key % n            # sorted by row, then column (CSR order)
-    w = R0[rows, cols]
+    rows, cols = key // n, key % n                          # CSR order
+    w = C[rows, cols] - u0[rows] - v0[cols]
+    shift = w.min()  # so that every weight is >= 0 and w + 1 >= 1
+    w -= shift
+    u0 += shift
     indptr = np.searchsorted(rows, np.arange(n + 1))
-    S = csr_matrix((w + 1.0, cols, indptr), shape=(n, n))  # +1: keep every weight non-zero
+    S = csr_matrix((w + 1.0, cols, indptr), shape=(n, n))  # +1: no weight is an explicit zero
     _, sigma = min_weight_full_bipartite_matching(S)
-    # Bellman-Ford for column prices, edges grouped by column.
-    order = np.lexsort((rows, cols))
+    # Bellman-Ford for the column prices, edges grouped by column.
+    order = np.argsort(cols, kind="stable")
     er, ec, ew = rows[order], cols[order], w[order]
-    starts = np.searchsorted(ec, np.arange(n))
-    r_sig = R0[ar, sigma]
-    tol = 1e-12 * max(1.0, float(np.abs(w).max(initial=0.0)))
+    starts = np.searchsorted(ec, ar)
+    w_sig = C[ar, sigma] - u0 - v0[sigma]
+    tol = 1e-12 * max(1.0, float(w.max(initial=0.0)))
     v = np.zeros(n)
     for _ in range(max_sweeps):
-        u = r_sig - v[sigma]
+        u = w_sig - v[sigma]
         new_v = np.minimum(v, np.minimum.reduceat(ew - u[er], starts))
         moved = bool((new_v < v - tol).any())
         v = new_v
         if not moved:
             break
-    u = r_sig - v[sigma]
+    u = w_sig - v[sigma]
     return u0 + u, v0 + v
 
 
@@ -200,13 +211,16 @@ def _solve_lapjv_warm(C: np.ndarray) -> np.ndarray:
     if n < 3:
         return _solve_lapjv(C)
     U, V = _warm_duals(C)
-    R = C - U[:, None]
+    R = np.subtract(C, U[:, None])
     R -= V[None, :]
-    return _solve_lapjv(R)
+    return _solve_lapjv(R, inplace=True)
 
 
-def _auto_solver(n: int) -> str:
-    return "lapjv-warm" if n >= AUTO_WARM_MIN_N else "lapjv"
+def auto_solver(n: int) -> str:
+    """The solver "auto" uses for an n x n problem."""
+    if n >= AUTO_WARM_MIN_N:
+        return "lapjv-warm"
+    return "lapjv" if n >= AUTO_LAPJV_MIN_N else "scipy"
 
 
 def solve_assignment(C: np.ndarray | torch.Tensor, solver: str = "auto") -> np.ndarray:
@@ -227,7 +241,7 @@ def solve_assignment(C: np.ndarray | torch.Tensor, solver: str = "auto") -> np.n
     if not np.isfinite(C).all():
         raise ValueError("cost matrix has NaN or infinite entries")
     if solver == "auto":
-        solver = _auto_solver(n)
+        solver = auto_solver(n)
     fn = {"lapjv": _solve_lapjv, "lapjv-warm": _solve_lapjv_warm, "scipy": _solve_scipy}[solver]
     return _check_perm(fn(C), n, solver)
 
@@ -251,12 +265,15 @@ def class_indices(labels: Any, n: int) -> torch.Tensor:
         if lab.is_floating_point():
             if not torch.equal(lab, lab.round()):
                 raise ValueError("1-D labels must be integer class indices")
-        return lab.to("cpu", torch.int64)
+        lab = lab.to("cpu", torch.int64)
+        if n and int(lab.min()) < 0:
+            raise ValueError("class indices must be >= 0")
+        return lab
     raise ValueError(f"labels must be [N] class indices or [N, L] one-hot, got shape {tuple(lab.shape)}")
 
 
 def assign_noise(images: torch.Tensor, noise: torch.Tensor, labels: Any = None, cost: str = "l2",
-                 solver: str = "auto", return_cost_matrix: bool = False):
+                 solver: str = "auto") -> torch.Tensor:
     """Optimal pairing of images with noise vectors: returns perm (LongTensor [N], on CPU).
 
     `images[i]` is paired with `noise[perm[i]]`, and sum_i cost(images[i], noise[perm[i]]) is
@@ -272,7 +289,7 @@ def assign_noise(images: torch.Tensor, noise: torch.Tensor, labels: Any = None, 
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     perm = torch.arange(n, dtype=torch.int64)
     if labels is None:
-        groups = [perm]
+        groups = [torch.arange(n, dtype=torch.int64)]
     else:
         cls = class_indices(labels, n)
         order = torch.argsort(cls, stable=True)

@@ -12,14 +12,22 @@ written)::
     python -m aot.report table --table {1,2,3,4,5} --out-prefix results/RUN/tables/table4 \
         [--rhos 9,27,81,243] FID.json ...            # -> table4.csv, table4.md, table4.tex
     python -m aot.report figure --figure {1,4,5} --out-prefix results/RUN/figures/figure5 \
-        [--rhos 9,27,81,243] [--tolerance 0.02] FID.json ...    # -> figure5.png, figure5.pdf
-    python -m aot.report figure --figure {2,6,7,8} --diagnostics traj.npz --out-prefix P \
+        [--rhos 9,27,81,243] [--tolerance 0.02] [--no-paper-baselines] FID.json ...
+                                                      # -> figure5.png, figure5.pdf
+    python -m aot.report figure --figure {2,6,7,8} --out-prefix P traj.npz \
         [--seed-index 0] [--max-columns 10]           # trajectory strip: rows models, columns steps
-    python -m aot.report figure --figure {3,9} --diagnostics traj.npz --out-prefix P \
+    python -m aot.report figure --figure {3,9} --out-prefix P traj.npz \
         [--step 3] [--max-seeds 64]                   # denoised grid at one early step
-    python -m aot.report figure --figure {10,11} --samples X.npz --out-prefix P \
+    python -m aot.report figure --figure {10,11} --out-prefix P X.npz \
         [--count 100] [--columns 10]                  # sample grid
-    python -m aot.report figure --figure curvature --diagnostics traj.json --out-prefix P
+    python -m aot.report figure --figure curvature --out-prefix P traj.json [traj2.json ...]
+
+The input of a figure is positional (or named: `--diagnostics traj.npz`, `--samples X.npz`; a
+diagnostics JSON given where the npz is needed means the npz beside it, and the other way round).
+`--kind {curves,strip,denoised-grid,samples,curvature}` picks what to draw; by default the paper's
+kind for the figure number (1, 4, 5: curves; 2, 6, 7, 8: strip; 3, 9: denoised-grid; 10, 11:
+samples). `--rhos` is accepted by every figure (used by Figure 5). The curvature figure draws one
+panel per diagnostics JSON.
     python -m aot.report readme --run-dir results/RUN --config results/RUN/config.json \
         [--tables results/RUN/tables/table1.csv ...] [--figures results/RUN/figures/figure1.png ...] \
         [--benchmarks benchmarks/RUN] [--out results/RUN/README.md]
@@ -54,7 +62,8 @@ Tables 4 and 5 have a `stat` column: CSV rows "ours", "ours mean", "ours std", "
 Tables 1-3 have one row per entry with our min/mean/std/n, the paper value and diff = ours - paper.
 The CSV files start with `# key: value` comment lines (title, feature network, counts) that the
 readme reads back. When the results use feature_network.name == "offline-classifier", every table,
-figure and the report carry `OFFLINE_CAVEAT`, and figures plot paper values on their own axis.
+figure and the report carry `OFFLINE_CAVEAT`, the difference to the paper is left out (empty `diff`
+in the CSV, no "diff" rows, no Δ column), and figures plot paper values on their own axis.
 
 Figures (PNG and PDF, pure `matplotlib.figure.Figure`, no pyplot state; each `plot_*` returns a
 Figure, `save_figure(fig, out_prefix)` writes both files atomically):
@@ -66,10 +75,12 @@ trajectory strips (2, 6, 7, 8), denoised grids (3, 9), sample grids (10, 11), cu
 Images in [-1, 1] (diagnostics) are shown as EDM saves them; 1-channel images are drawn in gray.
 
 Compute time in the readme: the sum of the `s` (wall seconds) and `cpu_time` columns of every
-benchmark TSV file below `--benchmarks`, split by stage from the file's path relative to that
-folder: a path component or word starting with "dg" or "discriminator" -> dg; otherwise the first
-word "train" -> train, "generate"/"sample"/"samples"/"sampling" -> generate,
-"fid"/"reference"/"ref"/"features" -> fid, anything else -> other.
+benchmark TSV file below `--benchmarks` (every row: benchmark repeats count), split by stage from
+the first component of the file's path relative to that folder (the rule's name in our workflow):
+"dg..." or a word "dg"/"discriminator..." (generate_dg, train_discriminator) -> dg;
+"fid...", "reference...", "train_features" (the offline feature network) -> fid; other "train..."
+-> train; "generate..."/"sample..." -> generate; anything else (data preparation, downloads,
+diagnostics, report) -> other. The FID of a guided sample set counts as fid.
 """
 
 from __future__ import annotations
@@ -96,8 +107,8 @@ OFFLINE_FEATURES = "offline-classifier"
 OFFLINE_CAVEAT = ("Frechet distance in an offline classifier's feature space "
                   "(not FID-Inception; not comparable to the paper column)")
 TABLE_TITLES = {
-    1: "Table 1: unconditional CIFAR-10, FID-50k (min of repeats)",
-    2: "Table 2: class-conditional CIFAR-10, FID-50k (min of repeats)",
+    1: "Table 1: unconditional models, ours (min of repeats) vs the paper",
+    2: "Table 2: class-conditional models, ours (min of repeats) vs the paper",
     3: "Table 3: discriminator guidance with and without AOT in discriminator training",
     4: "Table 4: FID vs time-step exponent rho at 18, 14 and 8 Heun steps",
     5: "Table 5: best FID over rho vs NFE",
@@ -110,14 +121,15 @@ FIGURE_TITLES = {
     "3": "Figure 3: denoised estimates at an early step, EDM vs EDM-AOT",
     "4": "Figure 4: FID vs rho at 18, 14 and 8 steps",
     "5": "Figure 5: best FID over rho vs NFE, minimal-step optimum marked",
-    "6": "Figure 6: denoised estimates along the sampling path (more seeds)",
-    "7": "Figure 7: denoised estimates along the sampling path (more seeds)",
-    "8": "Figure 8: denoised estimates along the sampling path (more seeds)",
-    "9": "Figure 9: denoised estimates at an early step (more seeds)",
+    "6": "Figure 6: single-step denoised estimates along the sampling path",
+    "7": "Figure 7: single-step denoised estimates along the sampling path",
+    "8": "Figure 8: single-step denoised estimates along the sampling path",
+    "9": "Figure 9: denoised estimates at an early step, EDM vs EDM-AOT",
     "10": "Figure 10: samples",
     "11": "Figure 11: samples",
     "curvature": "Trajectory curvature: distance of the denoised estimate to the final sample over sigma",
 }
+FIGURE_KINDS = ("curves", "strip", "denoised-grid", "samples", "curvature")
 STRIP_FIGURES = ("2", "6", "7", "8")
 GRID_FIGURES = ("3", "9")
 SAMPLE_FIGURES = ("10", "11")
@@ -207,13 +219,19 @@ def parse_fid_result(obj: Any, path: Any = "<dict>") -> dict:
     if solver not in ("heun", "euler"):
         raise _fail(path, f"'sampler.solver' must be 'heun' or 'euler', got {solver!r}")
     nfe_v = _get(obj, "sampler.nfe", path, None)
+    if nfe_v is None:
+        nfe_v = obj.get("nfe")  # aot.fid also writes it at the top level
     nfe = (2 * steps_v - 1 if solver == "heun" else steps_v) if nfe_v is None else nfe_v
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe <= 0:
         raise _fail(path, f"'sampler.nfe' must be a positive integer, got {nfe_v!r}")
     churn_v = _get(obj, "sampler.S_churn", path, 0.0)
     churn = _number(churn_v if churn_v is not None else 0.0, "sampler.S_churn", path)
     guidance_obj = _get(obj, "sampler.guidance", path, None)
-    if guidance_obj is None:
+    key_v = _get(obj, "sampler.key", path, "")
+    key_dg = re.match(r"^dg(aot|plain)-", key_v) if isinstance(key_v, str) else None
+    if guidance_obj is None and key_dg:  # a guided set whose meta lacks the guidance record
+        guidance, guidance_sig = key_dg.group(1), json.dumps({"aot": key_dg.group(1) == "aot"})
+    elif guidance_obj is None:
         guidance, guidance_sig = None, ""
     elif isinstance(guidance_obj, dict):
         g_aot = _flag(_get(guidance_obj, "aot", path), "sampler.guidance.aot", path)
@@ -555,8 +573,11 @@ def _grid_table(paper: pd.DataFrame, cells: dict[str, dict[str, dict]], prefix: 
         values.update(_col_value(c) for c in per_col)
     cols = [f"{prefix}={format_rho(v)}" for v in sorted(values)]
     paper_rows = {str(r["setting"]): r for _, r in paper.iterrows()}
-    labels = list(paper_rows)
-    labels += sorted(k for k in cells if k not in paper_rows)
+    labels: list[str] = []
+    for label in paper_rows:  # measured rows of several models of one kind replace the bare row
+        split = sorted(k for k in cells if k.startswith(label + " ["))
+        labels += split if split and label not in cells else [label]
+    labels += sorted(k for k in cells if k not in labels)
     stats = ["ours", "ours mean", "ours std", "n", *extra_stats, "paper", "diff"]
     field = {"ours": "fid", "ours mean": "fid_mean", "ours std": "fid_std", "n": "n",
              "best rho": "rho"}
@@ -640,7 +661,7 @@ def _fmt_int(v: Any) -> str:
 
 
 def _metric_name(feature_network: str | None) -> str:
-    return "FD (offline)" if is_offline(feature_network) else "FID"
+    return "FD-offline" if is_offline(feature_network) else "FID"
 
 
 def display_table(number: int, full: pd.DataFrame, feature_network: str | None) -> pd.DataFrame:
@@ -741,7 +762,11 @@ def table_notes(number: int, agg: pd.DataFrame, feature_network: str | None,
                      "not measured or are not stated in the paper.")
     if number == 5:
         notes.append("Ours: best over rho in {" + ", ".join(format_rho(r) for r in rhos) + "}.")
-    notes.append("Δ = ours - paper.")
+    if is_offline(feature_network):
+        notes.append("No difference column: the two metrics are not comparable.")
+    else:
+        notes.append("Δ = ours - paper.")
+    notes.append("Paper: CIFAR-10, FID-50k, minimum of three measurements.")
     return notes
 
 
@@ -760,6 +785,11 @@ def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS
         full = build_table5(agg, rhos)
     else:
         raise UserError(f"--table must be 1-5, got {number}")
+    if is_offline(feat):  # a difference between incomparable metrics would mislead
+        for col in [c for c in full.columns if c.startswith("diff")]:
+            full[col] = float("nan")
+        if "stat" in full.columns:
+            full = full[full["stat"] != "diff"].reset_index(drop=True)
     meta = {
         "table": number, "title": TABLE_TITLES[number], "feature_network": feat or "",
         "metric": OFFLINE_CAVEAT if is_offline(feat) else ("FID" if feat else ""),
@@ -767,7 +797,10 @@ def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS
         "rhos": ",".join(format_rho(r) for r in rhos) if number == 5 else "",
         "notes": table_notes(number, agg, feat, rhos),
     }
-    return full, display_table(number, full, feat), meta
+    disp = display_table(number, full, feat)
+    if is_offline(feat):
+        disp = disp[[c for c in disp.columns if not c.endswith("Δ")]]
+    return full, disp, meta
 
 
 def render_table(number: int, full: pd.DataFrame, disp: pd.DataFrame, meta: dict) -> dict[str, str]:
@@ -845,10 +878,11 @@ def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.0, 3.
     return fig, axes
 
 
-def save_figure(fig: Any, out_prefix: str | os.PathLike, dpi: int = 150) -> list[Path]:
-    """Write `<prefix>.png` and `<prefix>.pdf`, both or none."""
+def save_figure(fig: Any, out_prefix: str | os.PathLike, dpi: int = 150,
+                formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write `<prefix>.png` and `<prefix>.pdf` (or the given formats), all or none."""
     prefix = strip_known_suffix(out_prefix)
-    paths = [Path(prefix + ".png"), Path(prefix + ".pdf")]
+    paths = [Path(f"{prefix}.{fmt}") for fmt in formats]
     with contextlib.ExitStack() as stack:
         for path in paths:
             tmp = stack.enter_context(atomic_path(path))
@@ -868,18 +902,26 @@ def _paper_axis(ax: Any, comparable: bool) -> Any:
 
 
 def _ylabel(feat: str | None) -> str:
-    return "Frechet distance (offline classifier)" if is_offline(feat) else "FID"
+    return "FD, offline features" if is_offline(feat) else "FID"
 
 
 def _log_axis(ax: Any, axis: str = "y") -> None:
-    """Log scale with plain-number tick labels (1, 2, 5, 10, 20, ...)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """Log scale with plain-number tick labels; some minor ticks labelled on short ranges."""
+    from matplotlib.ticker import FuncFormatter
 
     getattr(ax, f"set_{axis}scale")("log")
     a = ax.yaxis if axis == "y" else ax.xaxis
-    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    a.set_minor_formatter(NullFormatter())
+
+    def minor(v: float, _pos: Any) -> str:
+        lo, hi = sorted(a.get_view_interval())
+        if v <= 0 or lo <= 0 or hi / lo > 100:
+            return ""
+        mantissa = round(v / 10 ** math.floor(math.log10(v) + 1e-9), 6)
+        keep = (2.0, 3.0, 5.0) if hi / lo <= 10 else (2.0, 5.0)
+        return f"{v:g}" if hi / lo <= 3 or mantissa in keep else ""
+
+    a.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    a.set_minor_formatter(FuncFormatter(minor))
 
 
 def _no_data(ax: Any) -> None:
@@ -889,7 +931,10 @@ def _no_data(ax: Any) -> None:
 
 def _caveat(fig: Any, feat: str | None) -> None:
     if is_offline(feat):
-        fig.suptitle(OFFLINE_CAVEAT, fontsize=8)
+        import textwrap
+
+        width = max(40, int(fig.get_figwidth() * 14))
+        fig.suptitle(textwrap.fill(OFFLINE_CAVEAT, width), fontsize=8)
 
 
 def minimal_step_optimum(nfes: Sequence[float], fids: Sequence[float],
@@ -910,14 +955,19 @@ def _paper_rows(number: int) -> pd.DataFrame:
     return paper_table(number).set_index("setting")
 
 
-def plot_fid_vs_nfe(results: Any) -> Any:
-    """Figure 1: our best FID at each NFE (any rho) per model, paper curves and quoted baselines."""
+def plot_fid_vs_nfe(results: Any, paper: bool = True) -> Any:
+    """Figure 1: our best FID at each NFE (any rho) per model, paper curves and quoted baselines.
+
+    One panel per condition (unconditional, conditional) present in the results; the paper's
+    Figure 1 (unconditional) when there are none.
+    """
     agg = as_aggregate(results)
     feat = _single_feature_network(agg)
     best = best_over_rho(agg, None)
     paper5 = _paper_rows(5)
-    fig, axes = _figure(1, 2)
-    for ax, cond in zip(axes[0], (False, True)):
+    conds = sorted({bool(c) for c in best["cond"]}) if len(best) else [False]
+    fig, axes = _figure(1, len(conds))
+    for ax, cond in zip(axes[0], conds):
         pax = _paper_axis(ax, not is_offline(feat))
         for aot in (False, True):
             kind = kind_name(aot)
@@ -925,16 +975,18 @@ def plot_fid_vs_nfe(results: Any) -> Any:
             sub = best[best["label"].str.startswith(label)] if len(best) else best
             for lab, s in (sub.groupby("label") if len(sub) else []):
                 ax.plot(s["nfe"], s["fid"], "o-", color=_COLORS[kind], label=f"{lab} (ours)")
-            if label in paper5.index:
+            if paper and label in paper5.index:
                 row = paper5.loc[label]
                 xs = [_col_value(c) for c in row.index]
                 pax.plot(xs, row.values.astype(float), "x--", color=_COLORS[kind], alpha=0.6,
                          label=f"{label} (paper)")
         pt = paper_table(2 if cond else 1)
-        for _, r in pt[pt["model"].isin(QUOTED_BASELINES)].iterrows():
+        seen: dict[float, int] = {}
+        for _, r in pt[pt["model"].isin(QUOTED_BASELINES) & paper].iterrows():
+            k = seen[r["nfe"]] = seen.get(r["nfe"], -1) + 1  # stack labels at one NFE
             pax.plot([r["nfe"]], [r["fid"]], "s", color="0.35", ms=5)
             pax.annotate(r["model"], (r["nfe"], r["fid"]), textcoords="offset points",
-                         xytext=(4, 3), fontsize=7, color="0.3")
+                         xytext=(4, 3 + 9 * k), fontsize=7, color="0.3")
         _log_axis(ax, "x")
         for a in {ax, pax}:
             _log_axis(a, "y")
@@ -980,7 +1032,7 @@ def plot_fid_vs_rho(results: Any, steps: Sequence[int] = (18, 14, 8)) -> Any:
             _log_axis(ax, "x")
             for a in {ax, pax}:
                 _log_axis(a, "y")
-            if pax is ax:
+            if not pax.lines:
                 _no_data(ax)
             ax.set_xlabel("rho")
             ax.set_ylabel(_ylabel(feat))
@@ -1027,7 +1079,7 @@ def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
         for a in {ax, pax}:
             _log_axis(a, "y")
         ax.set_xlabel("NFE")
-        ax.set_ylabel(_ylabel(feat) + " (best over rho)")
+        ax.set_ylabel(f"best {_ylabel(feat)} over rho")
         ax.set_title(("conditional" if cond else "unconditional")
                      + f", rho in {{{', '.join(format_rho(r) for r in rhos)}}}", fontsize=9)
         handles, labels = ax.get_legend_handles_labels()
@@ -1267,26 +1319,51 @@ def check_curvature(obj: Any, path: Any = "<diagnostics JSON>") -> dict:
 
 
 def plot_curvature(diag_json: Any) -> Any:
-    """Distance of the denoised estimate to the final sample over sigma (log x), per model."""
-    obj = load_diagnostics_json(diag_json) if isinstance(diag_json, (str, os.PathLike)) \
-        else check_curvature(diag_json)
-    fig, axes = _figure(1, 1, size=(5.5, 3.8))
-    ax = axes[0][0]
-    for m in obj["models"]:
-        sig = np.asarray(m["curve"]["sigma"], dtype=float)
-        dist = np.asarray(m["curve"]["x0_distance_to_final"], dtype=float)
-        ok = sig > 0
-        kind = kind_name(bool(m.get("aot", False)))
-        c = m.get("curvature")
-        lab = m["name"] + (f" (curvature {c:.3g})" if isinstance(c, (int, float)) else "")
-        ax.plot(sig[ok], dist[ok], "o-", ms=3, color=_COLORS.get(kind) if len(obj["models"]) <= 2
-                else None, label=lab)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("sigma (sampling runs from left to right)")
-    ax.set_ylabel("distance of x0 estimate to final sample")
-    ax.legend(fontsize=8)
-    ax.set_title("trajectory curvature", fontsize=9)
+    """Distance of the denoised estimate to the final sample over sigma (log x), per model.
+
+    `diag_json`: one diagnostics JSON (path or dict) or a list of them; one panel per input.
+    """
+    items = list(diag_json) if isinstance(diag_json, (list, tuple)) else [diag_json]
+    if not items:
+        raise UserError("the curvature figure needs at least one diagnostics JSON")
+    panels = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            obj = load_diagnostics_json(item)
+            default = Path(item).stem
+        else:
+            obj = check_curvature(item)
+            default = ""
+        sampler = obj.get("sampler") if isinstance(obj.get("sampler"), dict) else {}
+        title = sampler.get("key") or default
+        if sampler.get("num_steps") and not sampler.get("key"):
+            title = f"{sampler['num_steps']} steps, rho {format_rho(sampler.get('rho', 7))}"
+        if default and title != default:
+            title = f"{default}: {title}" if title not in default else default
+        panels.append((obj, title))
+    ncols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = _figure(nrows, ncols, size=(5.5, 3.8))
+    for k, (obj, title) in enumerate(panels):
+        ax = axes[k // ncols][k % ncols]
+        for m in obj["models"]:
+            sig = np.asarray(m["curve"]["sigma"], dtype=float)
+            dist = np.asarray(m["curve"]["x0_distance_to_final"], dtype=float)
+            ok = sig > 0
+            kind = kind_name(bool(m.get("aot")))
+            c = m.get("curvature")
+            lab = str(m["name"]) + (f" (curvature {c:.3g})" if isinstance(c, (int, float)) else "")
+            ax.plot(sig[ok], dist[ok], "o-", ms=3,
+                    color=_COLORS.get(kind) if len(obj["models"]) <= 2 else None, label=lab)
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("sigma (sampling runs from left to right)")
+        ax.set_ylabel("distance of x0 estimate to final sample")
+        ax.legend(fontsize=8)
+        ax.set_title(title or "trajectory curvature", fontsize=9)
+    for k in range(len(panels), nrows * ncols):
+        axes[k // ncols][k % ncols].set_axis_off()
+    fig.suptitle("trajectory curvature: lower = straighter sampling path", fontsize=9)
     return fig
 
 
@@ -1295,16 +1372,18 @@ def plot_curvature(diag_json: Any) -> Any:
 
 
 def benchmark_stage(relpath: str | os.PathLike) -> str:
-    words = [w for w in re.split(r"[/\\_\-.]+", Path(relpath).as_posix().lower()) if w]
-    if any(w.startswith("dg") or w.startswith("discriminator") for w in words):
+    """Stage of a benchmark file from the first component of its path below the benchmarks folder."""
+    parts = Path(relpath).with_suffix("").parts
+    first = parts[0].lower() if parts else ""
+    words = [w for w in re.split(r"[_\-.]+", first) if w]
+    if "dg" in words or first.startswith("dg") or any(w.startswith("discriminator") for w in words):
         return "dg"
-    first = words[0] if words else ""
+    if first in ("train_features", "reference_stats") or first.startswith(("fid", "reference")):
+        return "fid"
     if first.startswith("train"):
         return "train"
-    if first in ("generate", "sample", "samples", "sampling"):
+    if first.startswith(("generate", "sample")):
         return "generate"
-    if first in ("fid", "reference", "ref", "features"):
-        return "fid"
     return "other"
 
 
@@ -1460,8 +1539,8 @@ def build_readme(run_dir: str | os.PathLike, out: str | os.PathLike, config: dic
     n_sets = sum(int(m.get("sample_sets", 0) or 0) for _, _, m in loaded)
     n_meas = sum(int(m.get("measurements", 0) or 0) for _, _, m in loaded)
     metric = OFFLINE_CAVEAT if offline else (
-        "FID with " + ", ".join(feats) if feats else "FID")
-    lines += [f"- **Measured in this run:** every \"ours\" value ({metric}); each is the minimum "
+        "FID with the feature network " + ", ".join(feats) if feats else "FID")
+    lines += [f"- **Measured in this run:** every \"ours\" value, a {metric}; each is the minimum "
               "over the repeats of one sample set (mean, standard deviation and the number of "
               "repeats are in the tables and CSV files). Summed over the tables: "
               f"{n_sets} sample-set entries from {n_meas} measurements (a sample set used by "
@@ -1488,7 +1567,7 @@ def build_readme(run_dir: str | os.PathLike, out: str | os.PathLike, config: dic
     else:
         lines += [f"Total: **{total['wall_s'] / 3600:.2f} h** wall-clock job time "
                   f"({_hms(total['wall_s'])}, sum of the `s` column of {int(total['jobs'])} "
-                  f"benchmark files under `{benchmarks}`), {total['cpu_s'] / 3600:.2f} h CPU time "
+                  f"benchmark file{'s' if int(total['jobs']) != 1 else ''} under `{benchmarks}`), {total['cpu_s'] / 3600:.2f} h CPU time "
                   "(`cpu_time`). Jobs that ran in parallel are counted in full; a job's wall "
                   "time is the time it held its GPU/CPU allocation.", ""]
         lines += ["| stage | jobs | wall time (h:m:s) | wall hours | CPU hours |",
@@ -1555,7 +1634,11 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("figure", help="one figure as PNG and PDF")
     f.add_argument("--figure", required=True,
                    choices=[*CURVE_FIGURES, *STRIP_FIGURES, *GRID_FIGURES, *SAMPLE_FIGURES, "curvature"])
+    f.add_argument("--kind", choices=FIGURE_KINDS, default=None,
+                   help="what to draw (default: the paper's kind of that figure number)")
     f.add_argument("--out-prefix", required=True, help="writes PREFIX.png and PREFIX.pdf")
+    f.add_argument("--paper-baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="Figure 1: draw the paper's curves and quoted baselines (default on)")
     f.add_argument("--rhos", default="9,27,81,243", help="Figure 5: rho values to take the best over")
     f.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="Figure 5: relative FID tolerance of the minimal-step optimum")
@@ -1568,7 +1651,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--count", type=int, default=100, help="sample grids: number of images")
     f.add_argument("--columns", type=int, default=10, help="sample grids: images per row")
     f.add_argument("--title", default=None)
-    f.add_argument("results", nargs="*", help="FID result JSON files or folders (Figures 1, 4, 5)")
+    f.add_argument("inputs", nargs="*",
+                   help="curves: FID result JSON files or folders; strip/denoised-grid: the "
+                        "diagnostics npz; samples: the sample-set npz; curvature: diagnostics JSONs")
     r = sub.add_parser("readme", help="the run report README.md")
     r.add_argument("--run-dir", required=True)
     r.add_argument("--out", default=None, help="default RUN_DIR/README.md")
@@ -1581,39 +1666,77 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_kind(fig_id: str) -> str:
+    if fig_id in CURVE_FIGURES:
+        return "curves"
+    if fig_id in STRIP_FIGURES:
+        return "strip"
+    if fig_id in GRID_FIGURES:
+        return "denoised-grid"
+    if fig_id in SAMPLE_FIGURES:
+        return "samples"
+    return "curvature"
+
+
+def _one_input(args: argparse.Namespace, option: str, what: str) -> str:
+    given = getattr(args, option.replace("-", "_"))
+    paths = ([given] if given else []) + list(args.inputs)
+    if len(paths) != 1:
+        raise UserError(f"--figure {args.figure} needs exactly one {what} (--{option} or a "
+                        f"positional path), got {len(paths)}")
+    return str(paths[0])
+
+
 def make_figure(args: argparse.Namespace) -> Any:
     fig_id = args.figure
-    if fig_id in CURVE_FIGURES:
-        results = load_fid_results(args.results)
+    kind = args.kind or default_kind(fig_id)
+    title = args.title
+    if kind == "curves":
+        if fig_id not in CURVE_FIGURES:
+            raise UserError(f"--kind curves draws Figures 1, 4 and 5, not --figure {fig_id}")
+        results = load_fid_results(args.inputs)
         if fig_id == "1":
-            return plot_fid_vs_nfe(results)
-        if fig_id == "4":
-            return plot_fid_vs_rho(results)
-        if not args.tolerance >= 0:
-            raise UserError(f"--tolerance must be >= 0, got {args.tolerance}")
-        return plot_best_fid_vs_nfe(results, parse_rhos(args.rhos), args.tolerance)
-    if fig_id in STRIP_FIGURES + GRID_FIGURES or fig_id == "curvature":
-        if not args.diagnostics:
-            raise UserError(f"--figure {fig_id} needs --diagnostics")
-        if fig_id == "curvature":
-            return plot_curvature(args.diagnostics)
-        diag = load_diagnostics(Path(args.diagnostics).with_suffix(".npz")
-                                if args.diagnostics.endswith(".json") else args.diagnostics)
-        title = args.title or FIGURE_TITLES[fig_id]
-        if fig_id in STRIP_FIGURES:
+            fig = plot_fid_vs_nfe(results, paper=args.paper_baselines)
+        elif fig_id == "4":
+            fig = plot_fid_vs_rho(results)
+        else:
+            if not args.tolerance >= 0:
+                raise UserError(f"--tolerance must be >= 0, got {args.tolerance}")
+            fig = plot_best_fid_vs_nfe(results, parse_rhos(args.rhos), args.tolerance)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        return fig
+    if kind == "curvature":
+        paths = ([args.diagnostics] if args.diagnostics else []) + list(args.inputs)
+        if not paths:
+            raise UserError(f"--figure {fig_id} needs diagnostics JSON files")
+        fig = plot_curvature(paths)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        return fig
+    if kind in ("strip", "denoised-grid"):
+        path = _one_input(args, "diagnostics", "diagnostics npz")
+        diag = load_diagnostics(Path(path).with_suffix(".npz") if path.endswith(".json") else path)
+        if kind == "strip":
             if args.max_columns < 1:
                 raise UserError(f"--max-columns must be positive, got {args.max_columns}")
-            return plot_trajectory_strip(diag, args.seed_index, args.max_columns, title)
+            return plot_trajectory_strip(diag, args.seed_index, args.max_columns,
+                                         title or _diag_title(fig_id, diag))
         if args.max_seeds < 1:
             raise UserError(f"--max-seeds must be positive, got {args.max_seeds}")
-        return plot_denoised_grid(diag, args.step, args.max_seeds, title)
-    if not args.samples:
-        raise UserError(f"--figure {fig_id} needs --samples")
+        return plot_denoised_grid(diag, args.step, args.max_seeds, title or _diag_title(fig_id, diag))
+    path = _one_input(args, "samples", "sample-set npz")
     if args.count < 1 or args.columns < 1:
         raise UserError("--count and --columns must be positive")
-    images, labels, meta = load_samples(args.samples)
-    title = args.title or _samples_title(fig_id, meta)
-    return plot_sample_grid(images, labels, args.count, args.columns, title)
+    images, labels, meta = load_samples(path)
+    return plot_sample_grid(images, labels, args.count, args.columns,
+                            title or _samples_title(fig_id, meta))
+
+
+def _diag_title(fig_id: str, diag: dict) -> str:
+    base = FIGURE_TITLES.get(fig_id, "trajectory diagnostics")
+    steps = diag["x0"][0].shape[1]
+    return f"{base} ({' vs '.join(diag['names'])}, {steps} steps, same noise)"
 
 
 def _samples_title(fig_id: str, meta: dict) -> str:

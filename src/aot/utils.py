@@ -38,7 +38,6 @@ def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            prog = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "aot"
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USER_ERROR) from None
 
@@ -216,8 +215,8 @@ def environment_info() -> dict:
     try:
         import torch
 
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda
+        info["torch"] = str(torch.__version__)
+        info["cuda"] = str(torch.version.cuda) if torch.version.cuda else None
         info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except Exception:  # pragma: no cover - torch is a dependency
         pass

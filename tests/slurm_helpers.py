@@ -1,0 +1,277 @@
+"""Run Snakemake through the repository's Slurm profile and read back which jobs Slurm ran.
+
+Used by tests/test_slurm.py and by the end-to-end Slurm tests. Needs a reachable Slurm
+controller (`.ci/slurm-up.sh` starts a one-node one); `require_slurm()` skips the calling
+test when there is none, except in CI (`CI=true` and `AOT_REQUIRE_SLURM=1`), where a missing
+Slurm is a failure.
+
+    from slurm_helpers import require_slurm, run_snakemake_on_slurm, assert_all_jobs_on_slurm
+
+    require_slurm()
+    proc = run_snakemake_on_slurm(tmp_path, REPO / "Snakefile", REPO / "config/tiny.yaml", ["all"])
+    assert proc.returncode == 0, proc.stdout
+    jobs = assert_all_jobs_on_slurm(tmp_path, local_rules={"all"})
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_PROFILE = REPO / "profiles" / "slurm"
+CI_OVERLAY = REPO / "profiles" / "slurm-ci"
+
+# Lines the Slurm executor plugin (2.8) writes to Snakemake's main log.
+_SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.\s*$")
+_SUBMITTED_ARRAY = re.compile(
+    r"^Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
+    r"The individual task IDs are (\d+)-(\d+)\.")
+# Job headers in the same log: "rule NAME:" / "localrule NAME:" followed by "    jobid: N".
+_RULE_HEADER = re.compile(r"^(local)?rule (\S+):\s*$")
+_JOBID = re.compile(r"^\s+jobid: (\d+)\s*$")
+# With show-failed-logs the main log quotes a failed job's own log between two rules of "=";
+# the job headers inside that quote belong to the job's inner Snakemake, not to this run.
+_QUOTE_START = re.compile(r"^Logfile .*:\s*$")
+_QUOTE_RULE = "=" * 80
+
+
+def _own_lines(log: Path) -> Iterator[str]:
+    """Lines of a Snakemake main log without the quoted logs of failed jobs."""
+    state = "own"  # own -> (Logfile ...:) -> expect -> (====) -> quote -> (====) -> own
+    for line in log.read_text(errors="replace").splitlines():
+        if state == "quote":
+            if line.rstrip() == _QUOTE_RULE:
+                state = "own"
+            continue
+        if state == "expect":
+            if line.rstrip() == _QUOTE_RULE:
+                state = "quote"
+                continue
+            state = "own"
+        if _QUOTE_START.match(line):
+            state = "expect"
+            continue
+        yield line
+
+
+def slurm_available(timeout: float = 15.0) -> tuple[bool, str]:
+    """(True, "") when `sinfo` answers and shows a usable node; else (False, why not)."""
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        return False, "no Slurm: `sinfo` not on PATH (start one with .ci/slurm-up.sh)"
+    try:
+        proc = subprocess.run([sinfo, "-h", "-o", "%T"], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"no Slurm: `sinfo` did not answer within {timeout:.0f} s"
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        return False, f"no Slurm controller reachable: `sinfo` failed: {msg[-1] if msg else proc.returncode}"
+    states = {s.strip().rstrip("*~#!%$@^-") for s in proc.stdout.split()}
+    if not states & {"idle", "mixed", "allocated", "completing"}:
+        return False, f"no usable Slurm node (sinfo node states: {sorted(states) or 'none'})"
+    return True, ""
+
+
+def slurm_required() -> bool:
+    """True in CI, where the Slurm tests must run instead of being skipped."""
+    return (os.environ.get("CI", "").lower() == "true"
+            and os.environ.get("AOT_REQUIRE_SLURM", "") == "1")
+
+
+def require_slurm() -> None:
+    """Skip the calling test when no Slurm is reachable; fail instead in CI."""
+    import pytest
+
+    ok, why = slurm_available()
+    if ok:
+        return
+    if slurm_required():
+        pytest.fail(f"{why} (CI=true and AOT_REQUIRE_SLURM=1: Slurm tests must not be skipped)",
+                    pytrace=False)
+    pytest.skip(why)
+
+
+def snakemake_command(snakefile: str | os.PathLike | None = None,
+                      configfile: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                      targets: Iterable[str] = (), extra_args: Iterable[str] = (),
+                      workdir: str | os.PathLike | None = None, ci_overlay: bool = True) -> list[str]:
+    """The Snakemake command line used by `run_snakemake_on_slurm` (for logging or reuse)."""
+    cmd = [sys.executable, "-m", "snakemake", "--profile", str(CLUSTER_PROFILE)]
+    if ci_overlay:
+        # The overlay replaces the paper-scale workflow profile (see profiles/slurm-ci).
+        cmd += ["--profile", str(CI_OVERLAY), "--workflow-profile", "none"]
+    if workdir is not None:
+        cmd += ["--directory", str(workdir)]
+    if snakefile is not None:
+        cmd += ["--snakefile", str(snakefile)]
+    if configfile is not None:
+        files = [configfile] if isinstance(configfile, (str, os.PathLike)) else list(configfile)
+        cmd += ["--configfile", *map(str, files)]
+    cmd += list(extra_args)
+    targets = list(targets)
+    if targets:
+        cmd += ["--", *targets]
+    return cmd
+
+
+def run_snakemake_on_slurm(workdir: str | os.PathLike, snakefile: str | os.PathLike | None = None,
+                           configfile: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                           targets: Iterable[str] = (), extra_args: Iterable[str] = (),
+                           timeout: float = 1800, ci_overlay: bool = True,
+                           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run Snakemake in `workdir` with profiles/slurm (+ the CI overlay): every job is an sbatch job.
+
+    Returns the CompletedProcess with stdout and stderr merged into `.stdout` (text); the
+    same text is appended to `workdir/snakemake-slurm.out`. Does not raise on failure.
+    `extra_args` go before the targets (e.g. ["--forceall"], ["--retries", "3"]).
+    The package under src/ is put on PYTHONPATH, which sbatch passes on to the jobs.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = snakemake_command(snakefile, configfile, targets, extra_args, workdir, ci_overlay)
+    run_env = dict(os.environ if env is None else env)
+    src = str(REPO / "src")
+    run_env["PYTHONPATH"] = os.pathsep.join(p for p in (src, run_env.get("PYTHONPATH", "")) if p)
+    # Never inherit a surrounding job's identity (tests started inside a Slurm job).
+    for key in list(run_env):
+        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")):
+            del run_env[key]
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, env=run_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        proc = subprocess.CompletedProcess(cmd, 124, out + f"\n[timed out after {timeout:.0f} s]\n")
+    with open(workdir / "snakemake-slurm.out", "a") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n" + proc.stdout + f"\n[exit {proc.returncode}]\n")
+    return proc
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """One Snakemake job as the main log records it."""
+    log: Path                # the Snakemake main log it came from (one per invocation)
+    snakemake_jobid: int
+    rule: str
+    local: bool              # a localrule: ran inside Snakemake, never submitted
+    slurm_jobid: str | None  # "1234", or "1234_5" for an array task; None if not submitted
+
+
+def main_logs(workdir: str | os.PathLike) -> list[Path]:
+    """Snakemake's main logs in `workdir`, oldest first."""
+    return sorted((Path(workdir) / ".snakemake" / "log").glob("*.snakemake.log"))
+
+
+def jobs_from_log(log: str | os.PathLike) -> list[SlurmJob]:
+    """Every job started in one Snakemake invocation, with its Slurm job id (None if local)."""
+    log = Path(log)
+    rules: dict[int, tuple[str, bool]] = {}
+    slurm: dict[int, str] = {}
+    order: list[int] = []
+    pending: tuple[str, bool] | None = None
+    for line in _own_lines(log):
+        m = _RULE_HEADER.match(line)
+        if m:
+            pending = (m.group(2), m.group(1) is not None)
+            continue
+        m = _JOBID.match(line)
+        if m and pending is not None:
+            jid = int(m.group(1))
+            if jid not in rules:
+                order.append(jid)
+            rules[jid] = pending
+            pending = None
+            continue
+        m = _SUBMITTED.match(line)
+        if m:
+            slurm[int(m.group(1))] = m.group(2)
+            continue
+        m = _SUBMITTED_ARRAY.match(line)
+        if m:
+            ids = [int(x) for x in m.group(1).split(",")]
+            first = int(m.group(3))
+            for k, jid in enumerate(ids):
+                slurm[jid] = f"{m.group(2)}_{first + k}"
+    return [SlurmJob(log, jid, rules[jid][0], rules[jid][1], slurm.get(jid)) for jid in order]
+
+
+def slurm_jobs_from_logs(workdir: str | os.PathLike) -> list[SlurmJob]:
+    """All jobs of all Snakemake invocations in `workdir` (retries appear once per attempt
+    only in the Slurm ids: a job re-submitted keeps its Snakemake id; see `slurm_job_ids_from_logs`)."""
+    return [job for log in main_logs(workdir) for job in jobs_from_log(log)]
+
+
+def slurm_job_ids_from_logs(workdir: str | os.PathLike) -> dict[str, str]:
+    """{slurm job id: rule} for every sbatch submission recorded in `workdir`'s Snakemake logs
+    (every attempt of a retried job has its own id)."""
+    ids: dict[str, str] = {}
+    for log in main_logs(workdir):
+        rules = {job.snakemake_jobid: job.rule for job in jobs_from_log(log)}
+        for line in _own_lines(log):
+            m = _SUBMITTED.match(line)
+            if m:
+                ids[m.group(2)] = rules.get(int(m.group(1)), "?")
+                continue
+            m = _SUBMITTED_ARRAY.match(line)
+            if m:
+                first = int(m.group(3))
+                for k, jid in enumerate(int(x) for x in m.group(1).split(",")):
+                    ids[f"{m.group(2)}_{first + k}"] = rules.get(jid, "?")
+    return ids
+
+
+def slurm_log_files(workdir: str | os.PathLike) -> dict[str, Path]:
+    """{slurm job id: log file} from .snakemake/slurm_logs (kept by the profile's
+    slurm-keep-successful-logs)."""
+    root = Path(workdir) / ".snakemake" / "slurm_logs"
+    return {p.stem: p for p in root.rglob("*.log")} if root.is_dir() else {}
+
+
+def slurm_job_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """{job id: state} from `squeue --states=all` (finished jobs stay for MinJobAge seconds)."""
+    job_ids = [str(j) for j in job_ids]
+    if not job_ids:
+        return {}
+    proc = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i|%T", "-j", ",".join(job_ids)],
+                          capture_output=True, text=True, timeout=60)
+    states = {}
+    for line in proc.stdout.splitlines():
+        if "|" in line:
+            jid, state = line.split("|", 1)
+            states[jid.strip()] = state.strip()
+    return states
+
+
+def assert_all_jobs_on_slurm(workdir: str | os.PathLike, local_rules: Iterable[str] = ("all",),
+                             check_states: bool = True) -> list[SlurmJob]:
+    """Assert that every job in `workdir`'s Snakemake logs, except those of `local_rules`, was
+    submitted with sbatch, that Slurm knows each id (when `check_states`) and that the last
+    attempt of each job completed. Returns the jobs."""
+    local_rules = set(local_rules)
+    jobs = slurm_jobs_from_logs(workdir)
+    assert jobs, f"no Snakemake jobs found in the logs under {Path(workdir) / '.snakemake' / 'log'}"
+    not_submitted = [f"{j.rule} (jobid {j.snakemake_jobid}, {j.log.name})" for j in jobs
+                     if j.slurm_jobid is None and j.rule not in local_rules]
+    assert not not_submitted, f"jobs that did not go through sbatch: {not_submitted}"
+    wrongly_submitted = [j.rule for j in jobs if j.slurm_jobid is not None and j.rule in local_rules]
+    assert not wrongly_submitted, f"local rules submitted to Slurm: {wrongly_submitted}"
+    if check_states:
+        ids = slurm_job_ids_from_logs(workdir)
+        states = slurm_job_states(ids)
+        unknown = sorted(set(ids) - set(states), key=lambda s: [int(x) for x in s.split("_")])
+        assert not unknown, (f"Slurm does not know job ids {unknown} "
+                             "(MinJobAge too low, or they did not come from this cluster)")
+        for job in jobs:
+            if job.slurm_jobid is not None:
+                assert states[job.slurm_jobid] == "COMPLETED", (
+                    f"last attempt of {job.rule} (Slurm job {job.slurm_jobid}) is "
+                    f"{states[job.slurm_jobid]}, not COMPLETED")
+    return jobs

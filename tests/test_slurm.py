@@ -1,0 +1,298 @@
+"""The Slurm profile: its settings, and real runs through sbatch on a reachable Slurm.
+
+Tests marked `slurm` need a Slurm controller (`.ci/slurm-up.sh` starts a one-node cluster);
+without one they are skipped with the reason, except in CI (`CI=true AOT_REQUIRE_SLURM=1`),
+where they fail. The other tests check the profile files and the log parsing anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import slurm_helpers as sh
+from slurm_helpers import REPO
+
+WORKFLOW_RULES = {
+    "prepare_dataset", "fetch_fid_assets", "import_edm", "train", "generate", "train_features",
+    "reference_stats", "fid", "diagnostics", "collect_dg_samples", "train_discriminator",
+    "generate_dg", "table", "figure", "report",
+}
+
+
+def _load(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), path
+    return data
+
+
+def _unquote(value: str) -> str:
+    """Profile strings for set-resources are Python expressions: "'--x'" -> "--x"."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile files (no Slurm needed)
+
+
+def test_cluster_profile_settings():
+    prof = _load(REPO / "profiles" / "slurm" / "config.yaml")
+    assert prof["executor"] == "slurm"
+    assert isinstance(prof["jobs"], int) and prof["jobs"] >= 1
+    assert prof["retries"] >= 1
+    assert prof["rerun-incomplete"] is True and prof["keep-going"] is True
+    assert prof["latency-wait"] >= 30
+    # job states from squeue: works where accounting (sacct) is off
+    assert prof["slurm-status-command"] == "squeue"
+    # Slurm must not requeue behind Snakemake's back
+    assert prof.get("slurm-no-requeue") is True and not prof.get("slurm-requeue")
+    resources = dict(item.split("=", 1) for item in prof["default-resources"])
+    assert int(resources["runtime"]) > 0 and int(resources["mem_mb"]) > 0
+    # account and partition are placeholders for the user, not a made-up value
+    assert "slurm_account" not in resources and "slurm_partition" not in resources
+    text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    assert "slurm_account=" in text and "slurm_partition=" in text
+
+
+def test_workflow_profile_resources():
+    from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
+    import re
+
+    prof = _load(REPO / "workflow" / "profiles" / "default" / "config.yaml")
+    # default-resources here would silently drop account/partition of the user's profile
+    assert "default-resources" not in prof
+    assert prof["retries"] >= 1
+    per_rule = prof["set-resources"]
+    assert set(per_rule) <= WORKFLOW_RULES, set(per_rule) - WORKFLOW_RULES
+    for rule, res in per_rule.items():
+        assert int(res["runtime"]) > 0 and int(res["mem_mb"]) > 0, rule
+        # GPUs come from the run's config via the rules; set-resources would override them
+        assert not {"gpu", "gpus", "gres", "gpu_model"} & set(res), rule
+        extra = _unquote(str(res.get("slurm_extra", "")))
+        for pattern, name in get_forbidden_slurm_options().items():
+            assert not re.search(pattern, extra), f"{rule}: slurm_extra sets the {name}"
+    # training saves on SIGTERM sent before the time limit (steps only, not the batch shell)
+    signal = _unquote(per_rule["train"]["slurm_extra"])
+    assert re.fullmatch(r"--signal=TERM@\d+", signal), signal
+    assert int(signal.split("@")[1]) < 60 * int(per_rule["train"]["runtime"])
+
+
+def test_ci_overlay():
+    prof = _load(REPO / "profiles" / "slurm-ci" / "config.yaml")
+    resources = dict(item.split("=", 1) for item in prof["default-resources"])
+    assert _unquote(resources["slurm_partition"]) == "debug"
+    assert not {"gpu", "gpus", "gres"} & set(resources)
+    assert prof["slurm-status-command"] == "squeue"
+    cmd = sh.snakemake_command(targets=["all"], workdir="/w")
+    assert cmd[cmd.index("--workflow-profile") + 1] == "none"
+    assert cmd[-2:] == ["--", "all"]
+
+
+def test_log_parsing(tmp_path):
+    logdir = tmp_path / ".snakemake" / "log"
+    logdir.mkdir(parents=True)
+    (logdir / "2026-01-01T000000.000000.snakemake.log").write_text(textwrap.dedent("""\
+        Building DAG of jobs...
+        [Thu Jan  1 00:00:00 2026]
+        rule make:
+            output: out/1.txt
+            jobid: 2
+            wildcards: i=1
+        Job 2 has been submitted with SLURM jobid 41 (log: /w/.snakemake/slurm_logs/rule_make/i_1/41.log).
+        [Thu Jan  1 00:00:01 2026]
+        Error in rule make:
+            jobid: 2
+            external_jobid: 41
+        Logfile /w/.snakemake/slurm_logs/rule_make/i_1/41.log:
+        ================================================================================
+        [Thu Jan  1 00:00:00 2026]
+        localrule make:
+            jobid: 0
+        ================================================================================
+        Trying to restart job 2.
+        [Thu Jan  1 00:00:02 2026]
+        rule make:
+            output: out/1.txt
+            jobid: 2
+        Job 2 has been submitted with SLURM jobid 42 (log: /w/.snakemake/slurm_logs/rule_make/i_1/42.log).
+        rule pair:
+            jobid: 3
+        rule pair:
+            jobid: 4
+        Submitted array job with Snakemake IDs 3,4 and SLURM job ID 50. The individual task IDs are 1-2.
+        [Thu Jan  1 00:00:03 2026]
+        localrule all:
+            input: out/1.txt
+            jobid: 0
+        """))
+    jobs = sh.slurm_jobs_from_logs(tmp_path)
+    assert [(j.rule, j.snakemake_jobid, j.local, j.slurm_jobid) for j in jobs] == [
+        ("make", 2, False, "42"), ("pair", 3, False, "50_1"), ("pair", 4, False, "50_2"),
+        ("all", 0, True, None)]
+    assert sh.slurm_job_ids_from_logs(tmp_path) == {
+        "41": "make", "42": "make", "50_1": "pair", "50_2": "pair"}
+
+
+def test_missing_slurm_skips_outside_ci_and_fails_in_ci(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sinfo here
+    ok, why = sh.slurm_available()
+    assert not ok and "sinfo" in why
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("AOT_REQUIRE_SLURM", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="sinfo"):
+        sh.require_slurm()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.skip.Exception):  # CI alone does not demand Slurm
+        sh.require_slurm()
+    monkeypatch.setenv("AOT_REQUIRE_SLURM", "1")
+    with pytest.raises(pytest.fail.Exception, match="must not be skipped"):
+        sh.require_slurm()
+
+
+# ---------------------------------------------------------------------------------------------
+# Real runs through sbatch
+
+
+@pytest.fixture
+def slurm():
+    sh.require_slurm()
+
+
+SNAKEFILE = """\
+localrules: all
+
+rule all:
+    input: "merged.txt"
+
+rule make:
+    output: "parts/{i}.txt"
+    shell: "echo make {wildcards.i} $SLURM_JOB_ID > {output}"
+
+rule merge:
+    input: expand("parts/{i}.txt", i=[1, 2])
+    output: "merged.txt"
+    threads: 2
+    shell: "cat {input} > {output}; echo merge $SLURM_JOB_ID $SLURM_CPUS_PER_TASK >> {output}"
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_every_job_goes_through_sbatch(slurm, tmp_path):
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    proc = sh.run_snakemake_on_slurm(tmp_path, tmp_path / "Snakefile", targets=["all"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+
+    jobs = sh.assert_all_jobs_on_slurm(tmp_path, local_rules={"all"})
+    assert sorted(j.rule for j in jobs) == ["all", "make", "make", "merge"]
+    ids = sh.slurm_job_ids_from_logs(tmp_path)
+    assert sorted(ids.values()) == ["make", "make", "merge"]
+
+    # the job ids seen inside the jobs are those Snakemake reported
+    make1, make2, merge = [line.split() for line in (tmp_path / "merged.txt").read_text().splitlines()]
+    assert make1[:2] == ["make", "1"] and make2[:2] == ["make", "2"] and merge[0] == "merge"
+    assert {make1[2], make2[2], merge[1]} == set(ids)
+    assert ids[merge[1]] == "merge"
+    assert merge[2] == "2"  # threads: 2 -> --cpus-per-task=2
+    logs = sh.slurm_log_files(tmp_path)
+    assert set(ids) <= set(logs), "kept Slurm logs"
+
+    # nothing changed: nothing to do, nothing submitted
+    again = sh.run_snakemake_on_slurm(tmp_path, tmp_path / "Snakefile", targets=["all"], timeout=300)
+    assert again.returncode == 0, again.stdout[-5000:]
+    assert "Nothing to be done" in again.stdout
+    assert sh.slurm_job_ids_from_logs(tmp_path) == ids
+
+
+TRAINER = """\
+import os, signal, sys, time
+out, events, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def log(msg):
+    with open(events, "a") as f:
+        f.write(f"{os.environ.get('SLURM_JOB_ID')} {msg}\\n")
+stop = []
+for s in (signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(s, lambda signum, frame: stop.append(signum))
+state = out + ".state"
+step = int(open(state).read()) if os.path.exists(state) else 0
+log(f"start {step}")
+while step < total:
+    time.sleep(0.5)
+    step += 1
+    if stop:
+        with open(state + ".tmp", "w") as f:
+            f.write(str(step))
+        os.replace(state + ".tmp", state)
+        log(f"saved {step} after {signal.Signals(stop[0]).name}")
+        sys.exit(75)
+with open(out, "w") as f:
+    f.write(f"steps {step}\\n")
+log(f"done {step}")
+"""
+
+TRAIN_SNAKEFILE = """\
+localrules: all
+
+rule all:
+    input: "trained.txt"
+
+rule train:
+    output: "trained.txt"
+    shell: "exec python trainer.py {output} events.log 30"
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path):
+    """What `--signal=TERM@300` does before the time limit: SIGTERM to the job's steps.
+
+    The job saves and exits 75; Snakemake re-submits it (retries) and the new attempt resumes.
+    """
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    (tmp_path / "Snakefile").write_text(TRAIN_SNAKEFILE)
+    events = tmp_path / "events.log"
+    cmd = sh.snakemake_command(tmp_path / "Snakefile", targets=["all"], workdir=tmp_path,
+                               extra_args=["--retries", "2"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    with open(tmp_path / "snakemake.out", "w") as out:
+        run = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + 180
+            while not (events.exists() and "start 0" in events.read_text()):
+                assert run.poll() is None, (tmp_path / "snakemake.out").read_text()[-3000:]
+                assert time.time() < deadline, "training job did not start"
+                time.sleep(0.5)
+            first = events.read_text().split()[0]
+            time.sleep(2)
+            subprocess.run(["scancel", "--signal=TERM", first], check=True)
+            rc = run.wait(timeout=420)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    output = (tmp_path / "snakemake.out").read_text()
+    assert rc == 0, output[-5000:]
+
+    lines = [line.split(maxsplit=1) for line in events.read_text().splitlines()]
+    assert lines[0] == [first, "start 0"]
+    assert lines[1][0] == first and lines[1][1].startswith("saved ") and lines[1][1].endswith("SIGTERM")
+    saved = int(lines[1][1].split()[1])
+    assert 0 < saved < 30
+    second = lines[2][0]
+    assert second != first and lines[2][1] == f"start {saved}"
+    assert lines[3] == [second, "done 30"]
+    assert (tmp_path / "trained.txt").read_text() == "steps 30\n"
+
+    ids = sh.slurm_job_ids_from_logs(tmp_path)
+    assert ids == {first: "train", second: "train"}
+    assert sh.slurm_job_states(ids) == {first: "FAILED", second: "COMPLETED"}
+    sh.assert_all_jobs_on_slurm(tmp_path, local_rules={"all"})
