@@ -16,6 +16,13 @@
 #                                                               at least 1 GiB left free)
 #   SLURM_CI_TIMEOUT     seconds to wait for the node to become idle (default: 90)
 #   SLURM_CI_STATE       state/spool/log root                  (default: /var/spool/slurm-ci)
+#   SLURM_CI_PROCTRACK   linuxproc (default; works in containers without cgroups)
+#                        or cgroup (as on production clusters; needs a writable
+#                        cgroup v1 freezer or cgroup v2 hierarchy). The two differ
+#                        in who gets `scancel --signal` / `sbatch --signal`:
+#                        linuxproc signals every process of a job step, cgroup
+#                        only the step's task (for Snakemake jobs: the Snakemake
+#                        inside the job, not the rule's command). See docs/slurm.md.
 #
 # Accounting is off (no slurmdbd): `sacct` does not work, job states come from
 # `squeue`, which keeps finished jobs for MinJobAge seconds (set high on purpose).
@@ -23,6 +30,7 @@ set -euo pipefail
 
 PARTITION="${SLURM_CI_PARTITION:-debug}"
 TIMEOUT="${SLURM_CI_TIMEOUT:-90}"
+PROCTRACK="${SLURM_CI_PROCTRACK:-linuxproc}"
 STATE="${SLURM_CI_STATE:-/var/spool/slurm-ci}"
 LOGDIR="$STATE/log"
 CONF_DIR=/etc/slurm
@@ -93,8 +101,8 @@ SlurmctldLogFile=$LOGDIR/slurmctld.log
 SlurmdLogFile=$LOGDIR/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-# cgroups are often unavailable in containers: track processes by parentage.
-ProctrackType=proctrack/linuxproc
+# linuxproc: track processes by parentage (cgroups are often unavailable in containers)
+ProctrackType=proctrack/$PROCTRACK
 TaskPlugin=task/none
 # No accounting daemon: sacct is unavailable, squeue is the status source.
 AccountingStorageType=accounting_storage/none
@@ -115,14 +123,27 @@ NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 
-CONF_CHANGED=0
+case "$PROCTRACK" in
+    linuxproc) ;;
+    cgroup)
+        CG_CONF="$(mktemp)"
+        if [ -d /sys/fs/cgroup/freezer ]; then CG_PLUGIN=cgroup/v1; else CG_PLUGIN=cgroup/v2; fi
+        printf 'CgroupPlugin=%s\nCgroupAutomount=no\nConstrainCores=no\nConstrainRAMSpace=no\n' \
+            "$CG_PLUGIN" >"$CG_CONF"
+        if ! cmp -s "$CG_CONF" "$CONF_DIR/cgroup.conf"; then
+            install -m 0644 "$CG_CONF" "$CONF_DIR/cgroup.conf"
+            CONF_CHANGED=1
+        fi
+        rm -f "$CG_CONF" ;;
+    *) die "SLURM_CI_PROCTRACK must be linuxproc or cgroup, not '$PROCTRACK'" ;;
+esac
+
+CONF_CHANGED="${CONF_CHANGED:-0}"
 if ! cmp -s "$NEW_CONF" "$CONF"; then
     install -m 0644 "$NEW_CONF" "$CONF"
     CONF_CHANGED=1
     say "wrote $CONF (node $HOST, CPUs=$CPUS, RealMemory=${MEM_MB}MB, partition $PARTITION)"
 fi
-# task/none + linuxproc need no cgroup.conf; an old one from a cgroup setup
-# would only produce warnings, so leave any existing file alone.
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

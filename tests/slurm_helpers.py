@@ -80,6 +80,30 @@ def slurm_available(timeout: float = 15.0) -> tuple[bool, str]:
     return True, ""
 
 
+def slurm_config(key: str) -> str | None:
+    """One value of `scontrol show config` (e.g. "ProctrackType", "MinJobAge"), or None."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in proc.stdout.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            return value.strip()
+    return None
+
+
+def step_signals_reach_rule_commands() -> bool:
+    """Whether `scancel --signal` / `sbatch --signal` (without B:) reach a rule's command.
+
+    Snakemake's Slurm jobs run `srun <snakemake> ...` and the rule's shell below it. With
+    proctrack/cgroup (most production clusters) Slurm signals only the step's task, i.e. that
+    inner Snakemake; with proctrack/linuxproc or pgid every process of the step gets it.
+    """
+    return (slurm_config("ProctrackType") or "") != "proctrack/cgroup"
+
+
 def slurm_required() -> bool:
     """True in CI, where the Slurm tests must run instead of being skipped."""
     return (os.environ.get("CI", "").lower() == "true"

@@ -15,7 +15,13 @@ from aot.networks import EDMPrecond, SongUNet, VEPrecond, VPPrecond, build_netwo
 GOLDEN = Path(__file__).parent / "data" / "edm_golden.pt"
 SMALL_CASES = ["edm-ddpmpp-cond", "edm-ncsnpp-cond", "vp-ddpmpp", "ve-ncsnpp", "edm-skip-cond", "edm-adm-cond"]
 
-torch.set_num_threads(min(torch.get_num_threads(), 2))
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: one intra-op thread is fastest and avoids oversubscribed CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

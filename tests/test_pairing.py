@@ -344,3 +344,17 @@ def test_close_stops_builder_thread():
     time.sleep(0.05)
     assert not [t for t in threading.enumerate() if t.ident not in before and t.is_alive()
                 and t.name == "aot-pair-pool"]
+
+
+def test_dropped_pool_ends_its_builder():
+    import gc
+
+    N, B = 8, 4
+    pool = PairPool(make_draw_fn(N), N, B, seed=0)
+    take(pool, 1)
+    thread = pool._thread
+    assert thread is not None and thread.is_alive()
+    del pool
+    gc.collect()
+    thread.join(timeout=2.0)
+    assert not thread.is_alive()

@@ -151,7 +151,7 @@ def test_two_process_gloo_training(digits, tmp_path):
     (["--pool-size", "8"], "--pool-size N=8 is smaller than the per-GPU batch B=16"),
     (["--batch", "24"], "not a multiple of --batch-gpu 16"),
     (["--augment", "1.5"], "--augment must be a probability"),
-    (["--cres", "1,2,2,2"], "cannot be halved"),
+    (["--cres", "1,2,2,2,2"], "cannot be halved"),
 ])
 def test_bad_options_fail_before_training(digits, tmp_path, args, message):
     res = run(train_cmd(tmp_path / "out", digits, *args))

@@ -96,7 +96,6 @@ def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     return net.eval().requires_grad_(False).to(device), meta
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Safe reading of NVlabs/edm snapshot pickles.
 
@@ -372,7 +371,7 @@ def edm_record_to_network(record: Any, what: str = "ema") -> torch.nn.Module:
     """Build an `aot.networks` preconditioner from an EDM persistent-object record."""
     from .networks import PRECONDITIONERS, build_network, plain_value
 
-    if not isinstance(record, PersistentRecord):
+    if not isinstance(record, PersistentRecord) or record.type != "class":
         raise UserError(f"{what} is not a persistent network record")
     if record.class_name not in PRECONDITIONERS:
         raise UserError(f"{what} is an EDM {record.class_name}; supported: {', '.join(sorted(PRECONDITIONERS))}")

@@ -38,6 +38,7 @@ import queue
 import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -481,26 +482,37 @@ class PairPool:
 
     # ---- background builder ----
 
-    def _worker(self, start_index: int, q: queue.Queue, stop: threading.Event) -> None:
-        stream = None
-        if self.device.type == "cuda":
-            stream = torch.cuda.Stream(self.device)
+    @staticmethod
+    def _worker(ref: "weakref.ref[PairPool]", start_index: int, q: queue.Queue,
+                stop: threading.Event) -> None:
+        # Holds the pool only weakly between builds, so that a pool dropped without close()
+        # is collected and its builder ends.
+        pool = ref()
+        if pool is None:
+            return
+        stream = torch.cuda.Stream(pool.device) if pool.device.type == "cuda" else None
+        del pool
         k = start_index
         while not stop.is_set():
+            pool = ref()
+            if pool is None:
+                return
             try:
                 if stream is not None:
                     with torch.cuda.stream(stream):
-                        item: Any = self.build_pool(k)
+                        item: Any = pool.build_pool(k)
                 else:
-                    item = self.build_pool(k)
+                    item = pool.build_pool(k)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 item = _Failure(k, exc, traceback.format_exc())
+            del pool
             while not stop.is_set():
                 try:
                     q.put(item, timeout=0.1)
                     break
                 except queue.Full:
-                    continue
+                    if ref() is None:
+                        return
             if isinstance(item, _Failure):
                 return
             k += 1
@@ -509,8 +521,9 @@ class PairPool:
         self._stop_thread()
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self.prefetch)
-        self._thread = threading.Thread(target=self._worker, name="aot-pair-pool",
-                                        args=(self._pool_index, self._queue, self._stop),
+        self._thread = threading.Thread(target=PairPool._worker, name="aot-pair-pool",
+                                        args=(weakref.ref(self), self._pool_index, self._queue,
+                                              self._stop),
                                         daemon=True)
         self._thread.start()
 
