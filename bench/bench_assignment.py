@@ -145,16 +145,16 @@ def sweep(sizes, kinds, shape, repeats, seed) -> list[dict]:
             g = torch.Generator().manual_seed(seed + n)
             x = make_images(kind, n, shape, g)
             C = cost_matrix(x, torch.randn(x.shape, generator=g), "l2").numpy()
-            res = {}
-            for s in ("scipy", "lapjv", "lapjv-warm"):
-                best = float("inf")
-                reps = max(repeats, 5) if n >= 256 else max(repeats, 20)
-                solve_assignment(C, s)  # warm-up
-                for _ in range(reps):
+            names = ("scipy", "lapjv", "lapjv-warm")
+            res = {name: float("inf") for name in names}
+            for name in names:
+                solve_assignment(C, name)  # warm-up
+            reps = max(repeats, 5) if n >= 256 else max(repeats, 20)
+            for _ in range(reps):  # interleaved rounds
+                for name in names:
                     t0 = time.perf_counter()
-                    solve_assignment(C, s)
-                    best = min(best, time.perf_counter() - t0)
-                res[s] = best
+                    solve_assignment(C, name)
+                    res[name] = min(res[name], time.perf_counter() - t0)
             rows.append({"data": kind, "N": n, "auto": auto_solver(n), **{f"{k}_s": v for k, v in res.items()}})
             print(f"  sweep {kind:8s} N={n:5d}  scipy {res['scipy']*1e3:9.2f} ms  lapjv "
                   f"{res['lapjv']*1e3:9.2f} ms  lapjv-warm {res['lapjv-warm']*1e3:9.2f} ms  "
@@ -193,6 +193,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per case (3)")
     ap.add_argument("--no-emd", action="store_true", help="skip POT's ot.emd")
     ap.add_argument("--sweep", action="store_true", help="also time scipy/lapjv/lapjv-warm over sizes")
+    ap.add_argument("--sweep-sizes", default=None, help="sizes for --sweep (comma-separated)")
+    ap.add_argument("--sweep-only", action="store_true", help="run only the --sweep table")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: the solvers are single-threaded, and one thread "
                          "keeps timings stable on a shared machine; 0 = torch's default)")
@@ -226,6 +228,13 @@ def main(argv=None) -> None:
             import ot  # noqa: F401
         except ImportError:
             raise UserError("POT is not installed (pip install pot==0.9.7.post1), or pass --no-emd") from None
+    if args.sweep_sizes:
+        try:
+            sweep_sizes = [int(v) for v in args.sweep_sizes.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--sweep-sizes: {args.sweep_sizes!r} is not a list of integers") from None
+    if args.sweep_only:
+        args.sweep, sizes, cw = True, [], 0
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -240,8 +249,9 @@ def main(argv=None) -> None:
             sv = row["solvers"]
             print(f"  {kind:8s} {row['mode']:13s} N={n:5d}: " + ", ".join(
                 f"{s} {sv[s]['time_s'] * 1e3:.1f} ms" for s in solvers), flush=True)
-    print()
-    print_table(rows, solvers)
+    if rows:
+        print()
+        print_table(rows, solvers)
     sweep_rows = sweep(sweep_sizes, kinds, shape, repeats, args.seed) if args.sweep else None
     bad = [(r["data"], r["N"], s) for r in rows for s in solvers
            if s != "emd" and not r["solvers"][s]["optimal"]]

@@ -61,8 +61,21 @@ def _own_lines(log: Path) -> Iterator[str]:
         yield line
 
 
+_AVAILABLE: dict[tuple[str, str], tuple[bool, str]] = {}
+
+
 def slurm_available(timeout: float = 15.0) -> tuple[bool, str]:
-    """(True, "") when `sinfo` answers and shows a usable node; else (False, why not)."""
+    """(True, "") when `sinfo` answers and shows a usable node; else (False, why not).
+
+    A missing controller makes `sinfo` retry for ~10 s, so the answer is remembered per
+    (PATH, SLURM_CONF)."""
+    key = (os.environ.get("PATH", ""), os.environ.get("SLURM_CONF", ""))
+    if key not in _AVAILABLE:
+        _AVAILABLE[key] = _probe_slurm(timeout)
+    return _AVAILABLE[key]
+
+
+def _probe_slurm(timeout: float) -> tuple[bool, str]:
     sinfo = shutil.which("sinfo")
     if sinfo is None:
         return False, "no Slurm: `sinfo` not on PATH (start one with .ci/slurm-up.sh)"

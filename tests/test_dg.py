@@ -17,6 +17,15 @@ from aot.utils import UserError
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The models here are tiny: one intra-op thread is faster, and robust on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def golden():
     return torch.load(DATA / "dg_golden.pt", weights_only=True)
@@ -327,10 +336,12 @@ def test_cli_train_resume_and_generate(tmp_path):
 
     data, samples = _digits_vs_noise_files(tmp_path, 48)
     common = ["train", "--data", str(data), "--samples", str(samples), "--scratch-width", "32", "--width", "32",
-              "--depth", "1", "--batch", "32", "--device", "cpu", "--seed", "3", "--aot", "--pool-size", "32"]
-    dg.main(common + ["--out", str(tmp_path / "straight"), "--epochs", "2"])
-    dg.main(common + ["--out", str(tmp_path / "resumed"), "--epochs", "1"])
-    dg.main(common + ["--out", str(tmp_path / "resumed"), "--epochs", "2", "--resume"])
+              "--depth", "1", "--batch", "32", "--device", "cpu", "--seed", "3", "--pool-size", "32"]
+    dg.main(common + ["--aot", "--out", str(tmp_path / "straight"), "--epochs", "2"])
+    # the workflow's spelling: boolean values, --num-images, --threads
+    wf = ["--aot", "true", "--cond", "false", "--num-images", "48", "--threads", "1"]
+    dg.main(common + wf + ["--out", str(tmp_path / "resumed"), "--epochs", "1"])
+    dg.main(common + wf + ["--out", str(tmp_path / "resumed"), "--epochs", "2", "--resume"])
     a = torch.load(tmp_path / "straight" / "discriminator.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "discriminator.pt", weights_only=True)
     for part in ("head", "feature_extractor"):
@@ -349,7 +360,8 @@ def test_cli_train_resume_and_generate(tmp_path):
     gen = ["generate", "--network", str(tmp_path / "net.pt"), "--discriminator",
            str(tmp_path / "straight" / "discriminator.pt"), "--seeds", "0-3", "--steps", "3", "--batch", "2",
            "--device", "cpu"]
-    dg.main(gen + ["--out", str(tmp_path / "g.npz"), "--boosting", "--dg-weight-2nd-order", "0.5"])
+    dg.main(gen + ["--out", str(tmp_path / "g.npz"), "--boosting", "--dg-weight-2nd-order", "0.5",
+                   "--model-name", "toy-aot", "--solver", "heun", "--threads", "1"])
     rec = load_samples(tmp_path / "g.npz")
     assert rec["images"].shape == (4, 8, 8, 1) and rec["images"].dtype == np.uint8
     smp = rec["meta"]["sampler"]
@@ -357,11 +369,53 @@ def test_cli_train_resume_and_generate(tmp_path):
     assert smp["guidance"] == {"method": "dg", "aot": True, "discriminator": str(tmp_path / "straight" / "discriminator.pt"),
                                "dg_weight_1st_order": 2.0, "dg_weight_2nd_order": 0.5, "time_min": 0.01,
                                "time_max": 1.0, "boosting": True}
-    assert rec["meta"]["model"]["name"] == "toy"
+    assert rec["meta"]["model"]["name"] == "toy-aot" and rec["meta"]["model"]["aot"] is True
     # zero weights: the same images as aot.generate
     from aot import generate
 
-    dg.main(gen + ["--out", str(tmp_path / "w0.npz"), "--dg-weight-1st-order", "0"])
+    dg.main(gen + ["--out", str(tmp_path / "w0.npz"), "--dg-weight-1st-order", "0", "--boosting", "false"])
+    with pytest.raises(SystemExit) as ex:
+        dg.main(gen + ["--out", str(tmp_path / "e.npz"), "--solver", "euler"])
+    assert ex.value.code == 2 and not (tmp_path / "e.npz").exists()
     generate.main(["--network", str(tmp_path / "net.pt"), "--seeds", "0-3", "--steps", "3", "--device", "cpu",
                    "--out", str(tmp_path / "plain.npz")])
     assert np.array_equal(load_samples(tmp_path / "w0.npz")["images"], load_samples(tmp_path / "plain.npz")["images"])
+
+
+def test_stop_keeps_last_epoch_state_and_resume_matches(tmp_path):
+    real, real_labels, fake, fake_labels = _digits_vs_noise(48)
+    kw = dict(cond=False, aot=False, epochs=2, snapshot_epochs=0, log=lambda s: None, seed=5, **SMALL)
+    dg.train_discriminator(real, None, fake, None, tmp_path / "a", **kw)
+    calls = []
+
+    def stop():  # a SIGTERM arriving in the second epoch
+        calls.append(1)
+        return len(calls) == 4
+
+    res = dg.train_discriminator(real, None, fake, None, tmp_path / "b", stop=stop, **kw)
+    assert res == {"stopped": True, "epoch": 1}
+    assert not (tmp_path / "b" / "discriminator.pt").exists()
+    assert torch.load(tmp_path / "b" / "training-state.pt", weights_only=True)["epoch"] == 1
+    dg.train_discriminator(real, None, fake, None, tmp_path / "b", resume=True, **kw)
+    a = torch.load(tmp_path / "a" / "discriminator.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "discriminator.pt", weights_only=True)
+    for k, v in a["head"]["state_dict"].items():
+        assert torch.equal(v, b["head"]["state_dict"][k]), k
+    with pytest.raises(UserError, match="cannot resume"):
+        dg.train_discriminator(real, None, fake, None, tmp_path / "b", resume=True, **dict(kw, seed=6))
+
+
+def test_conditional_guidance_uses_class_labels():
+    ext = seeded(ADMEncoder(8, 3, 64, 1, (32, 16, 8), 1), 1, 0.15)
+    head = seeded(ADMEncoder(8, 64, 64, 1, (32, 16, 8), 1, condition=True), 7, 0.15)
+    disc = GuidedDiscriminator(ext, head).eval().requires_grad_(False)
+    lat = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    idx = torch.tensor([0, 1, 2, 3])
+    kw = dict(num_steps=5, dg_weight_1st_order=2.0)
+    a = dg_sampler(ToyNet(), lat, torch.eye(10)[idx], disc, **kw)
+    b = dg_sampler(ToyNet(), lat, idx, disc, **kw)
+    c = dg_sampler(ToyNet(), lat, torch.eye(10)[idx + 4], disc, **kw)
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="class labels"):
+        dg_sampler(ToyNet(), lat, None, disc, **kw)

@@ -260,7 +260,7 @@ def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path):
     """
     if not sh.step_signals_reach_rule_commands():
         pytest.skip("ProctrackType=proctrack/cgroup: Slurm signals only the Snakemake inside the "
-                    "job, not the rule's command (training must watch its own deadline there)")
+                    "job, not the rule's command (docs/slurm.md, section 5)")
     (tmp_path / "trainer.py").write_text(TRAINER)
     (tmp_path / "Snakefile").write_text(TRAIN_SNAKEFILE)
     events = tmp_path / "events.log"

@@ -14,10 +14,18 @@ Three parts, each matching the public DG code (alsdudrla10/DG) in behaviour and 
   only inside [time_min, time_max], with DG's optional "boosting". With zero weights it is EDM's
   sampler exactly.
 
-Command line:
+Command line (boolean options take an optional true/false value):
 
-    python -m aot.dg train --data DS.zip --samples GEN.npz --out DIR [--aot] [--cond] ...
-    python -m aot.dg generate --network NET.pt --discriminator DIR/discriminator.pt --seeds 0-49999 --out X.npz
+    python -m aot.dg train --data DS.zip --samples GEN.npz --out DIR [--aot [BOOL]] [--pool-size N]
+        [--cond [BOOL]] [--feature-extractor 32x32_classifier.pt|scratch] [--num-images N] [--batch 128]
+        [--epochs 50] [--lr 3e-4] [--weight-decay 1e-7] [--seed 0] [--resume] [--device] [--threads]
+      -> DIR/discriminator.pt, DIR/result.json, DIR/stats.jsonl, DIR/training-state.pt,
+         DIR/discriminator-snapshot-XXXXXX.pt
+    python -m aot.dg generate --network NET.pt --discriminator DIR/discriminator.pt --seeds 0-49999
+        --out X.npz [--steps 18 --rho 7 --dg-weight-1st-order 2 --dg-weight-2nd-order 0 --time-min 0.01
+        --time-max 1 --boosting [BOOL] --batch --shard-size --class-labels --model-name --device --threads]
+      -> a sample set npz as `aot.generate` writes it (sharded, resumable), sampler key
+         `dg{aot|plain}-heun-n18-rho7` and `sampler.guidance` filled in its meta.
 
 Training with `--aot` assigns the perturbation noise of each pool of N images (real and generated)
 with `aot.pairing.assign_noise` (class-wise for conditional discriminators); the noise is only
@@ -37,7 +45,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .utils import (
     UserError,
@@ -371,8 +378,8 @@ def sample_vp_time(batch: int, generator: torch.Generator | None = None, t_min: 
                    importance_sampling: bool = True) -> torch.Tensor:
     """Diffusion times for discriminator training (float32, CPU), importance-sampled as DG does.
 
-    The density is proportional to sigma_vp(t)^2 / mean_vp(t)^2-weighted likelihood weighting of
-    Song et al. (beta(t) / (1 - e^{-int beta})), inverted in closed form.
+    The density on [t_min, 1] is proportional to beta(t) / (1 - exp(-int_0^t beta)) (the likelihood
+    weighting of Song et al. 2021), sampled by inverting its closed-form CDF.
     """
     u = torch.rand(batch, generator=generator)
     if not importance_sampling:
@@ -915,6 +922,22 @@ def _num(name: str, kind: type = float, positive: bool = False, nonneg: bool = F
     return conv
 
 
+def _bool(name: str):
+    def conv(s: str) -> bool:
+        v = str(s).strip().lower()
+        if v in ("1", "true", "yes", "on"):
+            return True
+        if v in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"{name} takes true or false, got {s!r}")
+    return conv
+
+
+def _flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
+    """`--name` alone, or `--name true|false` (as the workflow passes it)."""
+    p.add_argument(name, nargs="?", const=True, default=False, type=_bool(name), metavar="BOOL", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m aot.dg", description="Discriminator Guidance: train a discriminator, sample with it.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -923,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="real images: dataset zip/folder in EDM's format")
     t.add_argument("--samples", required=True, help="generated images: sample set npz of aot.generate")
     t.add_argument("--out", required=True, help="output folder (discriminator.pt, result.json, stats.jsonl, state)")
-    t.add_argument("--aot", action="store_true", help="assign perturbation noise per pool with aot.pairing")
+    _flag(t, "--aot", "assign perturbation noise per pool with aot.pairing")
     t.add_argument("--pool-size", type=_num("--pool-size", int, positive=True), default=None,
                    help="AOT pool size N (default 512 unconditional, 2048 conditional)")
     t.add_argument("--cost", default="l2", choices=["l2", "sqeuclidean"], help="AOT pairing cost")
@@ -939,14 +962,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_num("--epochs", int, positive=True), default=50)
     t.add_argument("--lr", type=_num("--lr", positive=True), default=3e-4)
     t.add_argument("--weight-decay", type=_num("--weight-decay", nonneg=True), default=1e-7)
-    t.add_argument("--num-data", type=_num("--num-data", int, positive=True), default=None,
+    t.add_argument("--num-data", "--num-images", dest="num_data", type=_num("--num-data", int, positive=True),
+                   default=None,
                    help="use at most this many real and this many generated images (DG: 50000)")
-    t.add_argument("--cond", action="store_true", help="class-conditional discriminator")
+    _flag(t, "--cond", "class-conditional discriminator (labels of the dataset and the sample set)")
     t.add_argument("--seed", type=_num("--seed", int, nonneg=True), default=0)
     t.add_argument("--snapshot-epochs", type=_num("--snapshot-epochs", int, nonneg=True), default=10,
                    help="write discriminator-snapshot-XXXXXX.pt every this many epochs (0: none)")
     t.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/training-state.pt if present")
+    t.add_argument("--threads", type=_num("--threads", int, positive=True), default=None,
+                   help="CPU threads for torch (default: torch's choice)")
 
     g = sub.add_parser("generate", help="sample with Discriminator Guidance (EDM-G++) into a sample set npz")
     g.add_argument("--network", required=True, help="network checkpoint (.pt of aot, or an EDM .pkl)")
@@ -967,7 +993,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dg-weight-2nd-order", type=_num("--dg-weight-2nd-order", nonneg=True), default=0.0)
     g.add_argument("--time-min", type=_num("--time-min", nonneg=True), default=0.01)
     g.add_argument("--time-max", type=_num("--time-max", nonneg=True), default=1.0)
-    g.add_argument("--boosting", action="store_true", help="DG's boosting of low log-ratio samples")
+    _flag(g, "--boosting", "DG's boosting of low log-ratio samples")
+    g.add_argument("--solver", default="heun", help="heun only (DG's EDM-G++ sampler is EDM's Heun sampler)")
+    g.add_argument("--model-name", default=None, help="model name recorded in the sample set's meta")
+    g.add_argument("--threads", type=_num("--threads", int, positive=True), default=None,
+                   help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--batch", type=_num("--batch", int), default=256)
     g.add_argument("--class-labels", default="random", help="'random' (per seed) or a fixed class index")
     g.add_argument("--shard-size", type=_num("--shard-size", int), default=1000)
@@ -1069,6 +1099,8 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
                            run_generation, sampler_meta)
     from .utils import EXIT_PREEMPTED, parse_int_list
 
+    if args.solver != "heun":
+        raise UserError(f"--solver {args.solver}: Discriminator Guidance runs EDM's Heun sampler only (heun)")
     if Path(args.out).suffix != ".npz":
         raise UserError(f"--out {args.out} must end in .npz")
     if args.grid is not None and Path(args.grid).suffix.lower() != ".png":
@@ -1111,7 +1143,10 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
     smeta = sampler_meta("heun", args.num_steps, args.rho, args.sigma_min, args.sigma_max, args.S_churn, args.S_min,
                          args.S_max, args.S_noise, class_labels, guidance=guidance)
     smeta["key"] = dg_sampler_key(aot, args.num_steps, args.rho, args.S_churn)
-    meta = {"model": model_meta(args.network, ckpt_meta, net), "sampler": smeta, "batch": args.batch,
+    mmeta = model_meta(args.network, ckpt_meta, net)
+    if args.model_name:
+        mmeta["name"] = args.model_name
+    meta = {"model": mmeta, "sampler": smeta, "batch": args.batch,
             "shard_size": args.shard_size, "device": str(device),
             "discriminator": {"path": str(args.discriminator), **{k: v for k, v in disc_meta.items() if k != "stats"}}}
     sampler_kwargs = dict(discriminator=disc, num_steps=args.num_steps, sigma_min=args.sigma_min,
@@ -1129,6 +1164,8 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
 @cli_main
 def main(argv: list[str] | None = None) -> Any:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.command == "train":
         return cmd_train(args)
     return cmd_generate(args)

@@ -48,6 +48,15 @@ def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
 # Atomic files
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` when the block succeeds.
@@ -67,6 +76,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     suffix = path.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual mode
     tmp_path = Path(tmp)
     try:
         yield tmp_path
