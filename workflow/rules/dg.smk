@@ -65,6 +65,7 @@ rule generate_dg:
     input:
         network=lambda wc: network_path(wc.model),
         discriminator=f"{R}/dg/{{model}}/{{mode}}/discriminator.pt",
+        **dg_feature_inputs(),
     output:
         f"{R}/samples/{{model}}/dg{{mode}}-{{solver}}-n{{steps}}-rho{{rho}}/rep{{rep}}.npz",
     params:
