@@ -92,6 +92,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
+MailProg=/bin/true
 ReturnToService=2
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d
@@ -123,6 +124,7 @@ NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 
+CONF_CHANGED=0
 case "$PROCTRACK" in
     linuxproc) ;;
     cgroup)
@@ -138,7 +140,6 @@ case "$PROCTRACK" in
     *) die "SLURM_CI_PROCTRACK must be linuxproc or cgroup, not '$PROCTRACK'" ;;
 esac
 
-CONF_CHANGED="${CONF_CHANGED:-0}"
 if ! cmp -s "$NEW_CONF" "$CONF"; then
     install -m 0644 "$NEW_CONF" "$CONF"
     CONF_CHANGED=1
@@ -200,11 +201,13 @@ deadline=$(( $(date +%s) + TIMEOUT ))
 resumed=0
 while :; do
     state="$(sinfo -h -n "$HOST" -o '%T' 2>/dev/null | head -n1 || true)"
+    # drop the flag suffixes sinfo appends (idle* = not responding, drain~ = powered off, ...)
+    state="$(printf '%s' "$state" | tr -d '*~#!%$@^+-')"
     case "$state" in
         idle|mixed|allocated|completing)
             break ;;
-        down*|drain*|fail*|"unknown"*|"")
-            # come up down/drained (e.g. after an unclean stop): put it back
+        down*|drain*|fail*|unknown*|"")
+            # came up down/drained (e.g. after an unclean stop): put it back
             if [ -n "$state" ] && [ "$resumed" -lt 3 ] && [[ "$state" != unknown* ]]; then
                 scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
                 resumed=$(( resumed + 1 ))

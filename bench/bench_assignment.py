@@ -207,7 +207,7 @@ def main(argv=None) -> None:
         sweep_sizes = [16, 64, 256]
     else:
         sizes, cw, kinds, repeats = [512, 2048, 4096], 2048, ["images", "uniform", "gaussian"], 3
-        sweep_sizes = [16, 32, 64, 128, 256, 384, 512, 640, 768, 1024, 1536]
+        sweep_sizes = [16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 768, 1024, 1536]
     if args.sizes:
         try:
             sizes = [int(s) for s in args.sizes.split(",") if s.strip()]

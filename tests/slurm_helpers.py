@@ -2,7 +2,7 @@
 
 Used by tests/test_slurm.py and by the end-to-end Slurm tests. Needs a reachable Slurm
 controller (`.ci/slurm-up.sh` starts a one-node one); `require_slurm()` skips the calling
-test when there is none, except in CI (`CI=true` and `AOT_REQUIRE_SLURM=1`), where a missing
+test when there is none, except where `AOT_REQUIRE_SLURM=1` (CI, `.ci/run`), where a missing
 Slurm is a failure.
 
     from slurm_helpers import require_slurm, run_snakemake_on_slurm, assert_all_jobs_on_slurm
@@ -118,9 +118,9 @@ def step_signals_reach_rule_commands() -> bool:
 
 
 def slurm_required() -> bool:
-    """True in CI, where the Slurm tests must run instead of being skipped."""
-    return (os.environ.get("CI", "").lower() == "true"
-            and os.environ.get("AOT_REQUIRE_SLURM", "") == "1")
+    """True where the Slurm tests must run instead of being skipped: AOT_REQUIRE_SLURM=1
+    (.ci/run sets it; CI=true alone, as every CI service sets, does not demand a Slurm)."""
+    return os.environ.get("AOT_REQUIRE_SLURM", "") == "1"
 
 
 def require_slurm() -> None:
@@ -131,7 +131,7 @@ def require_slurm() -> None:
     if ok:
         return
     if slurm_required():
-        pytest.fail(f"{why} (CI=true and AOT_REQUIRE_SLURM=1: Slurm tests must not be skipped)",
+        pytest.fail(f"{why} (AOT_REQUIRE_SLURM=1: Slurm tests must not be skipped)",
                     pytrace=False)
     pytest.skip(why)
 
@@ -143,7 +143,7 @@ def snakemake_command(snakefile: str | os.PathLike | None = None,
     """The Snakemake command line used by `run_snakemake_on_slurm` (for logging or reuse)."""
     cmd = [sys.executable, "-m", "snakemake", "--profile", str(CLUSTER_PROFILE)]
     if ci_overlay:
-        # The overlay replaces the paper-scale workflow profile (see profiles/slurm-ci).
+        # CI runs without the workflow profile (see profiles/slurm-ci/config.yaml).
         cmd += ["--profile", str(CI_OVERLAY), "--workflow-profile", "none"]
     if workdir is not None:
         cmd += ["--directory", str(workdir)]
@@ -159,6 +159,20 @@ def snakemake_command(snakefile: str | os.PathLike | None = None,
     return cmd
 
 
+def job_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for Snakemake and its Slurm jobs (sbatch --export=ALL passes it on):
+    this interpreter's bin directory first on PATH, as with an activated venv, so that `python`
+    in rule commands is the test's Python; no SLURM_*/SBATCH_*/SRUN_* variables of a
+    surrounding job."""
+    run_env = dict(os.environ if env is None else env)
+    bindir = str(Path(sys.executable).parent)
+    run_env["PATH"] = os.pathsep.join(p for p in (bindir, run_env.get("PATH", "")) if p)
+    for key in list(run_env):
+        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")):
+            del run_env[key]
+    return run_env
+
+
 def run_snakemake_on_slurm(workdir: str | os.PathLike, snakefile: str | os.PathLike | None = None,
                            configfile: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                            targets: Iterable[str] = (), extra_args: Iterable[str] = (),
@@ -169,18 +183,14 @@ def run_snakemake_on_slurm(workdir: str | os.PathLike, snakefile: str | os.PathL
     Returns the CompletedProcess with stdout and stderr merged into `.stdout` (text); the
     same text is appended to `workdir/snakemake-slurm.out`. Does not raise on failure.
     `extra_args` go before the targets (e.g. ["--forceall"], ["--retries", "3"]).
-    The package under src/ is put on PYTHONPATH, which sbatch passes on to the jobs.
+    The environment is `job_environment(env)` plus src/ on PYTHONPATH; sbatch passes it on.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = snakemake_command(snakefile, configfile, targets, extra_args, workdir, ci_overlay)
-    run_env = dict(os.environ if env is None else env)
+    run_env = job_environment(env)
     src = str(REPO / "src")
     run_env["PYTHONPATH"] = os.pathsep.join(p for p in (src, run_env.get("PYTHONPATH", "")) if p)
-    # Never inherit a surrounding job's identity (tests started inside a Slurm job).
-    for key in list(run_env):
-        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")):
-            del run_env[key]
     try:
         proc = subprocess.run(cmd, cwd=workdir, env=run_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=timeout)

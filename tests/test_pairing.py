@@ -84,7 +84,7 @@ def test_optimal_against_all_permutations(solver, cost):
 
 @pytest.mark.parametrize("solver", ["lapjv", "lapjv-warm", "auto"])
 def test_matches_scipy_on_cifar_sized_vectors(solver):
-    # 3x32x32 vectors; 700 > AUTO_WARM_MIN_N so "auto" exercises the warm-started solver too.
+    # 3x32x32 vectors; 700 >= AUTO_WARM_MIN_N so "auto" exercises the warm-started solver too.
     for seed, n in [(0, 200), (1, 700)]:
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(n, 3, 32, 32, generator=g) * 2 - 1
@@ -131,7 +131,7 @@ def test_trivial_sizes_and_bad_matrices():
         solve_assignment(np.zeros((2, 3)))
     with pytest.raises(ValueError):
         solve_assignment(np.zeros((2, 2)), "hungarian")
-    assert auto_solver(8) == "scipy" and auto_solver(512) == "lapjv" and auto_solver(2048) == "lapjv-warm"
+    assert auto_solver(8) == "scipy" and auto_solver(256) == "lapjv" and auto_solver(2048) == "lapjv-warm"
     x = torch.randn(1, 3, 4, 4)
     assert assign_noise(x, torch.randn(1, 3, 4, 4)).tolist() == [0]
     assert assign_noise(x[:0], x[:0]).shape == (0,)
@@ -358,3 +358,18 @@ def test_dropped_pool_ends_its_builder():
     gc.collect()
     thread.join(timeout=2.0)
     assert not thread.is_alive()
+
+
+def test_warm_start_refinement_keeps_the_optimum():
+    from aot.pairing import _solve_lapjv, _warm_reduced
+
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(300, 3, 2, 2, generator=g)
+    x = torch.nn.functional.interpolate(z, size=16, mode="bilinear").tanh()  # image-like
+    C = cost_matrix(x, torch.randn(x.shape, generator=g), "l2").numpy()
+    r, c = linear_sum_assignment(C)
+    for k, rounds in [(1, 0), (1, 3), (8, 1)]:  # k=1: poor candidates, so refinement rounds run
+        R = _warm_reduced(C, k=k, refine_rounds=rounds)
+        perm = _solve_lapjv(R, inplace=True)
+        assert is_perm(perm, 300)
+        assert total(C, perm) == pytest.approx(float(C[r, c].sum()), rel=1e-12)

@@ -63,7 +63,7 @@ SOLVERS = ("auto", "lapjv", "lapjv-warm", "scipy")
 # "auto" uses scipy below AUTO_LAPJV_MIN_N rows (lower call overhead), lapjv up to
 # AUTO_WARM_MIN_N, and the warm-started lapjv from there on (measured; see bench/README.md).
 AUTO_LAPJV_MIN_N = 48
-AUTO_WARM_MIN_N = 640
+AUTO_WARM_MIN_N = 448
 # Candidate edges per row and per column for the warm start's sparse problem.
 WARM_K = 8
 # lap's Jonker-Volgenant code initialises prices with a fixed LARGE = 1e6, so every cost it sees
@@ -123,12 +123,12 @@ def _check_perm(perm: np.ndarray, n: int, solver: str) -> np.ndarray:
 def _lap_ready(C: np.ndarray, inplace: bool = False) -> np.ndarray:
     """Shift and, if needed, scale by 2^-k (exact in binary) so that lap's LARGE stays out of reach."""
     lo, hi = float(C.min()), float(C.max())
+    if max(abs(lo), abs(hi)) <= _LAP_MAX_RANGE:
+        return C  # lap only reads the matrix
     R = C if inplace else C.copy()
+    R -= lo
     if hi - lo > _LAP_MAX_RANGE:
-        R -= lo
         R *= 2.0 ** -math.ceil(math.log2((hi - lo) / _LAP_MAX_RANGE))
-    elif max(abs(lo), abs(hi)) > _LAP_MAX_RANGE:
-        R -= lo
     return R
 
 
@@ -152,21 +152,13 @@ def _row_topk(A: np.ndarray, k: int) -> np.ndarray:
     return torch.topk(torch.from_numpy(A), k, dim=1, largest=False, sorted=False).indices.numpy()
 
 
-def _warm_duals(C: np.ndarray, k: int = WARM_K, max_sweeps: int = 1000):
-    """Near-optimal dual prices (U, V) for the assignment problem with cost C (n x n, float64).
+def _candidate_edges(C: np.ndarray, k: int):
+    """Classic reduction prices and a sparse candidate edge list (may hold duplicates).
 
-    1. Classic reduction: v0_j = min_i C_ij, u0_i = min_j (C_ij - v0_j).
-    2. Candidate graph: for every row the k smallest C_ij - v0_j, for every column the k smallest
-       C_ij - u0_i (both selected in float32; selection need not be exact), plus the identity
-       matching so that a perfect matching always exists.
-    3. Exact solve of the sparse problem (scipy's LAPJVsp) on the reduced costs, then dual prices
-       for it by Bellman-Ford on its residual graph: v_j <- min(v_j, min over candidate edges
-       (i, j) of w_ij - u_i) with u_i = w_i,sigma(i) - v_sigma(i), until nothing moves.
-    The prices only steer the dense solver: optimality never depends on them.
+    v0_j = min_i C_ij, u0_i = min_j (C_ij - v0_j); candidates are, for every row, the k smallest
+    C_ij - v0_j, for every column the k smallest C_ij - u0_i (selected in float32: selection need
+    not be exact), and the identity matching, so that a perfect matching always exists.
     """
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
-
     n = C.shape[0]
     k = min(k, n)
     ar = np.arange(n)
@@ -180,17 +172,33 @@ def _warm_duals(C: np.ndarray, k: int = WARM_K, max_sweeps: int = 1000):
     del A
     rows = np.concatenate([np.repeat(ar, k), ck.ravel(), ar])
     cols = np.concatenate([rk.ravel(), np.repeat(ar, k), ar])
+    return rows, cols, u0, v0
+
+
+def _sparse_prices(C: np.ndarray, rows: np.ndarray, cols: np.ndarray, u0: np.ndarray,
+                   v0: np.ndarray, max_sweeps: int = 1000):
+    """Optimal dual prices (U, V) of the assignment problem restricted to the candidate edges.
+
+    Exact solve of the sparse problem (scipy's LAPJVsp) on the reduced costs, then prices by
+    Bellman-Ford on its residual graph: v_j <- min(v_j, min over edges (i, j) of w_ij - u_i) with
+    u_i = w_i,sigma(i) - v_sigma(i), until nothing moves. Then C_ij - U_i - V_j >= 0 on every
+    candidate edge and = 0 on the sparse optimum.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    n = C.shape[0]
+    ar = np.arange(n)
     key = np.unique(rows * n + cols)
     rows, cols = key // n, key % n                          # CSR order
     w = C[rows, cols] - u0[rows] - v0[cols]
-    shift = w.min()  # so that every weight is >= 0 and w + 1 >= 1
+    shift = w.min()  # every weight >= 0, so w + 1 >= 1 (scipy ignores explicit zeros)
     w -= shift
-    u0 += shift
+    u0 = u0 + shift
     indptr = np.searchsorted(rows, np.arange(n + 1))
-    S = csr_matrix((w + 1.0, cols, indptr), shape=(n, n))  # +1: no weight is an explicit zero
+    S = csr_matrix((w + 1.0, cols, indptr), shape=(n, n))
     _, sigma = min_weight_full_bipartite_matching(S)
-    # Bellman-Ford for the column prices, edges grouped by column.
-    order = np.argsort(cols, kind="stable")
+    order = np.argsort(cols, kind="stable")                 # edges grouped by column
     er, ec, ew = rows[order], cols[order], w[order]
     starts = np.searchsorted(ec, ar)
     w_sig = C[ar, sigma] - u0 - v0[sigma]
@@ -207,14 +215,37 @@ def _warm_duals(C: np.ndarray, k: int = WARM_K, max_sweeps: int = 1000):
     return u0 + u, v0 + v
 
 
-def _solve_lapjv_warm(C: np.ndarray) -> np.ndarray:
+def _warm_reduced(C: np.ndarray, k: int = WARM_K, refine_rounds: int = 1) -> np.ndarray:
+    """C - U - V for near-optimal dual prices (U, V): the warm start of "lapjv-warm".
+
+    Prices come from the exact optimum of a sparse candidate problem (`_candidate_edges`,
+    `_sparse_prices`). Entries that are still negative are violated dual constraints; while
+    there are many (more than n/2), they are added to the candidates and the prices recomputed.
+    Subtracting U_i + V_j shifts every assignment's total by the same constant, so the optimal
+    assignment of the result is that of C; the prices only make the dense solver fast.
+    """
     n = C.shape[0]
-    if n < 3:
-        return _solve_lapjv(C)
-    U, V = _warm_duals(C)
+    rows, cols, u0, v0 = _candidate_edges(C, k)
+    U, V = _sparse_prices(C, rows, cols, u0, v0)
     R = np.subtract(C, U[:, None])
     R -= V[None, :]
-    return _solve_lapjv(R, inplace=True)
+    tol = 1e-9 * max(1.0, float(np.abs(v0).max()))
+    for _ in range(refine_rounds):
+        bad_rows, bad_cols = np.nonzero(R < -tol)
+        if len(bad_rows) <= n // 2:
+            break
+        rows = np.concatenate([rows, bad_rows])
+        cols = np.concatenate([cols, bad_cols])
+        U, V = _sparse_prices(C, rows, cols, u0, v0)
+        np.subtract(C, U[:, None], out=R)
+        R -= V[None, :]
+    return R
+
+
+def _solve_lapjv_warm(C: np.ndarray) -> np.ndarray:
+    if C.shape[0] < 3:
+        return _solve_lapjv(C)
+    return _solve_lapjv(_warm_reduced(C), inplace=True)
 
 
 def auto_solver(n: int) -> str:
@@ -311,6 +342,10 @@ def assign_noise(images: torch.Tensor, noise: torch.Tensor, labels: Any = None, 
 # Pair pools with a deterministic background builder
 
 
+def _num_classes(labels: torch.Tensor) -> int:
+    return int(labels.shape[1]) if labels.ndim == 2 else int(labels.max()) + 1
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (base_seed, rank, pool_index, stream) via SeedSequence."""
     words = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(2, np.uint32)
@@ -336,9 +371,6 @@ class _Failure:
     index: int
     exc: BaseException
     tb: str
-
-
-_STOP = object()
 
 
 class PairPool:
@@ -386,8 +418,10 @@ class PairPool:
     Statistics (one dict per pool, in order, via `pop_stats()`; the pool being served is
     `current_stats`): pool_index, mean_cost_paired (mean cost of the served pairs),
     mean_cost_random (mean cost of the pairs in drawn order, i.e. independent noise), draw_s,
-    noise_s, pairing_s (cost matrix + solver), build_s, and wait_s (time the training thread
-    waited for this pool: the stall that background building is there to avoid).
+    noise_s, pairing_s (cost matrix + solver), build_s, wait_s (time the training thread waited
+    for this pool: the stall that background building is there to avoid), pool_size and solver
+    (what "auto" chose; for class-wise pools, at the mean class size; None without AOT).
+    Memory: up to prefetch + 2 pools exist at once (served, queued, being built).
     """
 
     def __init__(self, draw_fn: Callable[[int, torch.Generator], Sequence[Any]], pool_size: int,
@@ -427,6 +461,10 @@ class PairPool:
         self._stop = threading.Event()
         self._closed = False
         self._epoch = 0  # bumped by load_state_dict so that an older batches() iterator stops
+        if self.aot:  # import the solvers here, not in the first pool's timing
+            import lap  # noqa: F401
+            import scipy.optimize  # noqa: F401
+            import scipy.sparse.csgraph  # noqa: F401
 
     # ---- building one pool (pure function of pool_index) ----
 
@@ -460,15 +498,18 @@ class PairPool:
         noise = torch.randn(images.shape, generator=g_noise, dtype=torch.float32).to(
             device=self.device, dtype=images.dtype)
         t2 = time.perf_counter()
-        stats: dict[str, Any] = {"pool_index": pool_index}
+        stats: dict[str, Any] = {"pool_index": pool_index, "pool_size": self.pool_size}
         if self.aot:
             if self.labels_mode == "classwise" and labels is None:
                 raise ValueError("labels_mode='classwise' needs labels from draw_fn, got None")
             perm = assign_noise(images, noise, labels if self.labels_mode == "classwise" else None,
                                 cost=self.cost, solver=self.solver)
             paired = noise[perm.to(self.device)]
+            stats["solver"] = self.solver if self.solver != "auto" else auto_solver(
+                self.pool_size if self.labels_mode is None else max(1, self.pool_size // max(1, _num_classes(labels))))
         else:
             paired = noise
+            stats["solver"] = None
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
         t3 = time.perf_counter()

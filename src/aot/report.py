@@ -248,7 +248,14 @@ def parse_fid_result(obj: Any, path: Any = "<dict>") -> dict:
     if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int)):
         raise _fail(path, f"'repeat' must be an integer, got {repeat!r}")
     time_s = obj.get("time_s")
+    seeds = obj.get("seeds")
+    if seeds is not None:
+        if (not isinstance(seeds, (list, tuple)) or len(seeds) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds) or seeds[1] < seeds[0]):
+            raise _fail(path, f"'seeds' must be [first, last], got {seeds!r}")
+        seeds = (int(seeds[0]), int(seeds[1]))
     return {
+        "seeds": seeds,
         "model": name, "aot": aot, "cond": cond, "solver": solver, "num_steps": int(steps_v),
         "rho": rho, "nfe": int(nfe), "S_churn": churn, "guidance": guidance,
         "guidance_sig": guidance_sig,
@@ -305,6 +312,12 @@ def aggregate(records: Sequence[dict]) -> pd.DataFrame:
                 raise UserError(f"FID results {seen[m['repeat']]} and {m['file']} are both repeat "
                                 f"{m['repeat']} of model {m['model']} sampler {m['sampler_key']}")
             seen[m["repeat"]] = m["file"]
+        ranged = sorted((m for m in members if m["seeds"] is not None), key=lambda m: m["seeds"])
+        for a, b in zip(ranged, ranged[1:]):
+            if b["seeds"][0] <= a["seeds"][1]:
+                raise UserError(f"FID results {a['file']} (seeds {a['seeds'][0]}-{a['seeds'][1]}) and {b['file']} "
+                                f"(seeds {b['seeds'][0]}-{b['seeds'][1]}) are repeats of model {a['model']} sampler "
+                                f"{a['sampler_key']} with overlapping seed ranges; the repeats must use disjoint seeds")
         fids = np.array([m["fid"] for m in members], dtype=float)
         first = members[0]
         times = [m["time_s"] for m in members if m["time_s"] is not None]

@@ -83,11 +83,28 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         _fsync_file(tmp_path)
         os.replace(tmp_path, path)
     except BaseException as exc:
+        full = _disk_full(exc, parent)
         with contextlib.suppress(OSError):
             tmp_path.unlink()
-        if isinstance(exc, OSError) and exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        if full:
             raise UserError(f"no space left on device while writing {path}") from None
         raise
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Did this write fail for lack of space? (torch's zip writer reports it as a RuntimeError.)"""
+    if isinstance(exc, OSError):
+        return exc.errno in (28, 122)  # ENOSPC, EDQUOT
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    if "No space left" in text or "file write failed" in text:
+        return True
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20) and "unexpected pos" in text
 
 
 def _fsync_file(path: Path) -> None:
