@@ -111,3 +111,10 @@ def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_pa
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
     assert (r / "README.md").is_file()
+
+
+def test_snakemake_html_report_with_captions(tiny_run):
+    out = tiny_run / "results" / RUN / "report.html"
+    res = snakemake(tiny_run, "--report", str(out))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert out.is_file() and out.stat().st_size > 10_000

@@ -165,3 +165,18 @@ def test_bad_config_fails_early(tmp_path, case):
     out = res.stdout + res.stderr
     assert re.search(pattern, out), out[-2000:]
     assert not (tmp_path / "results").exists()
+
+
+def test_official_edm_pickles_as_baselines(tmp_path):
+    """`source: edm-pickle` replaces the baseline's training by a (local) import of the official pickle."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for m in cfg["models"]:
+        if m["name"] in ("edm-uncond", "edm-cond"):
+            m["source"] = "edm-pickle"
+    path = tmp_path / "pickles.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = dry_run("table1", "table2", configfile=path, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts["fetch_edm_pickle"] == 2 and counts["train"] == 2
+    assert "edm-cifar10-32x32-uncond-ve.pkl" in res.stdout + res.stderr

@@ -25,6 +25,8 @@ if config["dataset"]["name"] == "cifar10":
                 f"{LOGS}/download_cifar10.log",
             benchmark:
                 f"{BENCH}/download_cifar10.tsv"
+            conda:
+                ENV
             shell:
                 "python -m aot.data download --url {params.url:q} --md5 {params.md5:q} --dest {output:q} > {log:q} 2>&1"
 

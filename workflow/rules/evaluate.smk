@@ -17,6 +17,8 @@ rule fetch_fid_assets:
         f"{LOGS}/fetch_fid_assets.log",
     benchmark:
         f"{BENCH}/fetch_fid_assets.tsv"
+    conda:
+        ENV
     shell:
         "python -m aot.fid fetch-assets --cache-dir {FID_CACHE:q} > {log:q} 2>&1"
 

@@ -10,6 +10,18 @@ TABLE_INPUTS = {
     5: table5_fids,
 }
 TABLE_FILES = {i: [f"{R}/tables/table{i}.{ext}" for ext in ("csv", "md", "tex")] for i in TABLE_INPUTS}
+
+
+def table_outputs(i):
+    """Table i's files; the CSV goes into `snakemake --report` with its caption."""
+    csv, md, tex = TABLE_FILES[i]
+    return [report(csv, caption=f"../report/table{i}.rst", category="Tables"), md, tex]
+
+
+def figure_outputs(name, files):
+    png, pdf = files
+    return [report(png, caption=f"../report/{name}.rst", category="Figures"), pdf]
+
 DIAG_STEPS = config["diagnostics"].get("steps", [18, 8])
 
 
@@ -45,12 +57,11 @@ for _i in TABLE_INPUTS:
         input:
             TABLE_INPUTS[_i](),
         output:
-            TABLE_FILES[_i],
+            table_outputs(_i),
         params:
             number=_i,
             prefix=f"{R}/tables/table{_i}",
             rhos=",".join(fmt(r) for r in SAMPLING["table5"]["rho"]),
-            caption=f"../report/table{_i}.rst",
         log:
             f"{LOGS}/report/table{_i}.log",
         benchmark:
@@ -73,7 +84,7 @@ for _i in FIGURES:
         input:
             FIGURES[_i][0](),
         output:
-            FIGURE_FILES[_i],
+            figure_outputs(f"figure{_i}", FIGURE_FILES[_i]),
         params:
             number=_i,
             prefix=f"{R}/figures/figure{_i}",
@@ -97,7 +108,7 @@ rule curvature:
     input:
         CURVATURE_INPUTS,
     output:
-        CURVATURE_FILES,
+        figure_outputs("curvature", CURVATURE_FILES),
     params:
         prefix=f"{R}/figures/curvature",
     log:

@@ -86,6 +86,8 @@ rule fetch_edm_pickle:
         f"{LOGS}/fetch_edm_pickle/{{model}}.log",
     benchmark:
         f"{BENCH}/fetch_edm_pickle/{{model}}.tsv"
+    conda:
+        ENV
     shell:
         "python -m aot.checkpoints import-edm {params.url:q} {output.network:q} {params.sha} "
         "--model-name {wildcards.model:q} > {log:q} 2>&1"
