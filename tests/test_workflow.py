@@ -17,10 +17,10 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def dry_run(*args: str, configfile: Path | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cwd)]
+    cmd = [*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
     if configfile is not None:
-        cmd += ["--configfile", str(configfile)]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+        cmd += ["--configfile", str(configfile)]  # last: it takes several values
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -175,7 +175,7 @@ def test_official_edm_pickles_as_baselines(tmp_path):
             m["source"] = "edm-pickle"
     path = tmp_path / "pickles.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = dry_run("table1", "table2", configfile=path, cwd=tmp_path)
+    res = dry_run("-p", "table1", "table2", configfile=path, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
     assert counts["fetch_edm_pickle"] == 2 and counts["train"] == 2
