@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 
 from .utils import (
+    parse_bool,
     UserError,
     atomic_path,
     cli_main,
@@ -924,12 +925,10 @@ def _num(name: str, kind: type = float, positive: bool = False, nonneg: bool = F
 
 def _bool(name: str):
     def conv(s: str) -> bool:
-        v = str(s).strip().lower()
-        if v in ("1", "true", "yes", "on"):
-            return True
-        if v in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"{name} takes true or false, got {s!r}")
+        try:
+            return parse_bool(s)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{name} takes true or false, got {s!r}") from None
     return conv
 
 

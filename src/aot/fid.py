@@ -176,32 +176,13 @@ def load_dataset_images(path: str | os.PathLike, max_images: int | None = None
 
 def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """(uint8 NCHW images, meta dict, seeds or None) from a sample-set npz of the spec."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample set {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise UserError(f"sample set {path} has no 'images' array (keys: {', '.join(z.files)})")
-            images = z["images"]
-            meta_raw = z["meta"] if "meta" in z.files else None
-            seeds = z["seeds"] if "seeds" in z.files else None
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"sample set {path} cannot be read: {exc}") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise UserError(f"sample set {path}: 'images' must be uint8 [N, H, W, C] with C in (1, 3), "
-                        f"got {images.dtype} {tuple(images.shape)}")
+    from .generate import load_samples as read_sample_set
+
+    rec = read_sample_set(path)
+    images = rec["images"]
     if images.shape[0] < 2:
         raise UserError(f"sample set {path} holds {images.shape[0]} images; FID needs at least 2")
-    meta: dict = {}
-    if meta_raw is not None:
-        try:
-            meta = json.loads(str(meta_raw.item() if meta_raw.ndim == 0 else meta_raw[0]))
-        except (json.JSONDecodeError, ValueError, IndexError) as exc:
-            raise UserError(f"sample set {path}: 'meta' is not a JSON string: {exc}") from None
-    return metrics.images_to_nchw(images), meta, seeds
+    return metrics.images_to_nchw(images), rec["meta"], rec["seeds"]
 
 
 def load_reference(path: str | os.PathLike) -> dict:

@@ -389,16 +389,34 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, max_images: int = 64)
 
 
 def load_samples(path: str | os.PathLike) -> dict:
-    """Read a sample set npz: dict(images, labels, seeds, meta=dict). UserError if unreadable."""
+    """Read a sample set npz: dict(images uint8 NHWC, labels, seeds (None if absent), meta=dict).
+
+    The one reader of sample sets (FID, reports and DG use it); every problem is a UserError
+    naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sample set {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as z:
-            rec = {k: z[k] for k in ("images", "labels", "seeds")}
-            rec["meta"] = json.loads(str(z["meta"]))
+            if "images" not in z.files:
+                raise UserError(f"sample set {path} has no 'images' array (keys: {', '.join(z.files)})")
+            rec = {k: (z[k] if k in z.files else None) for k in ("images", "labels", "seeds")}
+            meta_raw = z["meta"] if "meta" in z.files else None
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"sample set {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    images = rec["images"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise UserError(f"sample set {path}: 'images' must be uint8 [N, H, W, C] with C in (1, 3), "
+                        f"got {images.dtype} {tuple(images.shape)}")
+    meta: dict = {}
+    if meta_raw is not None:
+        try:
+            meta = json.loads(str(meta_raw.item() if meta_raw.ndim == 0 else meta_raw[0]))
+        except (json.JSONDecodeError, ValueError, IndexError) as exc:
+            raise UserError(f"sample set {path}: 'meta' is not a JSON string: {exc}") from None
+    rec["meta"] = meta
     return rec
 
 

@@ -1250,30 +1250,10 @@ def plot_denoised_grid(diag: Any, step: int | None = None, max_seeds: int = 64,
 
 
 def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample set {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise UserError(f"sample set {path}: missing key 'images'")
-            images = z["images"]
-            labels = z["labels"] if "labels" in z.files else None
-            meta_raw = z["meta"] if "meta" in z.files else None
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"sample set {path} is not a readable npz file: {exc}") from None
-    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
-        raise UserError(f"sample set {path}: 'images' must be uint8 [N, H, W, C] with C 1 or 3, "
-                        f"got {images.dtype} {images.shape}")
-    meta = {}
-    if meta_raw is not None:
-        try:
-            meta = json.loads(str(meta_raw))
-        except json.JSONDecodeError:
-            meta = {}
-    return images, labels, meta
+    from .generate import load_samples as read_sample_set
+
+    rec = read_sample_set(path)
+    return rec["images"], rec["labels"], rec["meta"]
 
 
 def plot_sample_grid(images: np.ndarray, labels: np.ndarray | None = None, count: int = 100,

@@ -38,7 +38,7 @@ import torch
 
 from .checkpoints import save_network
 from .utils import (EXIT_PREEMPTED, UserError, atomic_path, cli_main, environment_info, format_seconds,
-                    write_json_atomic)
+                    parse_bool, write_json_atomic)
 
 ARCHS = {
     # EDM's train.py presets for CIFAR-10 (--arch ddpmpp / ncsnpp / adm).
@@ -57,15 +57,6 @@ PRECONDS = {"edm": "EDMPrecond", "vp": "VPPrecond", "ve": "VEPrecond"}
 # Options
 
 
-def _bool(s: str) -> bool:
-    v = str(s).strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
 def _int_list(s: str) -> list[int]:
     try:
         return [int(x) for x in str(s).split(",") if x.strip()]
@@ -79,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", required=True, help="output folder (created; resumed if it holds a state)")
     p.add_argument("--data", required=True, help="dataset in EDM's format (zip or folder)")
     p.add_argument("--model-name", default=None, help="name recorded in the network files (default: outdir name)")
-    p.add_argument("--cond", type=_bool, default=False, help="class-conditional model")
+    p.add_argument("--cond", type=parse_bool, default=False, help="class-conditional model")
     p.add_argument("--arch", choices=sorted(ARCHS), default="ncsnpp", help="network architecture")
     p.add_argument("--precond", choices=sorted(PRECONDS), default="edm", help="preconditioning")
     # AOT
-    p.add_argument("--aot", type=_bool, default=True, help="pair noise with images by optimal assignment")
+    p.add_argument("--aot", type=parse_bool, default=True, help="pair noise with images by optimal assignment")
     p.add_argument("--pool-size", type=int, default=512, help="N: image/noise pairs per assignment pool")
     p.add_argument("--cost", choices=["l2", "sqeuclidean"], default="l2", help="assignment cost")
     p.add_argument("--solver", default="auto", help="assignment solver (auto, lapjv, scipy)")
@@ -101,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-rampup", type=float, default=0.05, help="EMA ramp-up ratio (0 = none)")
     p.add_argument("--dropout", type=float, default=0.13, help="dropout probability")
     p.add_argument("--augment", type=float, default=0.12, help="augmentation probability (0 = off)")
-    p.add_argument("--xflip", type=_bool, default=False, help="dataset x-flips")
+    p.add_argument("--xflip", type=parse_bool, default=False, help="dataset x-flips")
     p.add_argument("--P-mean", dest="P_mean", type=float, default=-1.2, help="EDM loss: mean of log sigma")
     p.add_argument("--P-std", dest="P_std", type=float, default=1.2, help="EDM loss: std of log sigma")
     p.add_argument("--sigma-data", type=float, default=0.5, help="EDM loss and preconditioning: sigma_data")
@@ -114,14 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     # Runtime
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--deterministic", type=_bool, default=False,
+    p.add_argument("--deterministic", type=parse_bool, default=False,
                    help="deterministic algorithms (bit-identical resume on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     # Speed settings (off = EDM's faithful configuration)
-    p.add_argument("--bf16", type=_bool, default=False, help="bf16 autocast for the network")
-    p.add_argument("--tf32", type=_bool, default=False, help="allow TF32 matmuls and convolutions")
-    p.add_argument("--channels-last", type=_bool, default=False, help="channels_last memory format")
-    p.add_argument("--compile", type=_bool, default=False, help="torch.compile the network")
+    p.add_argument("--bf16", type=parse_bool, default=False, help="bf16 autocast for the network")
+    p.add_argument("--tf32", type=parse_bool, default=False, help="allow TF32 matmuls and convolutions")
+    p.add_argument("--channels-last", type=parse_bool, default=False, help="channels_last memory format")
+    p.add_argument("--compile", type=parse_bool, default=False, help="torch.compile the network")
     return p
 
 

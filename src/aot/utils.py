@@ -177,6 +177,18 @@ def parse_int_list(s: str | list | range, what: str = "seeds") -> list[int]:
     return out
 
 
+def parse_bool(s: Any) -> bool:
+    """'true'/'false' (also 1/0, yes/no, on/off) for boolean command-line options."""
+    import argparse
+
+    v = str(s).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
 def positive_int(name: str, value: Any) -> int:
     try:
         v = int(value)
