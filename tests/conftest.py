@@ -71,3 +71,43 @@ def pytest_sessionfinish(session, exitstatus):
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     Path(target).write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# The tiny end-to-end run (tests/configs/tiny.yaml), shared by the local and the Slurm tests.
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+RUN = "tiny"
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(TINY), "--cores", "2", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def expected_artefacts(workdir: Path) -> list[Path]:
+    r = workdir / "results" / RUN
+    out = [r / "README.md"]
+    out += [r / "tables" / f"table{i}.{ext}" for i in range(1, 6) for ext in ("csv", "md", "tex")]
+    out += [r / "figures" / f"figure{i}.{ext}" for i in range(1, 12) for ext in ("png", "pdf")]
+    out += [r / "figures" / f"curvature.{ext}" for ext in ("png", "pdf")]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("tiny-local")
+    start = time.time()
+    res = snakemake(workdir)
+    (workdir / "wall_time_s").write_text(f"{time.time() - start:.1f}\n")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    return workdir
+
+

@@ -14,38 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import RUN, TINY, expected_artefacts, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-RUN = "tiny"
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(TINY), "--cores", "2", *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def expected_artefacts(workdir: Path) -> list[Path]:
-    r = workdir / "results" / RUN
-    out = [r / "README.md"]
-    out += [r / "tables" / f"table{i}.{ext}" for i in range(1, 6) for ext in ("csv", "md", "tex")]
-    out += [r / "figures" / f"figure{i}.{ext}" for i in range(1, 12) for ext in ("png", "pdf")]
-    out += [r / "figures" / f"curvature.{ext}" for ext in ("png", "pdf")]
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("tiny-local")
-    start = time.time()
-    res = snakemake(workdir)
-    (workdir / "wall_time_s").write_text(f"{time.time() - start:.1f}\n")
-    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
-    return workdir
 
 
 def test_every_table_figure_and_the_report(tiny_run):

@@ -7,6 +7,7 @@ where they fail. The other tests check the profile files and the log parsing any
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -319,3 +320,27 @@ def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path):
     assert ids == {first: "train", second: "train"}
     assert sh.slurm_job_states(ids) == {first: "FAILED", second: "COMPLETED"}
     sh.assert_all_jobs_on_slurm(tmp_path, local_rules={"all"})
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_tiny_pipeline_on_slurm_matches_the_local_run(slurm, tiny_run, tmp_path):
+    """The real DAG (tests/configs/tiny.yaml) through `--profile profiles/slurm` + the CI overlay:
+    every job but the local rules is a Slurm job, and the measurements equal the local run's."""
+    from conftest import RUN, TINY, expected_artefacts
+
+    proc = sh.run_snakemake_on_slurm(tmp_path, REPO / "Snakefile", TINY, ["all"], timeout=2700)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    jobs = sh.assert_all_jobs_on_slurm(tmp_path, local_rules={"all", "run_config", "tables", "figures"})
+    assert sum(1 for j in jobs if j.slurm_jobid) >= 100
+    missing = [str(p) for p in expected_artefacts(tmp_path) if not p.is_file()]
+    assert not missing, missing
+    local = sorted((tiny_run / "results" / RUN / "fid").rglob("rep*.json"))
+    assert local
+    for f in local:
+        other = tmp_path / f.relative_to(tiny_run)
+        a, b = json.loads(f.read_text()), json.loads(other.read_text())
+        assert a["fid"] == pytest.approx(b["fid"], rel=1e-6, abs=1e-9), f.relative_to(tiny_run)
+        assert a["seeds"] == b["seeds"] and a["sampler"] == b["sampler"]
+    assert (tmp_path / "results" / RUN / "tables" / "table4.md").read_text() == \
+        (tiny_run / "results" / RUN / "tables" / "table4.md").read_text()

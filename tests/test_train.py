@@ -184,3 +184,22 @@ def test_resume_with_another_dataset_is_refused(digits, straight_run, tmp_path):
                    check=True, capture_output=True)
     res = run(train_cmd(out, other, kimg=1.024))
     assert res.returncode == 2 and "another network or dataset" in res.stderr
+
+
+def test_saves_and_exits_before_the_slurm_time_limit(digits, tmp_path):
+    """Where Slurm's signal cannot reach training (cgroup clusters), the job's end time from
+    `squeue` makes it save its state and exit 75 `--slurm-margin` seconds before the limit."""
+    import datetime
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    end = (datetime.datetime.now() + datetime.timedelta(seconds=100)).strftime("%Y-%m-%dT%H:%M:%S")
+    (fake / "squeue").write_text(f"#!/bin/sh\necho {end}\n")
+    (fake / "squeue").chmod(0o755)
+    env = dict(os.environ, OMP_NUM_THREADS="1", SLURM_JOB_ID="123", PATH=f"{fake}:{os.environ['PATH']}")
+    out = tmp_path / "run"
+    res = subprocess.run(train_cmd(out, digits, "--slurm-margin", "300"), capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 75, res.stderr[-2000:]
+    assert "Slurm time limit near" in res.stdout
+    assert (out / "training-state.pt").exists() and not (out / "network-final.pt").exists()

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick", type=float, default=50.0, help="kimg between progress lines")
     p.add_argument("--snap", type=int, default=50, help="ticks between EMA network snapshots")
     p.add_argument("--dump", type=int, default=10, help="ticks between training-state dumps")
+    p.add_argument("--slurm-margin", type=float, default=300.0,
+                   help="inside a Slurm job: save the state and exit 75 this many seconds before its time limit")
     p.add_argument("--resume", choices=["auto", "never", "require"], default="auto",
                    help="auto: continue from outdir/training-state.pt if present")
     # Runtime
@@ -220,11 +222,37 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; the loop saves its state at the next step boundary."""
+def slurm_job_end_time(job_id: str) -> float | None:
+    """The job's scheduled end (Unix time) from `squeue -o %e`, or None when unknown/unlimited."""
+    import datetime
+    import subprocess
 
-    def __init__(self) -> None:
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%e"], capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+        return datetime.datetime.fromisoformat(out).timestamp()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; the loop saves its state at the next step boundary.
+
+    On clusters that track jobs by cgroup, Slurm's `--signal` reaches only the job's outer process,
+    never this one. So, inside a Slurm job, the flag also trips `margin` seconds before the job's
+    end time (read once from `squeue`), and the run saves its state while it still can.
+    """
+
+    def __init__(self, margin: float = 0.0) -> None:
         self.signum: int | None = None
+        self.deadline: float | None = None
+        if margin > 0 and os.environ.get("SLURM_JOB_ID"):
+            end = slurm_job_end_time(os.environ["SLURM_JOB_ID"])
+            if end is not None:
+                self.deadline = end - margin
+
+    def stop_requested(self) -> bool:
+        return self.signum is not None or (self.deadline is not None and time.time() >= self.deadline)
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -413,8 +441,11 @@ def training_loop(opts: argparse.Namespace, dist: Dist) -> int:
                    f"AOT {'on' if opts.aot else 'off'} (N={opts.pool_size}, cost {opts.cost}"
                    f"{', class-wise' if opts.cond else ''}); {opts.duration} Mimg on {device}")
 
-    stop = StopFlag()
+    stop = StopFlag(margin=opts.slurm_margin)
     stop.install()
+    if stop.deadline is not None:
+        dist.print(f"Slurm job ends at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stop.deadline + opts.slurm_margin))}; "
+                   f"the state is saved {opts.slurm_margin:.0f} s before")
 
     def save_state() -> None:
         ranks = [None] * dist.world_size
@@ -493,7 +524,7 @@ def training_loop(opts: argparse.Namespace, dist: Dist) -> int:
                     b_ema.copy_(b_net)
 
             done = cur_nimg >= total_nimg
-            stop_now = dist.any_flag(stop.signum is not None)
+            stop_now = dist.any_flag(stop.stop_requested())
             if not done and not stop_now and cur_nimg < tick_start_nimg + tick_nimg:
                 continue
 
@@ -532,7 +563,8 @@ def training_loop(opts: argparse.Namespace, dist: Dist) -> int:
                 break
             if stop_now:
                 save_state()
-                dist.print(f"Signal {stop.signum or 'on another rank'} received: state saved at "
+                why = f"signal {stop.signum}" if stop.signum else "Slurm time limit near (or a signal on another rank)"
+                dist.print(f"Stopping ({why}): state saved at "
                            f"{cur_nimg / 1000:.3f} kimg in {state_path}; exiting with code {EXIT_PREEMPTED} "
                            f"(rerun to resume)")
                 exit_code = EXIT_PREEMPTED
