@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --rerun-incomplete
 
 test: install
-	$(BIN)/python -m pytest -q
+	AOT_FAULT_REPORT=docs/faults.md $(BIN)/python -m pytest -q
 
 unit: install
 	$(BIN)/python -m pytest -q -m "not slow and not slurm"
