@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from aot.loss import EDMLoss  # noqa: E402
 from aot.networks import build_network  # noqa: E402
 from aot.pairing import PairPool  # noqa: E402
-from aot.sampling import edm_sampler  # noqa: E402
+from aot.sampling import FastDenoiser, edm_sampler  # noqa: E402
 
 PAPER_NET = dict(img_resolution=32, img_channels=3, label_dim=0, model_type="SongUNet", embedding_type="fourier",
                  encoder_type="residual", decoder_type="standard", channel_mult_noise=2,
@@ -96,27 +96,7 @@ def sample_throughput(fast: bool, batch: int) -> float:
     torch.backends.cuda.matmul.allow_tf32 = fast
     torch.backends.cudnn.allow_tf32 = fast
     net = build_network("EDMPrecond", PAPER_NET).cuda().eval().requires_grad_(False)
-    if fast:
-        net = net.to(memory_format=torch.channels_last)
-        inner = torch.compile(net, mode="max-autotune")
-
-        class Fast(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                for k in ("sigma_min", "sigma_max", "img_resolution", "img_channels", "label_dim"):
-                    setattr(self, k, getattr(net, k))
-
-            def round_sigma(self, s):
-                return net.round_sigma(s)
-
-            def forward(self, x, sigma, class_labels=None, **kw):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    sigma = sigma.reshape(-1).float().expand(x.shape[0]).contiguous()
-                    return inner(x.float().contiguous(memory_format=torch.channels_last), sigma).float()
-
-        model = Fast()
-    else:
-        model = net
+    model = FastDenoiser(net, compile=True) if fast else net
     latents = torch.randn(batch, 3, 32, 32, device="cuda")
     with torch.no_grad():
         edm_sampler(model, latents, num_steps=18)  # compile / warm-up

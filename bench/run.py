@@ -60,7 +60,7 @@ def bench_assignment(quick: bool) -> dict:
     return json.loads(out.read_text())
 
 
-def bench_aot_overhead(repeats: int = 2) -> dict:
+def bench_aot_overhead(repeats: int = 4) -> dict:
     """Interleaved A/B training runs of the demo network on digits; median sec/kimg per setting."""
     tmp = Path(tempfile.mkdtemp())
     data = tmp / "digits.zip"
@@ -70,7 +70,7 @@ def bench_aot_overhead(repeats: int = 2) -> dict:
         for mode in ("aot", "edm"):
             outdir = tmp / f"{mode}{r}"
             run([sys.executable, "-m", "aot.train", "--outdir", str(outdir), "--data", str(data), "--arch", "ddpmpp",
-                 "--cbase", "16", "--cres", "1,2", "--num-blocks", "1", "--attn", "", "--duration", "0.0128",
+                 "--cbase", "16", "--cres", "1,2", "--num-blocks", "1", "--attn", "", "--duration", "0.0256",
                  "--batch", "64", "--batch-gpu", "32", "--pool-size", "256", "--augment", "0", "--dropout", "0",
                  "--tick", "1.28", "--dump", "100", "--snap", "100", "--device", "cpu", "--threads", "1",
                  "--aot", "true" if mode == "aot" else "false"])

@@ -502,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, cuda:N, cpu or auto (default: cuda if available)")
     p.add_argument("--threads", type=_int("--threads"), default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--model-name", default=None, help="model name recorded in meta (default: the checkpoint's)")
+    p.add_argument("--fast", action="store_true",
+                   help="bf16 autocast + channels_last (not bit-identical to EDM's fp32 sampling)")
+    p.add_argument("--compile", action="store_true", help="with --fast: torch.compile the network")
     return p
 
 
@@ -585,6 +588,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     dev_name = _init_distributed(args.device)
     device = resolve_device(dev_name)
     net = net.to(device)
+    if args.compile and not args.fast:
+        raise UserError("--compile goes with --fast")
+    if args.fast:
+        from .sampling import FastDenoiser
+
+        net = FastDenoiser(net, compile=args.compile)
 
     sampler_kwargs = dict(num_steps=args.num_steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                           rho=args.rho, S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max,
@@ -594,13 +603,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         "sampler": sampler_meta(args.solver, args.num_steps, args.rho, args.sigma_min, args.sigma_max,
                                 args.S_churn, args.S_min, args.S_max, args.S_noise, class_labels),
         "batch": args.batch, "shard_size": args.shard_size, "device": str(device),
+        "precision": "bf16-autocast" + ("+compile" if args.compile else "") if args.fast else "fp32",
     }
     print(f"generating {len(seeds)} images with {meta['sampler']['key']} (NFE {meta['sampler']['nfe']}) "
           f"from {args.network} on {device}", flush=True)
     try:
         return run_generation(net, args.out, seeds, sampler_fn=get_sampler(args.solver),
                               sampler_kwargs=sampler_kwargs, batch=args.batch, device=device,
-                              class_labels=class_labels, shard_size=args.shard_size, meta=meta, grid=args.grid)
+                              class_labels=class_labels, shard_size=args.shard_size, meta=meta, grid=args.grid,
+                              fingerprint_extra={"precision": meta["precision"]})
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

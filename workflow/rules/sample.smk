@@ -18,6 +18,7 @@ rule generate:
         sigma_max=SAMPLING.get("sigma_max", 80),
         batch=config["generate"].get("batch", 256),
         shard=config["generate"].get("shard_size", 1000),
+        fast="--fast --compile" if config["generate"].get("fast") else "",
     log:
         f"{LOGS}/generate/{{model}}/{{solver}}-n{{steps}}-rho{{rho}}{{churn}}-rep{{rep}}.log",
     benchmark:
@@ -32,4 +33,4 @@ rule generate:
         "--seeds {params.seeds} --out {output:q} --solver {wildcards.solver} --steps {wildcards.steps} "
         "--rho {wildcards.rho} --S-churn {params.churn} --sigma-min {params.sigma_min} "
         "--sigma-max {params.sigma_max} --batch {params.batch} --shard-size {params.shard} "
-        "--device {DEVICE} --threads {threads} > {log:q} 2>&1"
+        "--device {DEVICE} --threads {threads} {params.fast} > {log:q} 2>&1"
