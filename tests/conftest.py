@@ -66,8 +66,11 @@ def pytest_sessionfinish(session, exitstatus):
         "",
         "| kind | fault | outcome | count | test |", "|---|---|---|---:|---|",
     ]
+    import re
+
     for row in sorted(_FAULTS, key=lambda r: (r["kind"], r["test"])):
-        cells = [row["kind"], row["fault"], row["outcome"], str(row["count"]), f"`{row['test']}`"]
+        outcome = re.sub(r"/tmp/pytest-of-[^/ ]+/pytest-\d+/[^/ ]+/", "", row["outcome"])
+        cells = [row["kind"], row["fault"], outcome, str(row["count"]), f"`{row['test']}`"]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     Path(target).write_text("\n".join(lines) + "\n")

@@ -52,7 +52,7 @@ def test_second_run_does_nothing(tiny_run):
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
-def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_path):
+def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_path, record_fault):
     """Kill Snakemake (and its jobs) mid-run; `--rerun-incomplete` finishes, finished jobs stay."""
     import shutil
 
@@ -77,6 +77,8 @@ def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_pa
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # what a user does after a crash: release Snakemake's lock, then rerun with --rerun-incomplete
+    assert snakemake(workdir, "--unlock").returncode == 0
     res = snakemake(workdir, "--rerun-incomplete")
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     out = res.stdout + res.stderr
@@ -84,6 +86,8 @@ def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_pa
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
     assert (r / "README.md").is_file()
+    record_fault("interruption", "Snakemake and its jobs killed (SIGKILL) mid-run",
+                 "`--unlock`, then `--rerun-incomplete` finished the run; no training or generation job redone")
 
 
 def test_snakemake_html_report_with_captions(tiny_run):

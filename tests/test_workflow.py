@@ -158,13 +158,15 @@ BAD_CONFIGS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
-def test_bad_config_fails_early(tmp_path, case):
+def test_bad_config_fails_early(tmp_path, case, record_fault):
     mutate, pattern = BAD_CONFIGS[case]
     res = dry_run(configfile=_bad_config(tmp_path, mutate), cwd=tmp_path)
     assert res.returncode != 0
     out = res.stdout + res.stderr
     assert re.search(pattern, out), out[-2000:]
     assert not (tmp_path / "results").exists()
+    record_fault("bad input", f"config: {case}", f"Snakemake exits {res.returncode} before any job; "
+                 f"message matches `{pattern}`")
 
 
 def test_official_edm_pickles_as_baselines(tmp_path):

@@ -6,9 +6,24 @@ import json
 import math
 import re
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 
+def _python():
+    """The interpreter of the commands: the conda environment's `python` when Snakemake deploys
+    envs/aot.yaml, otherwise the one running Snakemake (so an unactivated venv works too)."""
+    try:
+        from snakemake.settings.types import DeploymentMethod
+
+        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+            return "python"
+    except (ImportError, AttributeError):
+        pass
+    return shlex.quote(sys.executable)
+
+
+PY = _python()
 RUN = config["run"]
 R = f"results/{RUN}"
 LOGS = f"logs/{RUN}"

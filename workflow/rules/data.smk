@@ -28,7 +28,7 @@ if config["dataset"]["name"] == "cifar10":
             conda:
                 ENV
             shell:
-                "python -m aot.data download --url {params.url:q} --md5 {params.md5:q} --dest {output:q} > {log:q} 2>&1"
+                "{PY} -m aot.data download --url {params.url:q} --md5 {params.md5:q} --dest {output:q} > {log:q} 2>&1"
 
     rule prepare_dataset:
         input:
@@ -47,7 +47,7 @@ if config["dataset"]["name"] == "cifar10":
         conda:
             ENV
         shell:
-            "python -m aot.data cifar10 --source {input:q} --md5 {params.md5:q} --dest {output:q} > {log:q} 2>&1"
+            "{PY} -m aot.data cifar10 --source {input:q} --md5 {params.md5:q} --dest {output:q} > {log:q} 2>&1"
 
 else:
 
@@ -66,4 +66,4 @@ else:
         conda:
             ENV
         shell:
-            "python -m aot.data digits --resolution {params.resolution} --dest {output:q} > {log:q} 2>&1"
+            "{PY} -m aot.data digits --resolution {params.resolution} --dest {output:q} > {log:q} 2>&1"

@@ -55,7 +55,7 @@ rule train_discriminator:
     conda:
         ENV
     shell:
-        "python -m aot.dg train --data {input.data:q} --samples {input.samples:q} --out {params.outdir:q} "
+        "{PY} -m aot.dg train --data {input.data:q} --samples {input.samples:q} --out {params.outdir:q} "
         "--cond {params.cond} --aot {params.aot} --pool-size {params.pool} --feature-extractor {params.fe:q} "
         "--num-images {DG[collect_images]} --batch {DG[batch]} --epochs {DG[epochs]} --lr {DG[lr]} "
         "--weight-decay {DG[weight_decay]} --device {DEVICE} --threads {threads} >> {log:q} 2>&1"
@@ -85,7 +85,7 @@ rule generate_dg:
     conda:
         ENV
     shell:
-        "python -m aot.dg generate --network {input.network:q} --discriminator {input.discriminator:q} "
+        "{PY} -m aot.dg generate --network {input.network:q} --discriminator {input.discriminator:q} "
         "--model-name {wildcards.model:q} --seeds {params.seeds} --out {output:q} --solver {wildcards.solver} "
         "--steps {wildcards.steps} --rho {wildcards.rho} --sigma-min {params.sigma_min} "
         "--sigma-max {params.sigma_max} --dg-weight-1st-order {DG[dg_weight_1st_order]} "

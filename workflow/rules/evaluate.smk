@@ -20,7 +20,7 @@ rule fetch_fid_assets:
     conda:
         ENV
     shell:
-        "python -m aot.fid fetch-assets --cache-dir {FID_CACHE:q} > {log:q} 2>&1"
+        "{PY} -m aot.fid fetch-assets --cache-dir {FID_CACHE:q} > {log:q} 2>&1"
 
 
 rule train_features:
@@ -38,7 +38,7 @@ rule train_features:
     conda:
         ENV
     shell:
-        "python -m aot.fid train-features --data {input.data:q} --out {output:q} --device {DEVICE} "
+        "{PY} -m aot.fid train-features --data {input.data:q} --out {output:q} --device {DEVICE} "
         "--threads {threads} > {log:q} 2>&1"
 
 
@@ -61,7 +61,7 @@ rule reference_stats:
     conda:
         ENV
     shell:
-        "python -m aot.fid reference --data {input.data:q} --features {params.features:q} {params.source} "
+        "{PY} -m aot.fid reference --data {input.data:q} --features {params.features:q} {params.source} "
         "--cache-dir {FID_CACHE:q} --batch {FID[batch]} --device {DEVICE} --threads {threads} "
         "--out {output:q} > {log:q} 2>&1"
 
@@ -87,7 +87,7 @@ rule fid:
     conda:
         ENV
     shell:
-        "python -m aot.fid measure --samples {input.samples:q} --ref {input.ref:q} "
+        "{PY} -m aot.fid measure --samples {input.samples:q} --ref {input.ref:q} "
         "--features {params.features:q} --cache-dir {FID_CACHE:q} --repeat {wildcards.rep} "
         "--batch {FID[batch]} --device {DEVICE} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
@@ -111,6 +111,6 @@ rule diagnostics:
     conda:
         ENV
     shell:
-        "python -m aot.diagnostics --network {input.edm:q} --network {input.aot:q} --seeds {params.seeds} "
+        "{PY} -m aot.diagnostics --network {input.edm:q} --network {input.aot:q} --seeds {params.seeds} "
         "--solver {wildcards.solver} --steps {wildcards.steps} --rho {wildcards.rho} --device {DEVICE} "
         "--threads {threads} --out {output.npz:q} > {log:q} 2>&1"

@@ -72,7 +72,7 @@ for _i in TABLE_INPUTS:
         conda:
             ENV
         shell:
-            "python -m aot.report table --table {params.number} --out-prefix {params.prefix:q} "
+            "{PY} -m aot.report table --table {params.number} --out-prefix {params.prefix:q} "
             "--rhos {params.rhos} {input:q} > {log:q} 2>&1"
 
 
@@ -100,7 +100,7 @@ for _i in FIGURES:
         conda:
             ENV
         shell:
-            "python -m aot.report figure --figure {params.number} {params.extra} --rhos {params.rhos} "
+            "{PY} -m aot.report figure --figure {params.number} {params.extra} --rhos {params.rhos} "
             "--out-prefix {params.prefix:q} {input:q} > {log:q} 2>&1"
 
 
@@ -121,7 +121,7 @@ rule curvature:
     conda:
         ENV
     shell:
-        "python -m aot.report figure --figure curvature --out-prefix {params.prefix:q} {input:q} > {log:q} 2>&1"
+        "{PY} -m aot.report figure --figure curvature --out-prefix {params.prefix:q} {input:q} > {log:q} 2>&1"
 
 
 localrules:
@@ -159,7 +159,7 @@ rule report:
     conda:
         ENV
     shell:
-        "python -m aot.report readme --run-dir {params.run_dir:q} --config {input.config:q} "
+        "{PY} -m aot.report readme --run-dir {params.run_dir:q} --config {input.config:q} "
         "--benchmarks {params.bench:q} --out {output:q} > {log:q} 2>&1"
 
 

@@ -29,7 +29,7 @@ rule generate:
     conda:
         ENV
     shell:
-        "python -m aot.generate --network {input.network:q} --model-name {wildcards.model:q} "
+        "{PY} -m aot.generate --network {input.network:q} --model-name {wildcards.model:q} "
         "--seeds {params.seeds} --out {output:q} --solver {wildcards.solver} --steps {wildcards.steps} "
         "--rho {wildcards.rho} --S-churn {params.churn} --sigma-min {params.sigma_min} "
         "--sigma-max {params.sigma_max} --batch {params.batch} --shard-size {params.shard} "

@@ -39,8 +39,8 @@ def train_args(wildcards):
 def train_launcher(wildcards):
     gpus = int(resource("train", "gpus", 0))
     if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} -m aot.train"
-    return "python -m aot.train"
+        return f"{PY} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m aot.train"
+    return "{PY} -m aot.train"
 
 
 
@@ -89,5 +89,5 @@ rule fetch_edm_pickle:
     conda:
         ENV
     shell:
-        "python -m aot.checkpoints import-edm {params.url:q} {output.network:q} {params.sha} "
+        "{PY} -m aot.checkpoints import-edm {params.url:q} {output.network:q} {params.sha} "
         "--model-name {wildcards.model:q} > {log:q} 2>&1"
