@@ -40,7 +40,7 @@ def train_launcher(wildcards):
     gpus = int(resource("train", "gpus", 0))
     if gpus > 1:
         return f"{PY} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m aot.train"
-    return "{PY} -m aot.train"
+    return f"{PY} -m aot.train"
 
 
 
