@@ -133,6 +133,8 @@ localrules:
 rule run_config:
     output:
         f"{R}/config.json",
+    log:
+        f"{LOGS}/run_config.log",
     params:
         config=json.dumps(config, sort_keys=True),
     run:
@@ -153,6 +155,8 @@ rule report:
         bench=BENCH,
     log:
         f"{LOGS}/report/readme.log",
+    benchmark:
+        f"{BENCH}/report/readme.tsv"
     threads: 1
     resources:
         **resources_for("report", 15, 4000),
