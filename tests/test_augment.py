@@ -12,15 +12,6 @@ from aot.augment import AugmentPipe, edm_augment_pipe
 GOLDEN = Path(__file__).parent / "data" / "edm_augment_golden.pt"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is fastest and avoids oversubscribed CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(n=8, c=3, res=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, c, res, res, generator=g) * 2 - 1

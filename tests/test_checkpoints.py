@@ -19,13 +19,6 @@ from aot.checkpoints import (UnsafeCheckpointError, load_any_network, load_edm_p
 from aot.networks import EDMPrecond, VEPrecond, VPPrecond
 from aot.utils import UserError
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is fastest and avoids oversubscribed CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 SMALL = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,
              attn_resolutions=[8], model_type="SongUNet")

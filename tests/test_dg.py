@@ -17,15 +17,6 @@ from aot.utils import UserError
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: one intra-op thread is faster, and robust on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def golden():
     return torch.load(DATA / "dg_golden.pt", weights_only=True)

@@ -32,14 +32,6 @@ def tiny_net(label_dim=0, channels=3, seed=0):
     return net.eval().requires_grad_(False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions run fastest (and steadily on a busy machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class ElementwiseNet(torch.nn.Module):
     """EDM's network interface with per-pixel arithmetic only: bit-identical whatever the batch."""

@@ -15,15 +15,6 @@ from aot.networks import EDMPrecond, SongUNet, VEPrecond, VPPrecond, build_netwo
 GOLDEN = Path(__file__).parent / "data" / "edm_golden.pt"
 SMALL_CASES = ["edm-ddpmpp-cond", "edm-ncsnpp-cond", "vp-ddpmpp", "ve-ncsnpp", "edm-skip-cond", "edm-adm-cond"]
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is fastest and avoids oversubscribed CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def golden():
     return torch.load(GOLDEN, map_location="cpu", weights_only=True)

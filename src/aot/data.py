@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import PIL.Image
 
-from .utils import Progress, UserError, atomic_path, cli_main
+from .utils import Progress, UserError, atomic_path, cli_main, number_arg
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -709,15 +709,7 @@ def dataset_info(path: str | os.PathLike) -> dict:
 
 
 def _positive(name: str):
-    def conv(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {v}")
-        return v
-    return conv
+    return number_arg(name, int, positive=True)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -47,6 +47,8 @@ import torch
 import torch.nn as nn
 
 from .utils import (
+    ArgParser,
+    number_arg,
     parse_bool,
     UserError,
     atomic_path,
@@ -902,25 +904,11 @@ def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: 
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, via cli_main
-        raise UserError(message)
+_Parser = ArgParser
 
 
 def _num(name: str, kind: type = float, positive: bool = False, nonneg: bool = False):
-    def conv(s: str):
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {s!r}") from None
-        if kind is float and not math.isfinite(v) and not (name in ("--S-max",) and v == float("inf")):
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {s!r}")
-        if positive and not v > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {s!r}")
-        if nonneg and v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must not be negative, got {s!r}")
-        return v
-    return conv
+    return number_arg(name, kind, positive=positive, nonneg=nonneg, allow_inf=name == "--S-max")
 
 
 def _bool(name: str):

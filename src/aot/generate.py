@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .sampling import SOLVERS, StackedRandomGenerator, get_sampler, nfe, sampler_key
-from .utils import (EXIT_PREEMPTED, Progress, UserError, atomic_path, cli_main, environment_info,
+from .utils import (EXIT_PREEMPTED, ArgParser, Progress, number_arg, UserError, atomic_path, cli_main, environment_info,
                     parse_int_list)
 
 SHARD_RE = re.compile(r"^shard-(\d{6})\.npz$")
@@ -455,30 +455,15 @@ def sampler_meta(solver: str, num_steps: int, rho: float, sigma_min: float, sigm
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, via cli_main
-        raise UserError(message)
+_Parser = ArgParser
 
 
 def _float(name: str):
-    def conv(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}") from None
-        if math.isnan(v):
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}")
-        return v
-    return conv
+    return number_arg(name, allow_inf=True)
 
 
 def _int(name: str):
-    def conv(s: str) -> int:
-        try:
-            return int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
-    return conv
+    return number_arg(name, int)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ job never leaves a file that looks finished.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import functools
@@ -177,10 +178,37 @@ def parse_int_list(s: str | list | range, what: str = "seeds") -> list[int]:
     return out
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors: one line and exit 2 under `cli_main`."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def number_arg(name: str, kind: type = float, positive: bool = False, nonneg: bool = False,
+               allow_inf: bool = False):
+    """An argparse `type=` for a number option that names the option in its error."""
+    import math
+
+    def conv(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be {'an integer' if kind is int else 'a number'}, got {s!r}") from None
+        if kind is float and not math.isfinite(v) and not (allow_inf and v == float("inf")):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {s!r}")
+        if positive and not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {s!r}")
+        if nonneg and v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must not be negative, got {s!r}")
+        return v
+
+    return conv
+
+
 def parse_bool(s: Any) -> bool:
     """'true'/'false' (also 1/0, yes/no, on/off) for boolean command-line options."""
-    import argparse
-
     v = str(s).strip().lower()
     if v in ("1", "true", "yes", "on"):
         return True
