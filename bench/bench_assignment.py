@@ -36,7 +36,10 @@ import numpy as np
 import torch
 
 from aot.pairing import auto_solver, cost_matrix, solve_assignment
-from aot.utils import UserError, cli_main, environment_info, write_json_atomic
+from aot.cli.options import cli_main
+from aot.errors import UserError
+from aot.files import write_json_atomic
+from aot.runtime import environment_info
 
 SOLVER_NAMES = ("ours", "lapjv", "scipy", "emd")
 

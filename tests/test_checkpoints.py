@@ -17,7 +17,7 @@ from aot import checkpoints
 from aot.checkpoints import (UnsafeCheckpointError, load_any_network, load_edm_pickle, load_network,
                              save_edm_pickle, save_network, scan_pickle_globals)
 from aot.networks import EDMPrecond, VEPrecond, VPPrecond
-from aot.utils import UserError
+from aot.errors import UserError
 
 
 SMALL = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,

@@ -17,7 +17,7 @@ import pytest
 
 from aot import data
 from aot.data import ImageFolderDataset, load_all
-from aot.utils import UserError
+from aot.errors import UserError
 
 PER_BATCH = 3
 

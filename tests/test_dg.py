@@ -12,7 +12,7 @@ import torch
 from aot import dg
 from aot.dg import ADMEncoder, GuidedDiscriminator, dg_sampler
 from aot.sampling import edm_sampler
-from aot.utils import UserError
+from aot.errors import UserError
 
 DATA = Path(__file__).parent / "data"
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from aot import report
-from aot.utils import UserError
+from aot.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PAPER = REPO.parent / "shared" / "paper"

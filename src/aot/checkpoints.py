@@ -37,7 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .utils import Progress, UserError, atomic_path, cli_main
+from .cli.options import cli_main
+from .errors import UserError
+from .files import atomic_path
+from .runtime import Progress
 
 NETWORK_FORMAT = "aot-network/1"
 

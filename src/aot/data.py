@@ -36,7 +36,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import PIL.Image
 
-from .utils import Progress, UserError, atomic_path, cli_main, number_arg
+from .cli.options import cli_main, number_arg
+from .errors import UserError
+from .files import atomic_path
+from .runtime import Progress
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -46,17 +46,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .utils import (
-    ArgParser,
-    number_arg,
-    parse_bool,
-    UserError,
-    atomic_path,
-    cli_main,
-    environment_info,
-    write_json_atomic,
-    write_text_atomic,
-)
+from .cli.options import ArgParser, cli_main, number_arg, parse_bool
+from .errors import UserError
+from .files import atomic_path, write_json_atomic, write_text_atomic
+from .runtime import environment_info
 
 # VP-SDE of DG's classifier_lib (linear beta schedule, Song et al. 2021).
 BETA_MIN = 0.1
@@ -1037,7 +1030,7 @@ def _install_stop_handler() -> Callable[[], bool]:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     from .generate import resolve_device
-    from .utils import EXIT_PREEMPTED
+    from .errors import EXIT_PREEMPTED
 
     if args.aot:
         pool = args.pool_size or (2048 if args.cond else 512)
@@ -1084,7 +1077,8 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
     from .checkpoints import load_any_network
     from .generate import (check_class_labels, check_seeds, model_meta, parse_class_labels, resolve_device,
                            run_generation, sampler_meta)
-    from .utils import EXIT_PREEMPTED, parse_int_list
+    from .errors import EXIT_PREEMPTED
+    from .keys import parse_int_list
 
     if args.solver != "heun":
         raise UserError(f"--solver {args.solver}: Discriminator Guidance runs EDM's Heun sampler only (heun)")

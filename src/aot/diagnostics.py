@@ -30,7 +30,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .utils import UserError, atomic_path, cli_main, environment_info, parse_int_list, positive_int, write_json_atomic
+from .cli.options import cli_main
+from .errors import UserError, positive_int
+from .files import atomic_path, write_json_atomic
+from .keys import parse_int_list
+from .runtime import environment_info
 
 
 def _np(a: Any) -> np.ndarray:

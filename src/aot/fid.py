@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .utils import (Progress, UserError, atomic_path, cli_main, environment_info, positive_int, read_json,
-                    write_json_atomic)
+from .cli.options import cli_main
+from .errors import UserError, positive_int
+from .files import atomic_path, read_json, write_json_atomic
+from .runtime import Progress, environment_info
 
 REF_FORMAT = "aot-fid-ref/1"
 INCEPTION_FILE = "inception-2015-12-05.pt"

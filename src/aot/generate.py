@@ -37,8 +37,11 @@ import numpy as np
 import torch
 
 from .sampling import SOLVERS, StackedRandomGenerator, get_sampler, nfe, sampler_key
-from .utils import (EXIT_PREEMPTED, ArgParser, Progress, number_arg, UserError, atomic_path, cli_main, environment_info,
-                    parse_int_list)
+from .cli.options import ArgParser, cli_main, number_arg
+from .errors import EXIT_PREEMPTED, UserError
+from .files import atomic_path
+from .keys import parse_int_list
+from .runtime import Progress, environment_info
 
 SHARD_RE = re.compile(r"^shard-(\d{6})\.npz$")
 MAX_SEED = (1 << 32) - 1

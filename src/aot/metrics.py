@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .utils import Progress, UserError, atomic_path
+from .errors import UserError
+from .files import atomic_path
+from .runtime import Progress
 
 INCEPTION_NAME = "inception-v3-tf"
 INCEPTION_MODE = "legacy_tensorflow"

@@ -99,7 +99,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .utils import UserError, atomic_path, cli_main, read_json
+from .cli.options import cli_main
+from .errors import UserError
+from .files import atomic_path, read_json
 
 DEFAULT_RHOS = (9.0, 27.0, 81.0, 243.0)
 DEFAULT_TOLERANCE = 0.02

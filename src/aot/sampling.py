@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-SOLVERS = ("heun", "euler")
+from .keys import SOLVERS, nfe, sampler_key  # noqa: F401  (the sampler vocabulary lives in keys)
 
 
 def _check_settings(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> None:
@@ -45,23 +45,6 @@ def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: flo
                * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     t_rounded = torch.as_tensor(net.round_sigma(t_steps)) if net is not None else t_steps
     return torch.cat([t_rounded, torch.zeros_like(t_steps[:1])])  # t_N = 0
-
-
-def nfe(num_steps: int, solver: str = "heun") -> int:
-    """Network evaluations per image: Heun 2N - 1 (no correction on the last step), Euler N."""
-    if solver == "heun":
-        return 2 * int(num_steps) - 1
-    if solver == "euler":
-        return int(num_steps)
-    raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
-
-
-def sampler_key(solver: str = "heun", num_steps: int = 18, rho: float = 7, S_churn: float = 0) -> str:
-    """Workflow name of a sampler setting: `heun-n18-rho7`, with `-churn<S>` when S_churn > 0."""
-    key = f"{solver}-n{int(num_steps)}-rho{float(rho):g}"
-    if S_churn and S_churn > 0:
-        key += f"-churn{float(S_churn):g}"
-    return key
 
 
 def _run(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None,

@@ -16,7 +16,7 @@ Output folder:
     network-final.pt            EMA network at the end; written last, so its presence means "done"
 
 Signals: SIGTERM or SIGUSR1 (Slurm's time limit with `--signal`, preemption) make the run save
-`training-state.pt` at the next step boundary and exit with code 75 (`aot.utils.EXIT_PREEMPTED`);
+`training-state.pt` at the next step boundary and exit with code 75 (`aot.errors.EXIT_PREEMPTED`);
 rerunning the same command resumes from it (`--resume auto`, the default).
 """
 
@@ -37,8 +37,10 @@ import numpy as np
 import torch
 
 from .checkpoints import save_network
-from .utils import (EXIT_PREEMPTED, UserError, atomic_path, cli_main, environment_info, format_seconds,
-                    parse_bool, write_json_atomic)
+from .cli.options import cli_main, parse_bool
+from .errors import EXIT_PREEMPTED, UserError
+from .files import atomic_path, write_json_atomic
+from .runtime import environment_info, format_seconds
 
 ARCHS = {
     # EDM's train.py presets for CIFAR-10 (--arch ddpmpp / ncsnpp / adm).

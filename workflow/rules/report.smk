@@ -138,7 +138,7 @@ rule run_config:
     params:
         config=json.dumps(config, sort_keys=True),
     run:
-        from aot.utils import write_text_atomic
+        from aot.files import write_text_atomic
 
         write_text_atomic(output[0], params.config + "\n")
 

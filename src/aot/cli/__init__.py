@@ -1,0 +1,47 @@
+"""`python -m aot <command>`: one parser tree over the library.
+
+Each command is a thin module here with `add_parser(subparsers)`, which declares its options and
+sets `func`, a function of the parsed arguments that calls the library. Commands import the library
+lazily, so `python -m aot --help` and the fast commands do not pay for torch.
+
+Bad input raises `UserError` anywhere below: it is printed as one line, `error: ...`, on stderr and
+the process exits with code 2; real bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Sequence
+
+from ..errors import EXIT_USER_ERROR, UserError
+from .options import ArgParser
+
+# command -> module under aot.cli
+COMMANDS = {
+    "data": "data",
+    "train": "train",
+    "generate": "generate",
+    "fid": "fid",
+    "diagnostics": "diagnostics",
+    "dg": "dg",
+    "report": "report",
+    "checkpoints": "checkpoints",
+}
+
+
+def build_parser() -> ArgParser:
+    parser = ArgParser(prog="python -m aot", description="EDM-AOT: data, training, sampling, FID, DG, report.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser, metavar="COMMAND")
+    for module in COMMANDS.values():
+        importlib.import_module(f"{__name__}.{module}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
