@@ -72,3 +72,31 @@ def environment_info() -> dict:
     except Exception:
         info["aot"] = None
     return info
+
+
+class _LogLines:
+    """A stream for tqdm in log files: each refresh becomes its own line instead of a carriage return."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, s: str) -> None:
+        s = s.replace("\r", "").strip()
+        if s:
+            self.stream.write(s + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(total: int, desc: str, unit: str = "img", initial: int = 0):
+    """A tqdm bar for job logs: in a file (Slurm's, or `> log`) a line at most every 10 s.
+
+    Use as a context manager and call `bar.update(n)`; `initial` counts work a resumed job had done.
+    """
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=int(total), desc=desc, unit=unit, initial=int(initial),
+                file=sys.stderr if tty else _LogLines(sys.stderr), mininterval=0.5 if tty else 10.0,
+                maxinterval=60.0, dynamic_ncols=tty, ascii=not tty, smoothing=0.1)
