@@ -1,38 +1,31 @@
 # EDM-AOT: "Improving Diffusion-Based Generative Models via Approximated Optimal Transport",
-# reproduced end to end. See README.md; the target design is in the rule files' headers.
+# reproduced end to end. See README.md; the config keys are in config/README.md.
 #
 #   snakemake --profile slurm all                          # the paper, on a Slurm cluster
 #   snakemake --profile slurm table4                       # one table, and only what it needs
 #   snakemake --cores all --configfile config/demo.yaml    # the same DAG at toy scale, offline, CPU
+#
+# The configuration is config/config.yaml (the paper) unless --configfile names a complete one
+# (config/demo.yaml); a partial file (a site's `resources:`) is layered onto the paper's. common.smk
+# does that, checks the result against workflow/schemas/config.schema.yaml (which sets the
+# defaults) and then across keys, before any job runs.
 
-import os
-
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-# The paper's configuration, unless a --configfile replaces it (never merged: a demo or custom config
-# must stand on its own, and the schema below checks that it does).
-if not workflow.overwrite_configfiles:
-
-    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
-
-
-validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"), set_default=True)
+include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    solver=r"heun|euler",
-    steps=r"\d+",
-    rho=r"\d+(\.\d+)?",
+    model=MODEL_RE,
+    key=KEY_RE,
     rep=r"\d+",
-    mode=r"aot|plain",
+    mode=GUIDANCE_RE,
     part=r"uncond|cond",
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
@@ -41,32 +34,18 @@ include: "workflow/rules/dg.smk"
 include: "workflow/rules/report.smk"
 
 
-
 localrules:
     all,
-
-
-rule all:
-    input:
-        f"{R}/README.md",
-    default_target: True
-
-
-def fetch_targets():
-    """Everything that needs the internet: run `snakemake fetch` on a login node first."""
-    out = []
-    if config["dataset"]["name"] == "cifar10" and str(config["dataset"].get("source", "")).startswith("http"):
-        out.append(f"{DOWNLOADS}/cifar-10-python.tar.gz")
-    if FID["features"] == "inception":
-        out.append(f"{DOWNLOADS}/clean-fid/assets.json")
-    out += [network_path(m) for m in IMPORTED]
-    return out
-
-
-localrules:
     fetch,
 
 
+rule all:
+    default_target: True
+    input:
+        f"{R}/README.md",
+
+
+# Everything that needs the internet: run `snakemake fetch` on a login node first.
 rule fetch:
     input:
         fetch_targets(),

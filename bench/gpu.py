@@ -117,7 +117,7 @@ def aot_overhead(batch_gpu: int = 32, pool: int = 512, iters: int = 48) -> dict:
 
     out = {}
     for mode in ("edm", "aot", "edm", "aot"):
-        pp = PairPool(draw, pool_size=pool, batch_size=batch_gpu, aot=mode == "aot", seed=0, device="cuda")
+        pp = PairPool(draw, pool_size=pool, batch_gpu=batch_gpu, aot=mode == "aot", seed=0, device="cuda")
         it = pp.batches()
 
         def step():

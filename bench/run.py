@@ -64,16 +64,16 @@ def bench_aot_overhead(repeats: int = 4) -> dict:
     """Interleaved A/B training runs of the demo network on digits; median sec/kimg per setting."""
     tmp = Path(tempfile.mkdtemp())
     data = tmp / "digits.zip"
-    run([sys.executable, "-m", "aot.data", "digits", "--resolution", "8", "--dest", str(data)])
+    run([sys.executable, "-m", "aot", "data", "digits", "--resolution", "8", "--dest", str(data)])
     per: dict[str, list[float]] = {"aot": [], "edm": []}
     for r in range(repeats):
         for mode in ("aot", "edm"):
             outdir = tmp / f"{mode}{r}"
-            run([sys.executable, "-m", "aot.train", "--outdir", str(outdir), "--data", str(data), "--arch", "ddpmpp",
+            run([sys.executable, "-m", "aot", "train", "--outdir", str(outdir), "--data", str(data), "--arch", "ddpmpp",
                  "--cbase", "16", "--cres", "1,2", "--num-blocks", "1", "--attn", "", "--duration", "0.0256",
                  "--batch", "64", "--batch-gpu", "32", "--pool-size", "256", "--augment", "0", "--dropout", "0",
                  "--tick", "1.28", "--dump", "100", "--snap", "100", "--device", "cpu", "--threads", "1",
-                 "--aot", "true" if mode == "aot" else "false"])
+                 "--aot" if mode == "aot" else "--no-aot"])
             ticks = [json.loads(line) for line in (outdir / "stats.jsonl").read_text().splitlines()]
             per[mode] += [t["sec_per_kimg"] for t in ticks[1:]]  # first tick includes warm-up
             if mode == "aot":

@@ -20,9 +20,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_PROFILE = REPO / "profiles" / "slurm"

@@ -14,11 +14,18 @@ import pytest
 import torch
 
 from aot import checkpoints
-from aot.checkpoints import (UnsafeCheckpointError, load_any_network, load_edm_pickle, load_network,
-                             save_edm_pickle, save_network, scan_pickle_globals)
-from aot.networks import EDMPrecond, VEPrecond, VPPrecond
+from aot.checkpoints import (
+    UnsafeCheckpointError,
+    load_any_network,
+    load_edm_pickle,
+    load_network,
+    save_edm_pickle,
+    save_network,
+    scan_pickle_globals,
+)
+from aot.cli import main as aot_main
 from aot.errors import UserError
-
+from aot.networks import EDMPrecond, VEPrecond, VPPrecond
 
 SMALL = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,
              attn_resolutions=[8], model_type="SongUNet")
@@ -294,8 +301,9 @@ def test_export_to_edm_layout_and_back(tmp_path):
     assert back["dataset_kwargs"] == {"path": "d.zip"}
     ours = tmp_path / "net.pt"
     save_network(ours, net, model="ve")
-    checkpoints.main(["export-edm", str(ours), str(tmp_path / "cli.pkl")])
-    assert torch.equal(load_edm_pickle(tmp_path / "cli.pkl")["ema"].model.map_layer0.weight, net.model.map_layer0.weight)
+    aot_main(["checkpoints", "export-edm", str(ours), str(tmp_path / "cli.pkl")])
+    assert torch.equal(load_edm_pickle(tmp_path / "cli.pkl")["ema"].model.map_layer0.weight,
+                       net.model.map_layer0.weight)
     x, sigma, labels, _ = _inputs()
     with torch.no_grad():
         assert torch.equal(back["ema"](x, sigma, labels), net(x, sigma, labels))
@@ -307,7 +315,7 @@ def test_cli_import_edm_local_path(tmp_path, monkeypatch, capsys):
     src.write_bytes(_edm_layout_pickle(dict(ema=net), monkeypatch))
     digest = checkpoints.sha256_file(src)
     out = tmp_path / "models" / "edm-cond" / "network-final.pt"
-    checkpoints.main(["import-edm", str(src), str(out), "--sha256", digest, "--model-name", "edm-cond"])
+    aot_main(["checkpoints", "import-edm", str(src), str(out), "--sha256", digest, "--model-name", "edm-cond"])
     loaded, meta = load_network(out)
     assert meta["model"] == "edm-cond" and meta["aot"] is False and meta["cond"] is True
     assert meta["source"] == f"edm-pickle:{src}" and meta["kimg"] is None and meta["sha256"] == digest
@@ -321,7 +329,7 @@ def test_cli_import_edm_local_path(tmp_path, monkeypatch, capsys):
         bad_out = tmp_path / "bad.pt"
         source = str(src) if msg else str(tmp_path / "missing.pkl")
         with pytest.raises(SystemExit) as exc:
-            checkpoints.main(["import-edm", source, str(bad_out), *args])
+            aot_main(["checkpoints", "import-edm", source, str(bad_out), *args])
         assert exc.value.code == 2 and not bad_out.exists()
         err = capsys.readouterr().err
         assert err.startswith("error: ") and (msg or "does not exist") in err

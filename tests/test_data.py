@@ -16,6 +16,7 @@ import PIL.Image
 import pytest
 
 from aot import data
+from aot.cli import main as aot_main
 from aot.data import ImageFolderDataset, load_all
 from aot.errors import UserError
 
@@ -77,7 +78,7 @@ def _md5(path):
 
 def _run_cli(argv, capsys):
     with pytest.raises(SystemExit) as exc:
-        data.main(argv)
+        aot_main(["data", *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
@@ -89,14 +90,14 @@ def _run_cli(argv, capsys):
 def test_cifar_roundtrip_zip(tmp_path, tarball, capsys):
     path, images, labels = tarball
     dest = tmp_path / "out" / "cifar.zip"
-    data.main(["cifar10", "--source", str(path), "--md5", _md5(path), "--dest", str(dest)])
+    aot_main(["data", "cifar10", "--source", str(path), "--md5", _md5(path), "--dest", str(dest)])
     assert "wrote 15 images" in capsys.readouterr().out
     with zipfile.ZipFile(dest) as z:
         names = z.namelist()
         assert names[:2] == ["00000/img00000000.png", "00000/img00000001.png"] and names[-1] == "dataset.json"
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
         meta = json.loads(z.read("dataset.json"))
-        assert meta == {"labels": [[f"00000/img{i:08d}.png", int(l)] for i, l in enumerate(labels)]}
+        assert meta == {"labels": [[f"00000/img{i:08d}.png", int(lab)] for i, lab in enumerate(labels)]}
         assert z.read("dataset.json").startswith(b'{"labels": [["00000/img00000000.png", ')
     ds = ImageFolderDataset(dest)
     assert (len(ds), ds.resolution, ds.num_channels, ds.label_dim, ds.has_labels) == (15, 32, 3, 10, True)
@@ -141,7 +142,7 @@ def test_official_name_checked_against_official_md5(tmp_path, capsys):
     make_cifar_tarball(path)
     msg = _run_cli(["cifar10", "--source", str(path), "--dest", str(tmp_path / "c.zip")], capsys)
     assert data.CIFAR10_MD5 in msg
-    data.main(["cifar10", "--source", str(path), "--md5", _md5(path), "--dest", str(tmp_path / "c.zip")])
+    aot_main(["data", "cifar10", "--source", str(path), "--md5", _md5(path), "--dest", str(tmp_path / "c.zip")])
 
 
 @pytest.mark.parametrize("keep", [4000, 300, 10])
@@ -204,7 +205,7 @@ def test_digits(tmp_path, res):
     from sklearn.datasets import load_digits
 
     dest = tmp_path / f"digits{res}.zip"
-    data.main(["digits", "--resolution", str(res), "--dest", str(dest)])
+    aot_main(["data", "digits", "--resolution", str(res), "--dest", str(dest)])
     ds = ImageFolderDataset(dest)
     assert (len(ds), ds.resolution, ds.num_channels, ds.label_dim) == (1797, res, 1, 10)
     imgs, labels = load_all(ds)
@@ -342,7 +343,7 @@ def test_write_dataset_rejects_mixed_shapes_atomically(tmp_path):
 def test_info_cli(tmp_path, capsys):
     data.write_dataset(tmp_path / "d.zip", np.zeros((5, 4, 4), dtype=np.uint8), [0, 2, 2, 1, 0])
     capsys.readouterr()
-    data.main(["info", str(tmp_path / "d.zip")])
+    aot_main(["data", "info", str(tmp_path / "d.zip")])
     info = json.loads(capsys.readouterr().out)
     assert info["resolution"] == 4 and info["channels"] == 1 and info["count"] == 5
     assert info["labels"] is True and info["label_dim"] == 3 and info["class_counts"] == [2, 1, 2]
@@ -355,7 +356,7 @@ def test_download_command_and_checksum_words(tmp_path, tarball, capsys):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
         dest = tmp_path / "dl" / "cifar-10-python.tar.gz"
-        data.main(["download", "--url", url, "--md5", _md5(path), "--dest", str(dest)])
+        aot_main(["data", "download", "--url", url, "--md5", _md5(path), "--dest", str(dest)])
         assert dest.read_bytes() == path.read_bytes()
         msg = _run_cli(["download", "--url", url, "--md5", "f" * 32, "--dest", str(tmp_path / "dl2" / "x.tgz")], capsys)
         assert "wrong md5 checksum" in msg and url in msg
@@ -367,5 +368,99 @@ def test_download_command_and_checksum_words(tmp_path, tarball, capsys):
     # an empty --md5 (as a workflow passes an unset value) means "not given": the official one applies
     msg = _run_cli(["cifar10", "--source", str(dest), "--md5", "", "--dest", str(tmp_path / "c.zip")], capsys)
     assert data.CIFAR10_MD5 in msg
-    data.main(["cifar10", "--source", str(dest), "--md5", "none", "--dest", str(tmp_path / "c.zip")])
+    aot_main(["data", "cifar10", "--source", str(dest), "--md5", "none", "--dest", str(tmp_path / "c.zip")])
     assert len(ImageFolderDataset(tmp_path / "c.zip")) == 15
+
+
+# -- aot.files.download: atomic, retried, checked -------------------------------------------------
+
+
+class FlakyHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `payload` at /file; the first `failures` requests get `fault` instead."""
+
+    payload = b""
+    failures = 0
+    fault = "500"
+    requests: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        cls = type(self)
+        cls.requests.append(self.path)
+        if self.path != "/file":
+            self.send_error(404)
+            return
+        if len(cls.requests) <= cls.failures:
+            if cls.fault == "500":
+                self.send_error(500)
+                return
+            # "drop": promise the whole body, send half of it and close the connection
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(cls.payload)))
+            self.end_headers()
+            self.wfile.write(cls.payload[: len(cls.payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(cls.payload)))
+        self.end_headers()
+        self.wfile.write(cls.payload)
+
+
+@pytest.fixture
+def flaky_server():
+    handler = type("Handler", (FlakyHandler,), {"payload": np.random.default_rng(0).bytes(50_000), "requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield handler, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("fault", ["500", "drop"])
+def test_download_retries_after_a_failed_attempt(tmp_path, flaky_server, fault):
+    from aot.files import download
+
+    handler, base = flaky_server
+    handler.failures, handler.fault = 1, fault
+    digest = hashlib.sha256(handler.payload).hexdigest()
+    dest = tmp_path / "dl" / "file.bin"
+    assert download(f"{base}/file", dest, sha256=digest, md5=hashlib.md5(handler.payload).hexdigest()) == digest
+    assert dest.read_bytes() == handler.payload and handler.requests == ["/file", "/file"]
+    assert [p.name for p in dest.parent.iterdir()] == ["file.bin"]  # no temporary file left
+
+
+def test_download_gives_up_and_does_not_retry_what_cannot_change(tmp_path, flaky_server):
+    from aot.files import download
+
+    handler, base = flaky_server
+    handler.failures = 10
+    with pytest.raises(UserError, match=r"cannot download .* \(3 attempts\): HTTP 500"):
+        download(f"{base}/file", tmp_path / "a.bin", retries=2)
+    assert len(handler.requests) == 3
+    handler.requests.clear()
+    with pytest.raises(UserError, match="HTTP 404"):  # not found: final at once
+        download(f"{base}/missing", tmp_path / "b.bin")
+    assert handler.requests == ["/missing"] and list(tmp_path.iterdir()) == []
+
+
+def test_download_wrong_checksum_leaves_nothing(tmp_path, flaky_server):
+    from aot.files import download
+
+    handler, base = flaky_server
+    got = hashlib.sha256(handler.payload).hexdigest()
+    dest = tmp_path / "file.bin"
+    with pytest.raises(UserError) as exc:
+        download(f"{base}/file", dest, sha256="ab" * 32)
+    msg = str(exc.value)
+    assert str(dest) in msg and f"{base}/file" in msg and got in msg and "ab" * 32 in msg and "\n" not in msg
+    assert handler.requests == ["/file"]  # a mismatch is not retried
+    assert list(tmp_path.iterdir()) == []
+    dest.write_bytes(b"older file")  # a failed download leaves an existing file as it was
+    with pytest.raises(UserError, match="wrong md5 checksum"):
+        download(f"{base}/file", dest, md5="0" * 32)
+    assert dest.read_bytes() == b"older file" and list(tmp_path.iterdir()) == [dest]
+    with pytest.raises(UserError, match="not a 64-digit hexadecimal checksum"):
+        download(f"{base}/file", dest, sha256="xyz")

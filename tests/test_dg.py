@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from aot import dg
+from aot.cli import main as aot_main
 from aot.dg import ADMEncoder, GuidedDiscriminator, dg_sampler
-from aot.sampling import edm_sampler
+from aot.dg import training as dg_training
 from aot.errors import UserError
+from aot.sampling import edm_sampler
 
 DATA = Path(__file__).parent / "data"
 
@@ -88,7 +90,10 @@ def test_adm_outputs_match_dg(golden):
         sig = model(g["x"], g["t"], sigmoid=True, condition=g["condition"])
         # class indices give the same result as one-hot rows
         sig_idx = model(g["x"], g["t"], sigmoid=True, condition=g["condition"].argmax(1))
-    torch.testing.assert_close(feat, g["feature"], rtol=1e-5, atol=1e-5)
+    # The golden features came from DG's code on another CPU: its float32 convolutions accumulate in
+    # another order, which moves features of magnitude up to 6 by up to 3e-5 (5e-6 of their range);
+    # the logits and sigmoid below stay within 1e-5.
+    torch.testing.assert_close(feat, g["feature"], rtol=1e-5, atol=5e-5)
     torch.testing.assert_close(logits, g["logits"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sig, g["sigmoid"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sig_idx, sig)
@@ -134,7 +139,8 @@ def test_sampler_matches_dg_step_for_step(golden):
         disc = golden_disc(golden, case["bias"])
         out = dg_sampler(ToyNet(), s["latents"], None, disc, num_steps=case["num_steps"],
                          dg_weight_1st_order=case["w1"], time_min=case["time_min"], time_max=case["time_max"],
-                         boosting=bool(case["boosting"]), S_churn=case["churn"], randn_like=randn_from(case["randn_seed"]))
+                         boosting=bool(case["boosting"]), S_churn=case["churn"],
+                         randn_like=randn_from(case["randn_seed"]))
         assert out.dtype == torch.float64
         # DG rounds t_hat to float32 by type promotion; otherwise identical arithmetic
         torch.testing.assert_close(out, case["out"], rtol=0, atol=3e-5)
@@ -241,9 +247,10 @@ def test_missing_classifier_checkpoint_names_dg_links(tmp_path, capsys):
     assert dg.DG_CLASSIFIER_URL in str(exc.value) and "\n" not in str(exc.value)
     data, samples = _digits_vs_noise_files(tmp_path, 16)
     out = tmp_path / "out"
+    capsys.readouterr()  # the dataset writer's progress lines
     with pytest.raises(SystemExit) as ex:
-        dg.main(["train", "--data", str(data), "--samples", str(samples), "--out", str(out),
-                 "--feature-extractor", str(tmp_path / "missing.pt"), "--device", "cpu"])
+        aot_main(["dg", "train", "--data", str(data), "--samples", str(samples), "--out", str(out),
+                  "--feature-extractor", str(tmp_path / "missing.pt"), "--device", "cpu"])
     assert ex.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and dg.DG_CLASSIFIER_URL in err[0]
@@ -289,7 +296,7 @@ def test_training_beats_chance_and_aot_only_permutes_noise(tmp_path, monkeypatch
         seen.append((noise.clone(), out.clone(), None if labels is None else labels.clone(), stats))
         return out, stats
 
-    monkeypatch.setattr(dg, "pool_noise", spy)
+    monkeypatch.setattr(dg_training, "pool_noise", spy)
     res = dg.train_discriminator(real, real_labels, fake, fake_labels, tmp_path / "run", cond=True, aot=True,
                                  pool_size=128, epochs=2, snapshot_epochs=1, log=lambda s: None, **SMALL)
     assert res["final"]["accuracy"] > 0.75, res["stats"]
@@ -310,7 +317,8 @@ def test_training_beats_chance_and_aot_only_permutes_noise(tmp_path, monkeypatch
     assert meta["aot"] and meta["cond"]
     with torch.no_grad():
         x = dg.to_model_range(torch.from_numpy(np.concatenate([real[:32], fake[:32]])))
-        p = disc(x * 0.99, torch.full((64,), 0.01), torch.from_numpy(np.concatenate([real_labels[:32], fake_labels[:32]])))
+        labels = torch.from_numpy(np.concatenate([real_labels[:32], fake_labels[:32]]))
+        p = disc(x * 0.99, torch.full((64,), 0.01), labels)
     assert ((p >= 0) & (p <= 1)).all()
 
 
@@ -322,17 +330,17 @@ def test_plain_training_draws_independent_noise():
 
 def test_cli_train_resume_and_generate(tmp_path):
     from aot.checkpoints import save_network
-    from aot.generate import load_samples
+    from aot.samples import load_samples
     from aot.networks import EDMPrecond
 
     data, samples = _digits_vs_noise_files(tmp_path, 48)
-    common = ["train", "--data", str(data), "--samples", str(samples), "--scratch-width", "32", "--width", "32",
-              "--depth", "1", "--batch", "32", "--device", "cpu", "--seed", "3", "--pool-size", "32"]
-    dg.main(common + ["--aot", "--out", str(tmp_path / "straight"), "--epochs", "2"])
-    # the workflow's spelling: boolean values, --num-images, --threads
-    wf = ["--aot", "true", "--cond", "false", "--num-images", "48", "--threads", "1"]
-    dg.main(common + wf + ["--out", str(tmp_path / "resumed"), "--epochs", "1"])
-    dg.main(common + wf + ["--out", str(tmp_path / "resumed"), "--epochs", "2", "--resume"])
+    common = ["dg", "train", "--data", str(data), "--samples", str(samples), "--scratch-width", "32", "--width",
+              "32", "--depth", "1", "--batch", "32", "--device", "cpu", "--seed", "3", "--pool-size", "32"]
+    aot_main(common + ["--aot", "--out", str(tmp_path / "straight"), "--epochs", "2"])
+    # the workflow's spelling: --aot/--no-cond, --num-images, --threads
+    wf = ["--aot", "--no-cond", "--num-images", "48", "--threads", "1"]
+    aot_main(common + wf + ["--out", str(tmp_path / "resumed"), "--epochs", "1"])
+    aot_main(common + wf + ["--out", str(tmp_path / "resumed"), "--epochs", "2", "--resume"])
     a = torch.load(tmp_path / "straight" / "discriminator.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "discriminator.pt", weights_only=True)
     for part in ("head", "feature_extractor"):
@@ -348,28 +356,27 @@ def test_cli_train_resume_and_generate(tmp_path):
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
     save_network(tmp_path / "net.pt", net, model="toy", aot=True, cond=False, kimg=0.0, source="trained")
-    gen = ["generate", "--network", str(tmp_path / "net.pt"), "--discriminator",
+    gen = ["dg", "generate", "--network", str(tmp_path / "net.pt"), "--discriminator",
            str(tmp_path / "straight" / "discriminator.pt"), "--seeds", "0-3", "--steps", "3", "--batch", "2",
            "--device", "cpu"]
-    dg.main(gen + ["--out", str(tmp_path / "g.npz"), "--boosting", "--dg-weight-2nd-order", "0.5",
-                   "--model-name", "toy-aot", "--solver", "heun", "--threads", "1"])
+    aot_main(gen + ["--out", str(tmp_path / "g.npz"), "--boosting", "--dg-weight-2nd-order", "0.5",
+                    "--model-name", "toy-aot", "--solver", "heun", "--threads", "1"])
     rec = load_samples(tmp_path / "g.npz")
     assert rec["images"].shape == (4, 8, 8, 1) and rec["images"].dtype == np.uint8
     smp = rec["meta"]["sampler"]
     assert smp["key"] == "dgaot-heun-n3-rho7" and smp["nfe"] == 5
-    assert smp["guidance"] == {"method": "dg", "aot": True, "discriminator": str(tmp_path / "straight" / "discriminator.pt"),
+    assert smp["guidance"] == {"method": "dg", "aot": True,
+                               "discriminator": str(tmp_path / "straight" / "discriminator.pt"),
                                "dg_weight_1st_order": 2.0, "dg_weight_2nd_order": 0.5, "time_min": 0.01,
                                "time_max": 1.0, "boosting": True}
     assert rec["meta"]["model"]["name"] == "toy-aot" and rec["meta"]["model"]["aot"] is True
-    # zero weights: the same images as aot.generate
-    from aot import generate
-
-    dg.main(gen + ["--out", str(tmp_path / "w0.npz"), "--dg-weight-1st-order", "0", "--boosting", "false"])
+    # zero weights: the same images as `aot generate`
+    aot_main(gen + ["--out", str(tmp_path / "w0.npz"), "--dg-weight-1st-order", "0", "--no-boosting"])
     with pytest.raises(SystemExit) as ex:
-        dg.main(gen + ["--out", str(tmp_path / "e.npz"), "--solver", "euler"])
+        aot_main(gen + ["--out", str(tmp_path / "e.npz"), "--solver", "euler"])
     assert ex.value.code == 2 and not (tmp_path / "e.npz").exists()
-    generate.main(["--network", str(tmp_path / "net.pt"), "--seeds", "0-3", "--steps", "3", "--device", "cpu",
-                   "--out", str(tmp_path / "plain.npz")])
+    aot_main(["generate", "--network", str(tmp_path / "net.pt"), "--seeds", "0-3", "--steps", "3", "--device",
+              "cpu", "--out", str(tmp_path / "plain.npz")])
     assert np.array_equal(load_samples(tmp_path / "w0.npz")["images"], load_samples(tmp_path / "plain.npz")["images"])
 
 

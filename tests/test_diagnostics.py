@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aot import diagnostics
+from aot.cli import main as aot_main
 from aot.diagnostics import trajectory_metrics
 from aot.sampling import StackedRandomGenerator, denoised_trajectory, edm_time_steps
 
@@ -149,8 +150,8 @@ def test_command_line(tmp_path, capsys):
     b = _tiny_net(tmp_path / "b.pt", label_dim=3, seed=1, model="aot-cond", aot=True, cond=True, kimg=1.0,
                   source="trained")
     out = tmp_path / "diag" / "traj.npz"
-    diagnostics.main(["--network", str(a), "--network", str(b), "--seeds", "0-2", "--steps", "4", "--rho", "7",
-                      "--out", str(out), "--device", "cpu"])
+    aot_main(["diagnostics", "--network", str(a), "--network", str(b), "--seeds", "0-2", "--steps", "4",
+              "--rho", "7", "--out", str(out), "--device", "cpu"])
     assert "curvature" in capsys.readouterr().out
     with np.load(out) as z:
         arrays = {k: z[k] for k in z.files}
@@ -193,7 +194,7 @@ def test_command_line_rejects_bad_input(tmp_path, capsys):
         (["--network", str(a), "--seeds", "5-1"], "ends before it starts"),
     ):
         with pytest.raises(SystemExit) as exc:
-            diagnostics.main(argv + ["--out", str(out), "--steps", "3", "--device", "cpu"])
+            aot_main(["diagnostics", *argv, "--out", str(out), "--steps", "3", "--device", "cpu"])
         assert exc.value.code == 2
         assert needle in capsys.readouterr().err
     assert not out.exists() and not out.with_suffix(".json").exists()

@@ -67,16 +67,28 @@ def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_pa
     before = {p: p.stat().st_mtime_ns for p in (r / "samples").rglob("*.npz")}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(TINY), "--cores", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = tmp_path / "snakemake.out"  # a file, not a pipe that nobody reads while it runs
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 300
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         done = list((r / "fid" / "edm-uncond").rglob("*.json")) if (r / "fid" / "edm-uncond").exists() else []
         if len(done) >= 1:
             break
         time.sleep(0.2)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        pytest.fail(f"no FID result within 300 s or Snakemake exited ({proc.returncode}) before the kill:\n"
+                    f"{log.read_text()[-3000:]}")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the kill landed mid-run: the report was not written yet
+    assert proc.returncode == -signal.SIGKILL and not (r / "README.md").exists()
     # what a user does after a crash: release Snakemake's lock, then rerun with --rerun-incomplete
     assert snakemake(workdir, "--unlock").returncode == 0
     res = snakemake(workdir, "--rerun-incomplete")

@@ -13,7 +13,10 @@ import pytest
 import torch
 
 from aot import generate as gen
+from aot import samples
 from aot.checkpoints import load_network, save_network
+from aot.cli import main as aot_main
+from aot.errors import UserError
 from aot.networks import EDMPrecond
 from aot.sampling import StackedRandomGenerator, edm_sampler, euler_sampler
 
@@ -145,7 +148,7 @@ def test_kill_and_resume(tmp_path, cond_net):
     with pytest.raises(Killed):
         gen.run_generation(cond_net, out, seeds, sampler_kwargs=STEPS, batch=4, shard_size=6, device="cpu",
                            after_shard=kill_after_two, log=_quiet)
-    sdir = gen.shards_dir(out)
+    sdir = samples.shards_dir(out)
     assert not out.exists()
     assert sorted(p.name for p in sdir.iterdir()) == ["shard-000000.npz", "shard-000001.npz"]
     (sdir / ".shard-000002.abc.tmp.npz").write_bytes(b"partial")  # what a kill -9 mid-write leaves
@@ -171,7 +174,7 @@ def test_stale_shards_are_discarded(tmp_path, cond_net):
     with pytest.raises(Killed):
         gen.run_generation(cond_net, out, seeds, sampler_kwargs=dict(num_steps=3), batch=4, shard_size=4,
                            device="cpu", after_shard=lambda k: (_ for _ in ()).throw(Killed()), log=_quiet)
-    assert len(list(gen.shards_dir(out).iterdir())) == 1
+    assert len(list(samples.shards_dir(out).iterdir())) == 1
     redone, logs = [], []
     gen.run_generation(cond_net, out, seeds, sampler_kwargs=STEPS, batch=4, shard_size=4, device="cpu",
                        after_shard=redone.append, log=logs.append)
@@ -181,19 +184,19 @@ def test_stale_shards_are_discarded(tmp_path, cond_net):
 
 
 def test_fingerprint_tracks_weights_and_settings(cond_net):
-    f = gen.generation_fingerprint(cond_net, edm_sampler, STEPS, "random")
-    assert f == gen.generation_fingerprint(cond_net, edm_sampler, dict(STEPS), "random")
-    assert f != gen.generation_fingerprint(cond_net, euler_sampler, STEPS, "random")
-    assert f != gen.generation_fingerprint(cond_net, edm_sampler, dict(num_steps=5), "random")
-    assert f != gen.generation_fingerprint(cond_net, edm_sampler, STEPS, 3)
+    f = samples.generation_fingerprint(cond_net, edm_sampler, STEPS, "random")
+    assert f == samples.generation_fingerprint(cond_net, edm_sampler, dict(STEPS), "random")
+    assert f != samples.generation_fingerprint(cond_net, euler_sampler, STEPS, "random")
+    assert f != samples.generation_fingerprint(cond_net, edm_sampler, dict(num_steps=5), "random")
+    assert f != samples.generation_fingerprint(cond_net, edm_sampler, STEPS, 3)
     other = tiny_net(label_dim=10, seed=5)
-    assert f != gen.generation_fingerprint(other, edm_sampler, STEPS, "random")
+    assert f != samples.generation_fingerprint(other, edm_sampler, STEPS, "random")
 
 
 def test_cli_conditional_output_format(tmp_path, ckpts, capsys):
     out = tmp_path / "s" / "rep0.npz"
     grid = tmp_path / "s" / "grid.png"
-    gen.main(["--network", str(ckpts / "cond.pt"), "--seeds", "10-29", "--out", str(out), "--steps", "3",
+    aot_main(["generate", "--network", str(ckpts / "cond.pt"), "--seeds", "10-29", "--out", str(out), "--steps", "3",
               "--batch", "7", "--shard-size", "8", "--grid", str(grid), "--device", "cpu"])
     z = np.load(out, allow_pickle=False)
     assert set(z.files) == {"images", "labels", "seeds", "meta"}
@@ -209,12 +212,13 @@ def test_cli_conditional_output_format(tmp_path, ckpts, capsys):
     assert s["guidance"] is None
     assert meta["seeds"] == [10, 29] and meta["num_images"] == 20 and meta["time_s"] > 0
     assert "torch" in meta["env"]
-    assert not gen.shards_dir(out).exists()
+    assert not samples.shards_dir(out).exists()
     import PIL.Image
     with PIL.Image.open(grid) as g:
         assert g.size == (5 * 8, 4 * 8) and g.mode == "RGB"
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
-    lines = capsys.readouterr().out
+    captured = capsys.readouterr()
+    lines = captured.out + captured.err  # the progress bar writes to stderr
     assert "img/s" in lines and "ETA" in lines
     # same seeds through the library give the same images
     net = load_network(ckpts / "cond.pt")[0]
@@ -225,14 +229,14 @@ def test_cli_conditional_output_format(tmp_path, ckpts, capsys):
 
 def test_cli_fixed_class_unconditional_and_euler(tmp_path, ckpts):
     out = tmp_path / "fixed.npz"
-    gen.main(["--network", str(ckpts / "cond.pt"), "--seeds", "0-5", "--out", str(out), "--steps", "3",
+    aot_main(["generate", "--network", str(ckpts / "cond.pt"), "--seeds", "0-5", "--out", str(out), "--steps", "3",
               "--class-labels", "7", "--device", "cpu"])
     z = np.load(out)
     assert z["labels"].tolist() == [7] * 6
     assert json.loads(str(z["meta"]))["sampler"]["class_labels"] == 7
 
     out = tmp_path / "uncond.npz"
-    gen.main(["--network", str(ckpts / "uncond.pt"), "--seeds", "0,4,9", "--out", str(out), "--steps", "5",
+    aot_main(["generate", "--network", str(ckpts / "uncond.pt"), "--seeds", "0,4,9", "--out", str(out), "--steps", "5",
               "--solver", "euler", "--S-churn", "10", "--grid", str(tmp_path / "g.png"), "--device", "auto",
               "--threads", "1", "--model-name", "edm-uncond"])
     z = np.load(out)
@@ -288,7 +292,7 @@ def test_bad_input_one_line_no_output(tmp_path, ckpts, capsys, extra, message):
             i += 1
     argv = [x for kv in args.items() for x in kv] + flags
     with pytest.raises(SystemExit) as exc:
-        gen.main(argv)
+        aot_main(["generate", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
@@ -298,7 +302,7 @@ def test_bad_input_one_line_no_output(tmp_path, ckpts, capsys, extra, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_requested_without_cuda(tmp_path, ckpts, capsys):
     with pytest.raises(SystemExit):
-        gen.main(["--network", str(ckpts / "cond.pt"), "--seeds", "0", "--out", str(tmp_path / "x.npz"),
+        aot_main(["generate", "--network", str(ckpts / "cond.pt"), "--seeds", "0", "--out", str(tmp_path / "x.npz"),
                   "--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -307,32 +311,63 @@ def test_cuda_requested_without_cuda(tmp_path, ckpts, capsys):
 def test_load_samples_roundtrip(tmp_path, cond_net):
     gen.run_generation(cond_net, tmp_path / "x.npz", [1, 2], sampler_kwargs=STEPS, device="cpu",
                        meta={"sampler": {"key": "k"}}, log=_quiet)
-    rec = gen.load_samples(tmp_path / "x.npz")
+    rec = samples.load_samples(tmp_path / "x.npz")
     assert rec["meta"]["sampler"] == {"key": "k"} and rec["seeds"].tolist() == [1, 2]
-    with pytest.raises(gen.UserError, match="does not exist"):
-        gen.load_samples(tmp_path / "none.npz")
+    with pytest.raises(UserError, match="does not exist"):
+        samples.load_samples(tmp_path / "none.npz")
+
+
+def test_generation_in_process_restores_signal_handlers(tmp_path, ckpts):
+    """A library call installs its SIGTERM/SIGUSR1 handlers for its own duration only: afterwards the
+    host process's handlers are back, and a later SIGTERM reaches them (no SystemExit(75))."""
+    seen = []
+
+    def mine(signum, frame):
+        seen.append(signum)
+
+    previous = {sig: signal.signal(sig, mine) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        gen.generate_set(network=ckpts / "cond.pt", seeds="0-1", out=tmp_path / "x.npz", num_steps=2, device="cpu")
+        assert (tmp_path / "x.npz").exists()
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGUSR1) is mine
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGTERM]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun(tmp_path, ckpts):
     """A real `kill -9` of the command line: the rerun keeps the finished shards, same images."""
     out = tmp_path / "k.npz"
-    cmd = [sys.executable, "-m", "aot.generate", "--network", str(ckpts / "cond.pt"), "--seeds", "0-39",
+    cmd = [sys.executable, "-m", "aot", "generate", "--network", str(ckpts / "cond.pt"), "--seeds", "0-39",
            "--out", str(out), "--steps", "6", "--batch", "4", "--shard-size", "4", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    sdir = gen.shards_dir(out)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if sdir.is_dir() and len(list(sdir.glob("shard-*.npz"))) >= 2:
+    import shutil
+
+    sdir = samples.shards_dir(out)
+    # kill after 2 finished shards; if generation finishes first, again with an earlier kill
+    for need, poll in ((2, 0.02), (2, 0.0), (1, 0.0)):
+        shutil.rmtree(sdir, ignore_errors=True)
+        out.unlink(missing_ok=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sdir.is_dir() and len(list(sdir.glob("shard-*.npz"))) >= need:
+                break
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL and not out.exists():
             break
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        pytest.skip("generation finished before it could be killed")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    else:
+        pytest.fail("generation finished before the kill landed, even with the earliest kill")
     kept = sorted(p.name for p in sdir.glob("shard-*.npz"))
-    assert 2 <= len(kept) < 10 and not out.exists()
+    assert need <= len(kept) < 10 and not out.exists()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"resuming: {len(kept)} of 10 shards" in res.stdout
@@ -340,7 +375,7 @@ def test_sigkill_mid_run_then_rerun(tmp_path, ckpts):
     assert z["seeds"].tolist() == list(range(40))
     # an uninterrupted run (same shard and batch layout, one thread as in the subprocess)
     ref = tmp_path / "ref.npz"
-    gen.main(cmd[cmd.index("--network"):cmd.index("--out") + 1] + [str(ref)] + cmd[cmd.index("--out") + 2:])
+    aot_main(cmd[cmd.index("generate"):cmd.index("--out") + 1] + [str(ref)] + cmd[cmd.index("--out") + 2:])
     zr = np.load(ref)
     np.testing.assert_array_equal(z["images"], zr["images"])
     np.testing.assert_array_equal(z["labels"], zr["labels"])
@@ -352,17 +387,18 @@ def test_two_processes_match_one(tmp_path, ckpts):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed")
-    args = ["-m", "aot.generate", "--network", str(ckpts / "cond.pt"), "--seeds", "0-17", "--steps", "3",
+    args = ["-m", "aot", "generate", "--network", str(ckpts / "cond.pt"), "--seeds", "0-17", "--steps", "3",
             "--batch", "4", "--shard-size", "4", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2"] + args + ["--out", str(tmp_path / "two.npz")],
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", *args,
+                          "--out", str(tmp_path / "two.npz")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    gen.main(args[2:] + ["--out", str(tmp_path / "one.npz")])
+    aot_main(args[2:] + ["--out", str(tmp_path / "one.npz")])
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     for k in ("images", "labels", "seeds"):
         np.testing.assert_array_equal(a[k], b[k])
-    assert not gen.shards_dir(tmp_path / "two.npz").exists()
+    assert not samples.shards_dir(tmp_path / "two.npz").exists()
 
 
 def test_fast_sampling_is_close_to_fp32_and_kept_apart(tmp_path):
@@ -385,7 +421,7 @@ def test_fast_sampling_is_close_to_fp32_and_kept_apart(tmp_path):
     outs = {}
     for mode in ("fp32", "fast"):
         out = tmp_path / f"{mode}.npz"
-        cmd = [sys.executable, "-m", "aot.generate", "--network", str(ckpt), "--seeds", "0-15", "--steps", "6",
+        cmd = [sys.executable, "-m", "aot", "generate", "--network", str(ckpt), "--seeds", "0-15", "--steps", "6",
                "--out", str(out), "--device", "cpu", "--threads", "1"] + (["--fast"] if mode == "fast" else [])
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr

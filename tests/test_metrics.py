@@ -1,4 +1,4 @@
-"""Frechet distance, repeat aggregation, the offline feature network, and the `aot.fid` commands."""
+"""Frechet distance, repeat aggregation, the offline feature network, and the `python -m aot fid` commands."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ import pytest
 import torch
 
 from aot import fid, metrics
+from aot.cli import build_parser
+from aot.cli import main as aot_main
+from aot.errors import UserError
+from aot.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -85,7 +89,8 @@ def test_feature_statistics_match_numpy():
 def test_aggregate_repeats():
     agg = metrics.aggregate_repeats([3.0, 2.0, 4.0])
     assert agg == {"min": 2.0, "mean": 3.0, "std": pytest.approx(1.0), "n": 3}
-    assert metrics.aggregate_repeats([2.5]) == {"min": 2.5, "mean": 2.5, "std": 0.0, "n": 1}
+    one = metrics.aggregate_repeats([2.5])  # one repeat: no spread (NaN, as the report's tables)
+    assert np.isnan(one.pop("std")) and one == {"min": 2.5, "mean": 2.5, "n": 1}
     with pytest.raises(ValueError):
         metrics.aggregate_repeats([])
 
@@ -122,10 +127,10 @@ def digits(tmp_path_factory):
     write_dataset(root / "digits.zip", images, labels)
     threads = torch.get_num_threads()
     try:  # one thread: a tiny network gains nothing from more, and loses much on a busy machine
-        fid.main(["train-features", "--data", str(root / "digits.zip"), "--out", str(root / "featnet.pt"),
+        aot_main(["fid", "train-features", "--data", str(root / "digits.zip"), "--out", str(root / "featnet.pt"),
                   "--epochs", "10", "--batch", "32", "--feature-dim", "16", "--width", "8", "--device", "cpu",
                   "--threads", "1"])
-        fid.main(["reference", "--data", str(root / "digits.zip"), "--features", str(root / "featnet.pt"),
+        aot_main(["fid", "reference", "--data", str(root / "digits.zip"), "--features", str(root / "featnet.pt"),
                   "--out", str(root / "ref.npz"), "--device", "cpu", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
@@ -158,7 +163,7 @@ def test_reference_file(digits):
 def test_measure_same_images_zero_and_noise_large(digits, tmp_path, capsys):
     root, images, _ = digits
     same = _samples_npz(tmp_path / "same.npz", images[..., None], META, seeds=range(600))
-    fid.main(["measure", "--samples", str(same), "--ref", str(root / "ref.npz"), "--repeat", "2",
+    aot_main(["fid", "measure", "--samples", str(same), "--ref", str(root / "ref.npz"), "--repeat", "2",
               "--out", str(tmp_path / "same.json"), "--device", "cpu"])
     res = json.loads((tmp_path / "same.json").read_text())
     assert abs(res["fid"]) < 1e-6
@@ -180,12 +185,13 @@ def test_measure_same_images_zero_and_noise_large(digits, tmp_path, capsys):
                          np.random.default_rng(0).integers(0, 256, (600, 8, 8, 1), dtype=np.uint8))
     vals = {}
     for name, path in (("half", half), ("noise", noise)):
-        fid.main(["measure", "--samples", str(path), "--ref", str(root / "ref.npz"),
+        aot_main(["fid", "measure", "--samples", str(path), "--ref", str(root / "ref.npz"),
                   "--out", str(tmp_path / f"{name}.json"), "--device", "cpu"])
         vals[name] = json.loads((tmp_path / f"{name}.json").read_text())["fid"]
     assert 0 < vals["half"] < vals["noise"] / 20
 
-    fid.main(["aggregate", str(tmp_path / "same.json"), str(tmp_path / "same.json"), "--out", str(tmp_path / "a.json")])
+    aot_main(["fid", "aggregate", str(tmp_path / "same.json"), str(tmp_path / "same.json"),
+              "--out", str(tmp_path / "a.json")])
     agg = json.loads((tmp_path / "a.json").read_text())
     assert agg["n"] == 2 and agg["min"] == res["fid"] and agg["std"] == 0.0
 
@@ -195,14 +201,14 @@ def test_measure_rejects_mismatched_samples(digits, tmp_path, capsys):
     rgb = _samples_npz(tmp_path / "rgb.npz", np.repeat(images[..., None], 3, axis=-1))
     out = tmp_path / "x.json"
     with pytest.raises(SystemExit) as exc:
-        fid.main(["measure", "--samples", str(rgb), "--ref", str(root / "ref.npz"), "--out", str(out)])
+        aot_main(["fid", "measure", "--samples", str(rgb), "--ref", str(root / "ref.npz"), "--out", str(out)])
     assert exc.value.code == 2 and not out.exists()
     assert "3x8x8" in capsys.readouterr().err
     big = _samples_npz(tmp_path / "big.npz", np.zeros((4, 16, 16, 1), np.uint8))
     with pytest.raises(SystemExit):
-        fid.main(["measure", "--samples", str(big), "--ref", str(root / "ref.npz"), "--out", str(out)])
+        aot_main(["fid", "measure", "--samples", str(big), "--ref", str(root / "ref.npz"), "--out", str(out)])
     with pytest.raises(SystemExit):  # an Inception measurement against offline statistics
-        fid.main(["measure", "--samples", str(rgb), "--ref", str(root / "ref.npz"), "--features", "inception",
+        aot_main(["fid", "measure", "--samples", str(rgb), "--ref", str(root / "ref.npz"), "--features", "inception",
                   "--out", str(out)])
     net, meta = metrics.load_feature_net(root / "featnet.pt")
     with torch.no_grad():
@@ -210,7 +216,7 @@ def test_measure_rejects_mismatched_samples(digits, tmp_path, capsys):
     metrics.save_feature_net(tmp_path / "other.pt", net, **meta)
     gray = _samples_npz(tmp_path / "gray.npz", images[..., None])
     with pytest.raises(SystemExit):  # not the feature network the reference was computed with
-        fid.main(["measure", "--samples", str(gray), "--ref", str(root / "ref.npz"), "--features",
+        aot_main(["fid", "measure", "--samples", str(gray), "--ref", str(root / "ref.npz"), "--features",
                   str(tmp_path / "other.pt"), "--out", str(out)])
     assert "is not the one reference" in capsys.readouterr().err
     assert not out.exists()
@@ -233,15 +239,15 @@ def test_missing_inception_fails_at_once(tmp_path, capsys, no_network, monkeypat
     samples = _samples_npz(tmp_path / "s.npz", np.zeros((4, 8, 8, 3), np.uint8))
     out = tmp_path / "ref.npz"
     with pytest.raises(SystemExit) as exc:
-        fid.main(["reference", "--data", str(samples), "--features", "inception", "--cache-dir",
+        aot_main(["fid", "reference", "--data", str(samples), "--features", "inception", "--cache-dir",
                   str(tmp_path / "cache"), "--out", str(out)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "inception-2015-12-05.pt" in err[0]
-    assert f"python -m aot.fid fetch-assets --cache-dir {tmp_path / 'cache'}" in err[0]
+    assert f"python -m aot fid fetch-assets --cache-dir {tmp_path / 'cache'}" in err[0]
     assert not out.exists()
     with pytest.raises(SystemExit):
-        fid.main(["reference", "--precomputed", "cifar10", "--cache-dir", str(tmp_path / "cache"),
+        aot_main(["fid", "reference", "--precomputed", "cifar10", "--cache-dir", str(tmp_path / "cache"),
                   "--out", str(out)])
     assert "cifar10_legacy_tensorflow_train_32.npz" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "cache").exists()
@@ -254,7 +260,7 @@ def test_missing_assets_command_line(tmp_path):
              feature=np.array("inception-v3-tf"), resolution=np.array(32), channels=np.array(3),
              num_images=np.array(10))
     env = dict(os.environ, AOT_FID_CACHE=str(tmp_path / "empty"), PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.run([sys.executable, "-m", "aot.fid", "measure", "--samples", str(samples), "--ref",
+    proc = subprocess.run([sys.executable, "-m", "aot", "fid", "measure", "--samples", str(samples), "--ref",
                            str(tmp_path / "ref.npz"), "--out", str(tmp_path / "x.json")],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
@@ -306,7 +312,7 @@ def test_fetch_assets_from_local_server(served, tmp_path, capsys):
     cache = tmp_path / "cache"
     args = ["fetch-assets", "--dest", str(cache), "--inception-url", f"{base}/inception-2015-12-05.pt",
             "--stats-url", f"{base}/cifar10_legacy_tensorflow_train_32.npz"]
-    fid.main(args)
+    aot_main(["fid", *args])
     for name in ("inception-2015-12-05.pt", "cifar10_legacy_tensorflow_train_32.npz"):
         assert (cache / name).read_bytes() == (site / name).read_bytes()
     assert sorted(p.name for p in cache.iterdir()) == ["assets.json", "cifar10_legacy_tensorflow_train_32.npz",
@@ -314,18 +320,57 @@ def test_fetch_assets_from_local_server(served, tmp_path, capsys):
     manifest = json.loads((cache / "assets.json").read_text())
     assert manifest["files"]["inception"]["url"] == f"{base}/inception-2015-12-05.pt"
     assert manifest["files"]["cifar10"]["bytes"] == (site / "cifar10_legacy_tensorflow_train_32.npz").stat().st_size
-    fid.main(args)
+    aot_main(["fid", *args])
     assert capsys.readouterr().out.count("present:") == 2
 
     with pytest.raises(SystemExit) as exc:  # 404
-        fid.main(["fetch-assets", "--dest", str(tmp_path / "c2"), "--only", "inception",
+        aot_main(["fid", "fetch-assets", "--dest", str(tmp_path / "c2"), "--only", "inception",
                   "--inception-url", f"{base}/missing.pt"])
     assert exc.value.code == 2 and "HTTP 404" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # served but not a torchscript archive
-        fid.main(["fetch-assets", "--dest", str(tmp_path / "c2"), "--only", "inception",
+        aot_main(["fid", "fetch-assets", "--dest", str(tmp_path / "c2"), "--only", "inception",
                   "--inception-url", f"{base}/broken.pt"])
     assert "not a valid file" in capsys.readouterr().err
     assert not list((tmp_path / "c2").iterdir())
+
+
+def test_inception_needs_a_cache_folder(tmp_path, capsys, no_network, monkeypatch):
+    """No shared default (clean-fid's is the world-writable /tmp): the commands say what to pass."""
+    monkeypatch.delenv("AOT_FID_CACHE", raising=False)
+    samples = _samples_npz(tmp_path / "s.npz", np.zeros((4, 8, 8, 3), np.uint8))
+    for argv in (["fetch-assets"], ["fetch-assets", "--only", "inception"],
+                 ["reference", "--data", str(samples), "--out", str(tmp_path / "ref.npz")]):
+        with pytest.raises(SystemExit) as exc:
+            aot_main(["fid", *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and "--cache-dir" in err[0] and "AOT_FID_CACHE" in err[0]
+    assert list(tmp_path.iterdir()) == [samples]
+
+
+def test_inception_weights_verified_before_loading(served, tmp_path, monkeypatch):
+    site, base = served
+    cache = tmp_path / "cache"
+    aot_main(["fid", "fetch-assets", "--dest", str(cache), "--only", "inception",
+              "--inception-url", f"{base}/inception-2015-12-05.pt"])
+    recorded = json.loads((cache / "assets.json").read_text())["files"]["inception"]["sha256"]
+    assert recorded == sha256_file(site / "inception-2015-12-05.pt") != fid.INCEPTION_SHA256
+    assert fid.require_inception(cache) == (cache / "inception-2015-12-05.pt", recorded)
+
+    other = _FakeInception()
+    other.layers = torch.nn.ReLU()  # another valid TorchScript file in the weights' place
+    torch.jit.script(other).save(str(cache / "inception-2015-12-05.pt"))
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("unverified weights loaded"))
+    with pytest.raises(UserError, match=f"expected {recorded} \\(recorded in .*assets.json"):
+        fid.require_inception(cache)
+    with pytest.raises(UserError, match="refusing to load"):
+        metrics.inception_feature_fn(cache / "inception-2015-12-05.pt", "cpu", sha256=recorded)
+    (cache / "assets.json").unlink()  # no record: the published digest of clean-fid's file applies
+    with pytest.raises(UserError, match=f"expected {fid.INCEPTION_SHA256} \\(the published digest"):
+        fid.require_inception(cache)
+    with pytest.raises(UserError, match="wrong sha256 checksum"):  # an explicit digest is checked on fetch
+        fid.fetch_assets(cache_dir=tmp_path / "c3", only=["inception"], inception_sha256="ab" * 32,
+                         inception_url=f"{base}/inception-2015-12-05.pt")
+    assert not list((tmp_path / "c3").iterdir())
 
 
 def test_default_urls_are_clean_fids():
@@ -334,15 +379,15 @@ def test_default_urls_are_clean_fids():
     assert fid.INCEPTION_URL == inception_url
     assert fid.precomputed_url("cifar10").endswith("/cifar10_legacy_tensorflow_train_32.npz")
     assert fid.precomputed_url("cifar10").startswith("https://www.cs.cmu.edu/~clean-fid/stats/")
-    parser = fid.build_parser()
-    assert parser.parse_args(["fetch-assets"]).inception_url == inception_url
+    parser = build_parser()
+    assert parser.parse_args(["fid", "fetch-assets"]).inception_url == inception_url
 
 
 def test_inception_path_with_fetched_assets(served, tmp_path, monkeypatch):
     """reference --precomputed + measure through clean-fid's InceptionV3W wrapper (fake weights)."""
     site, base = served
     cache = tmp_path / "cache"
-    fid.main(["fetch-assets", "--dest", str(cache), "--inception-url", f"{base}/inception-2015-12-05.pt",
+    aot_main(["fid", "fetch-assets", "--dest", str(cache), "--inception-url", f"{base}/inception-2015-12-05.pt",
               "--stats-url", f"{base}/cifar10_legacy_tensorflow_train_32.npz"])
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("download attempted"))
     monkeypatch.setenv("AOT_FID_CACHE", str(cache))
@@ -355,15 +400,16 @@ def test_inception_path_with_fetched_assets(served, tmp_path, monkeypatch):
 
     images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     write_dataset(tmp_path / "rgb.zip", images, None)
-    fid.main(["reference", "--precomputed", "cifar10", "--data", str(tmp_path / "rgb.zip"),
+    aot_main(["fid", "reference", "--precomputed", "cifar10", "--data", str(tmp_path / "rgb.zip"),
               "--out", str(tmp_path / "ref.npz")])
     ref = fid.load_reference(tmp_path / "ref.npz")
     assert ref["feature"] == "inception-v3-tf" and ref["mode"] == "legacy_tensorflow"
     assert ref["num_images"] == 50000 and (ref["resolution"], ref["channels"]) == (32, 3)
 
     samples = _samples_npz(tmp_path / "s.npz", images, META)
-    fid.main(["measure", "--samples", str(samples), "--ref", str(tmp_path / "ref.npz"), "--features", "inception",
-              "--out", str(tmp_path / "s.json"), "--device", "cpu", "--batch", "16", "--threads", "1"])
+    aot_main(["fid", "measure", "--samples", str(samples), "--ref", str(tmp_path / "ref.npz"),
+              "--features", "inception", "--out", str(tmp_path / "s.json"), "--device", "cpu", "--batch", "16",
+              "--threads", "1"])
     res = json.loads((tmp_path / "s.json").read_text())
     assert res["feature_network"] == {"name": "inception-v3-tf", "mode": "legacy_tensorflow", "path": None,
                                       "dims": 2048}
@@ -377,10 +423,10 @@ def test_inception_path_with_fetched_assets(served, tmp_path, monkeypatch):
     gray = images[..., 0]
     write_dataset(tmp_path / "gray.zip", gray, None)
     with pytest.raises(SystemExit):  # CIFAR-10 statistics for a 1x32x32 dataset
-        fid.main(["reference", "--precomputed", "cifar10", "--data", str(tmp_path / "gray.zip"),
+        aot_main(["fid", "reference", "--precomputed", "cifar10", "--data", str(tmp_path / "gray.zip"),
                   "--out", str(tmp_path / "bad.npz")])
     assert not (tmp_path / "bad.npz").exists()
-    fid.main(["reference", "--data", str(tmp_path / "gray.zip"), "--out", str(tmp_path / "gref.npz"),
+    aot_main(["fid", "reference", "--data", str(tmp_path / "gray.zip"), "--out", str(tmp_path / "gref.npz"),
               "--device", "cpu"])
     gref = fid.load_reference(tmp_path / "gref.npz")
     assert gref["channels"] == 1
@@ -391,8 +437,8 @@ def test_inception_path_with_fetched_assets(served, tmp_path, monkeypatch):
 @pytest.mark.parametrize("channels", [3, 1])
 def test_inception_inputs_match_clean_fid_folder_loader(tmp_path, channels):
     """Arrays fed by aot.metrics equal what clean-fid's own folder pipeline feeds (legacy_tensorflow)."""
-    from PIL import Image
     from cleanfid.fid import get_folder_features
+    from PIL import Image
 
     images = np.random.default_rng(channels).integers(0, 256, (7, 32, 32, channels), dtype=np.uint8)
     folder = tmp_path / "imgs"

@@ -186,7 +186,9 @@ def test_noise_multiset_unchanged():
     for lab in (None, labels):
         perm = assign_noise(x, y, lab)
         paired = y[perm]
-        key = lambda t: sorted(map(tuple, t.reshape(len(t), -1).tolist()))
+        def key(t):
+            return sorted(map(tuple, t.reshape(len(t), -1).tolist()))
+
         assert key(paired) == key(y)
 
 
@@ -219,7 +221,7 @@ def make_draw_fn(pool_size, delay=0.0, fail_at=None, labels=True, calls=None):
 
 def take(pool, n_batches):
     out = []
-    for b, batch in zip(range(n_batches), pool.batches()):
+    for _, batch in zip(range(n_batches), pool.batches()):
         out.append(tuple(None if t is None else t.clone() for t in batch))
     return out
 

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-
 import slurm_helpers as sh
+import yaml
+from conftest import skip_or_fail
 from slurm_helpers import REPO
+
 
 def _workflow_rules() -> set[str]:
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules", "--workflow-profile", "none"],
@@ -75,7 +76,7 @@ PLUGIN_MANAGED_OPTIONS = re.compile(
 
 
 def test_workflow_profile_resources():
-    prof = _load(REPO / "workflow" / "profiles" / "default" / "config.yaml")
+    prof = _load(REPO / "profiles" / "default" / "config.yaml")
     # default-resources here would silently drop account/partition of the user's profile
     assert "default-resources" not in prof
     assert prof["retries"] >= 1
@@ -179,6 +180,22 @@ def test_missing_slurm_skips_outside_ci_and_fails_in_ci(monkeypatch, tmp_path):
         sh.require_slurm()
 
 
+def test_fault_tests_fail_instead_of_skipping_in_ci(monkeypatch):
+    from conftest import in_ci
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("AOT_REQUIRE_SLURM", raising=False)
+    assert not in_ci()
+    with pytest.raises(pytest.skip.Exception, match="no fault here"):
+        skip_or_fail("no fault here")
+    for name, value in (("CI", "true"), ("AOT_REQUIRE_SLURM", "1")):
+        monkeypatch.setenv(name, value)
+        assert in_ci()
+        with pytest.raises(pytest.fail.Exception, match="no fault here .*must run, not be skipped"):
+            skip_or_fail("no fault here")
+        monkeypatch.delenv(name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Real runs through sbatch
 
@@ -274,14 +291,14 @@ rule train:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path):
+def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path, record_fault):
     """What `--signal=TERM@300` does before the time limit: SIGTERM to the job's steps.
 
     The job saves and exits 75; Snakemake re-submits it (retries) and the new attempt resumes.
     """
     if not sh.step_signals_reach_rule_commands():
-        pytest.skip("ProctrackType=proctrack/cgroup: Slurm signals only the Snakemake inside the "
-                    "job, not the rule's command (docs/slurm.md, section 5)")
+        skip_or_fail("ProctrackType=proctrack/cgroup: Slurm signals only the Snakemake inside the "
+                     "job, not the rule's command (docs/slurm.md, section 5)")
     (tmp_path / "trainer.py").write_text(TRAINER)
     (tmp_path / "Snakefile").write_text(TRAIN_SNAKEFILE)
     events = tmp_path / "events.log"
@@ -320,6 +337,8 @@ def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path):
     assert ids == {first: "train", second: "train"}
     assert sh.slurm_job_states(ids) == {first: "FAILED", second: "COMPLETED"}
     sh.assert_all_jobs_on_slurm(tmp_path, local_rules={"all"})
+    record_fault("interruption", "Slurm job signalled (`scancel --signal=TERM`, as `--signal=TERM@300` does)",
+                 f"saved at step {saved} of 30, exit 75; Snakemake re-submitted it and the retry resumed")
 
 
 @pytest.mark.slurm
@@ -344,3 +363,4 @@ def test_tiny_pipeline_on_slurm_matches_the_local_run(slurm, tiny_run, tmp_path)
         assert a["seeds"] == b["seeds"] and a["sampler"] == b["sampler"]
     assert (tmp_path / "results" / RUN / "tables" / "table4.md").read_text() == \
         (tiny_run / "results" / RUN / "tables" / "table4.md").read_text()
+

@@ -22,17 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "digits.zip"
-    subprocess.run([sys.executable, "-m", "aot.data", "digits", "--resolution", "8", "--dest", str(out)],
+    subprocess.run([sys.executable, "-m", "aot", "data", "digits", "--resolution", "8", "--dest", str(out)],
                    check=True, capture_output=True)
     return out
 
 
 def train_cmd(outdir: Path, data: Path, *extra: str, kimg: float = 0.512) -> list[str]:
-    return [sys.executable, "-m", "aot.train", "--outdir", str(outdir), "--data", str(data),
+    return [sys.executable, "-m", "aot", "train", "--outdir", str(outdir), "--data", str(data),
             "--arch", "ddpmpp", "--cbase", "8", "--cres", "1,2", "--num-blocks", "1", "--attn", "",
             "--duration", str(kimg / 1000), "--batch", "32", "--batch-gpu", "16", "--pool-size", "64",
             "--lr", "2e-3", "--lr-rampup", "0.0002", "--ema", "0.0005", "--dropout", "0.1", "--augment", "0.12",
-            "--tick", "0.064", "--dump", "1", "--snap", "1000", "--device", "cpu", "--deterministic", "true",
+            "--tick", "0.064", "--dump", "1", "--snap", "1000", "--device", "cpu", "--deterministic",
             "--threads", "1", *extra]
 
 
@@ -55,7 +55,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def straight_run(digits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("straight")
-    res = run(train_cmd(out, digits, "--aot", "true"))
+    res = run(train_cmd(out, digits, "--aot"))
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
@@ -86,26 +86,50 @@ def test_training_writes_outputs_and_logs_pairing(straight_run):
     assert meta["aot"] is True and meta["cond"] is False and meta["kimg"] == pytest.approx(0.512)
 
 
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _sigterm_after(cmd: list[str], stats: Path, new_ticks: int) -> tuple[int, str]:
+    """Run `cmd`; once `new_ticks` more ticks are in `stats` (the loop and its handler are running),
+    send SIGTERM. Returns the exit code and the output."""
+    before = _lines(stats)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and _lines(stats) < before + new_ticks:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    return proc.returncode, output
+
+
 def test_sigterm_then_resume_gives_identical_weights(digits, straight_run, tmp_path, record_fault):
-    """Interrupt with SIGTERM twice at different points; the resumed runs end bit-identical."""
+    """Interrupt with SIGTERM twice at different points; the resumed runs end bit-identical.
+
+    Both signals must land mid-run (exit 75 with the state saved); if a run finishes first, the
+    whole sequence starts again with earlier signals."""
+    import shutil
+
     out = tmp_path / "killed"
-    cmd = train_cmd(out, digits, "--aot", "true")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for delay_ticks in (1, 3):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        # wait until the run has made progress past `delay_ticks` ticks, then signal it
-        deadline = time.time() + 300
-        stats = out / "stats.jsonl"
-        while time.time() < deadline and proc.poll() is None:
-            if stats.exists() and len(stats.read_text().splitlines()) >= delay_ticks:
+    cmd = train_cmd(out, digits, "--aot")
+    stats = out / "stats.jsonl"
+    for schedule in ((1, 2), (1, 1)):  # ticks of each attempt before its signal
+        shutil.rmtree(out, ignore_errors=True)
+        codes = []
+        for new_ticks in schedule:
+            code, output = _sigterm_after(cmd, stats, new_ticks)
+            assert code in (0, 75), output[-3000:]
+            codes.append(code)
+            if code == 0:  # finished before the signal landed
                 break
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode in (0, 75), output[-3000:]
-        if proc.returncode == 75:
             assert "state saved" in output
+            assert (out / "training-state.pt").exists() and not (out / "network-final.pt").exists()
+        if codes == [75, 75]:
+            break
+    else:
+        pytest.fail(f"training finished before the SIGTERM landed, even with the earliest signals (exits {codes})")
     res = run(cmd)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_weights(final_weights(out), final_weights(straight_run))
@@ -115,25 +139,39 @@ def test_sigterm_then_resume_gives_identical_weights(digits, straight_run, tmp_p
 
 
 def test_kill9_then_resume_gives_identical_weights(digits, straight_run, tmp_path, record_fault):
+    """SIGKILL after the first state dump, mid-run (no network-final.pt yet); if the run finishes
+    before the kill, again with an earlier kill."""
+    import shutil
+
     out = tmp_path / "kill9"
-    cmd = train_cmd(out, digits, "--aot", "true")
+    cmd = train_cmd(out, digits, "--aot")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (out / "training-state.pt").exists():
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.kill()
-    proc.wait()
+    for delay in (0.3, 0.0):  # seconds after the first state dump
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not (out / "training-state.pt").exists():
+            time.sleep(0.02)
+        assert (out / "training-state.pt").exists(), "no state dump before the kill"
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        final_after_kill = (out / "network-final.pt").exists()
+        if proc.returncode == -signal.SIGKILL and not final_after_kill:
+            break
+    else:
+        pytest.fail("training finished before the SIGKILL landed, even right after the first state dump")
+    assert not final_after_kill and (out / "training-state.pt").exists()
     res = run(cmd)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_weights(final_weights(out), final_weights(straight_run))
     record_fault("interruption", "training killed with SIGKILL (node failure) after its first state dump",
-                 "resumed from the last state; final EMA weights bit-identical to an uninterrupted run")
+                 "killed mid-run (no network-final.pt); resumed from the last state; final EMA weights "
+                 "bit-identical to an uninterrupted run")
 
 
 def test_aot_off_is_a_different_run(digits, straight_run, tmp_path):
-    res = run(train_cmd(tmp_path, digits, "--aot", "false", kimg=0.128))
+    res = run(train_cmd(tmp_path, digits, "--no-aot", kimg=0.128))
     assert res.returncode == 0, res.stderr[-3000:]
     stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
     # Independent noise: the served pairs are the random pairs.
@@ -142,13 +180,59 @@ def test_aot_off_is_a_different_run(digits, straight_run, tmp_path):
 
 def test_two_process_gloo_training(digits, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           *train_cmd(tmp_path, digits, "--aot", "true", "--cond", "true", kimg=0.128)[1:]]
+           *train_cmd(tmp_path, digits, "--aot", "--cond", kimg=0.128)[1:]]
     res = run(cmd)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     opts = json.loads((tmp_path / "training_options.json").read_text())
     assert opts["world_size"] == 2 and opts["accumulation_rounds"] == 1
     net, meta = load_network(tmp_path / "network-final.pt")
     assert meta["cond"] is True and net.label_dim == 10
+    # The numbers: a second identical 2-process run ends bit-identical (weights and per-tick losses;
+    # gloo's all-reduce over two ranks is exact), and the losses are finite.
+    again = tmp_path / "again"
+    at = cmd.index("--outdir") + 1
+    res = run([*cmd[:at], str(again), *cmd[at + 1:]])
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    assert_same_weights(final_weights(tmp_path), final_weights(again))
+    losses = [[json.loads(line)["loss"] for line in (d / "stats.jsonl").read_text().splitlines()]
+              for d in (tmp_path, again)]
+    assert losses[0] == losses[1] and len(losses[0]) >= 2
+    assert all(0 < loss < 100 for loss in losses[0]), losses[0]
+
+
+def _torchrun(cmd: list[str], nproc: int = 2) -> list[str]:
+    """`cmd` (a `python -m aot train ...` command) under torchrun with `nproc` CPU processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *cmd[1:]]
+
+
+def test_two_process_state_resumed_by_one_process_is_refused(digits, tmp_path):
+    """Each process saved its own data stream and pools; one process cannot continue both: one line, exit 2."""
+    out = tmp_path / "two"
+    res = run(_torchrun(train_cmd(out, digits, "--aot", kimg=0.064)))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    state = (out / "training-state.pt").read_bytes()
+    res = run(train_cmd(out, digits, "--aot", kimg=0.128))
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "was saved by 2 processes and this run has 1; resume with --nproc-per-node 2" in res.stderr
+    assert (out / "training-state.pt").read_bytes() == state
+
+
+def test_one_process_state_resumed_by_two_processes_is_refused(digits, straight_run, tmp_path):
+    """The other way round: the ranks stop with the same line (no IndexError), the state is kept. (The
+    first rank to exit makes torchrun stop the other, which may not have printed its line yet.)"""
+    import shutil
+
+    out = tmp_path / "one"
+    shutil.copytree(straight_run, out)
+    state = (out / "training-state.pt").read_bytes()
+    res = run(_torchrun(train_cmd(out, digits, "--aot", kimg=1.024)))
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1, res.stderr[-4000:]
+    assert "was saved by 1 process and this run has 2; resume with one process" in errors[0]
+    assert "IndexError" not in res.stderr
+    assert (out / "training-state.pt").read_bytes() == state
 
 
 @pytest.mark.parametrize("args,message", [
@@ -174,7 +258,7 @@ def test_conditional_needs_labels(tmp_path):
     folder.mkdir()
     for i in range(4):
         Image.new("L", (8, 8), color=i * 40).save(folder / f"img{i}.png")
-    res = run(train_cmd(tmp_path / "out", folder, "--cond", "true"))
+    res = run(train_cmd(tmp_path / "out", folder, "--cond"))
     assert res.returncode == 2 and "labels" in res.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -185,7 +269,7 @@ def test_resume_with_another_dataset_is_refused(digits, straight_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(straight_run, out)
     other = tmp_path / "digits16.zip"
-    subprocess.run([sys.executable, "-m", "aot.data", "digits", "--resolution", "16", "--dest", str(other)],
+    subprocess.run([sys.executable, "-m", "aot", "data", "digits", "--resolution", "16", "--dest", str(other)],
                    check=True, capture_output=True)
     res = run(train_cmd(out, other, kimg=1.024))
     assert res.returncode == 2 and "another network or dataset" in res.stderr

@@ -1,9 +1,10 @@
-"""The Snakemake workflow without running jobs: dry runs of the paper DAG and config validation."""
+"""The Snakemake workflow without running jobs: dry runs of the paper DAG, config validation and
+layering, the workflow as a module of another one, and config/README.md against the schema."""
 
 from __future__ import annotations
 
-import copy
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -140,18 +141,23 @@ def _set(path: str, value):
 
 
 BAD_CONFIGS = {
-    "unknown top-level key": (lambda c: c.update(learning_rate=1), r"learning_rate"),
-    "unknown training key": (_set("training.batchsize", 3), r"batchsize"),
-    "wrong type": (_set("fid.repeats", "three"), r"repeats|three"),
-    "steps below 2": (_set("sampling.default.num_steps", 1), r"num_steps|minimum"),
+    "unknown top-level key": (lambda c: c.update(learning_rate=1), r"config error: learning_rate: unknown key"),
+    "unknown training key": (_set("training.batchsize", 3), r"config error: training\.batchsize: unknown key"),
+    "missing training key": (lambda c: c["training"].pop("lr"), r"config error: training\.lr: missing \(required\)"),
+    "unknown rule in resources": (_set("resources.trian", {"gpus": 1}), r"config error: resources\.trian: unknown key"),
+    "wrong type": (_set("fid.repeats", "three"), r"config error: fid\.repeats: 'three' is not of type 'integer'"),
+    "steps below 2": (_set("sampling.default.num_steps", 1),
+                      r"config error: sampling\.default\.num_steps: 1 is less than the minimum of 2"),
     "N not a multiple of B": (_set("training.pool_size", 100), r"pool_size N=100 is not a multiple of batch_gpu B=32"),
-    "N smaller than B": (_set("training.pool_size", 16), r"pool_size N=16|smaller"),
+    "N smaller than B": (_set("training.pool_size", 16), r"pool_size N=16 is not a multiple of batch_gpu B=32"),
     "model name used twice": (lambda c: c["models"].append(dict(c["models"][0])), r"'edm-uncond' is used twice"),
     "unknown model in a table": (_set("tables.uncond.aot", "nope"), r"tables.uncond.aot: unknown model 'nope'"),
-    "table model with wrong flags": (_set("tables.cond.edm", "edm-uncond"), r"tables.cond.edm: model 'edm-uncond' has cond=False"),
+    "table model with wrong flags": (_set("tables.cond.edm", "edm-uncond"),
+                                     r"tables.cond.edm: model 'edm-uncond' has cond=False"),
     "even NFE for Heun": (_set("sampling.table5.nfe", [8]), r"nfe: 8 is even"),
-    "bad device": (_set("device", "tpu"), r"tpu|device"),
-    "negative rho": (_set("sampling.default.rho", -1), r"rho|minimum|-1"),
+    "bad device": (_set("device", "tpu"), r"config error: device: 'tpu' is not one of \['cuda', 'cpu'\]"),
+    "negative rho": (_set("sampling.default.rho", -1),
+                     r"config error: sampling\.default\.rho: -1 is less than or equal to the minimum of 0"),
     "DG collects more than a sample set": (_set("dg.collect_images", 10**6), r"collect_images 1000000 exceeds"),
     "precomputed reference with offline features": (_set("fid.reference", "precomputed"), r"fid.reference"),
 }
@@ -182,3 +188,200 @@ def test_official_edm_pickles_as_baselines(tmp_path):
     counts = job_counts(res.stdout + res.stderr)
     assert counts["fetch_edm_pickle"] == 2 and counts["train"] == 2
     assert "edm-cifar10-32x32-uncond-ve.pkl" in res.stdout + res.stderr
+
+
+def test_config_errors_are_one_line_per_problem(tmp_path):
+    """Schema problems are reported together, one line each naming the key; neither the schema nor
+    the config is printed."""
+    def mutate(cfg):
+        cfg["fid"]["repeats"] = "three"
+        cfg["device"] = "tpu"
+        cfg["training"]["batchsize"] = 3
+    res = dry_run(configfile=_bad_config(tmp_path, mutate), cwd=tmp_path)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    lines = [line for line in out.splitlines() if line.startswith("config error: ")]
+    assert len(lines) == 3, out[-3000:]
+    assert lines[0] == "config error: device: 'tpu' is not one of ['cuda', 'cpu']"
+    assert lines[1] == "config error: fid.repeats: 'three' is not of type 'integer'"
+    assert lines[2].startswith("config error: training.batchsize: unknown key (known here: arch, ")
+    for dump in ("$defs", "additionalProperties", "On instance", "Failed validating"):
+        assert dump not in out
+    assert len(out.splitlines()) < 20, out
+
+
+# ------------------------------------------------------------------------------------------------
+# Which configuration: a complete --configfile stands alone, a partial one is layered onto the
+# paper's config/config.yaml (config/README.md).
+
+
+def _resources_of(output: str, rule: str) -> list[str]:
+    """The `resources:` lines of the dry run's jobs of one rule."""
+    out, in_rule = [], False
+    for line in output.splitlines():
+        if re.match(r"^(local)?rule \S+:$", line):
+            in_rule = line.strip() in (f"rule {rule}:", f"localrule {rule}:")
+        elif in_rule and line.startswith("    resources: "):
+            out.append(line.strip())
+    return out
+
+
+def test_partial_site_file_layers_onto_the_paper_config(tmp_path, paper_dry_run):
+    site = tmp_path / "site.yaml"
+    site.write_text("resources:\n  train: {partition: gpu-a100, runtime: 4000}\n")
+    res = dry_run(configfile=site, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "config: resources from the given config, everything else from config/config.yaml" in out
+    # the paper's DAG, job for job
+    assert job_counts(out) == job_counts(paper_dry_run.stdout + paper_dry_run.stderr)
+    assert "results/paper/README.md" in out
+    # the site's keys win, the paper's other resources of the rule stay
+    train = _resources_of(out, "train")
+    assert len(train) == 4
+    for line in train:
+        assert "slurm_partition=gpu-a100" in line and "runtime=4000" in line, line
+        assert "gpu=4" in line and "mem_mb=128000" in line and "cpus_per_task=32" in line, line
+
+
+def test_complete_config_stands_alone(tmp_path):
+    """Nothing of config/config.yaml leaks into a complete config: without a best sampler of its
+    own, aot-cond uses the default sampler, not the paper's (15 steps, rho 72)."""
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    del cfg["sampling"]["best"]["aot-cond"]
+    path = tmp_path / "demo-no-best.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = dry_run("-p", "table2", configfile=path, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "config/config.yaml" not in out and "results/demo/tables/table2.csv" in out
+    assert "rho72" not in out and "n15" not in out
+    assert job_counts(out)["generate"] == 2 * cfg["fid"]["repeats"]  # EDM and EDM-AOT, default sampler
+
+
+# ------------------------------------------------------------------------------------------------
+# The workflow as a Snakemake module of another workflow (what snakedeploy sets up)
+
+
+def test_workflow_as_a_module(tmp_path):
+    tiny = ROOT / "tests" / "configs" / "tiny.yaml"
+    outer = tmp_path / "Snakefile"
+    outer.write_text(
+        "module aot:\n"
+        "    snakefile:\n"
+        f"        {str(ROOT / 'Snakefile')!r}\n"
+        "    config:\n"
+        "        config\n"
+        "\n"
+        "\n"
+        "use rule * from aot\n"
+    )
+    cmd = [*SNAKEMAKE, "-n", "-p", "--snakefile", str(outer), "--directory", str(tmp_path), "--configfile", str(tiny)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    counts = job_counts(res.stdout + res.stderr)
+    (tmp_path / "direct").mkdir()
+    direct = dry_run(configfile=tiny, cwd=tmp_path / "direct")
+    assert direct.returncode == 0, direct.stderr[-3000:]
+    assert counts == job_counts(direct.stdout + direct.stderr)
+    assert counts["train"] == 4 and counts["report"] == 1
+    assert " -m aot train --outdir results/tiny/models/" in res.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# config/README.md documents every key of the schema: its key table is rendered from the schema.
+
+CONFIG_README = ROOT / "config" / "README.md"
+KEYS_BEGIN = "<!-- keys: rendered from workflow/schemas/config.schema.yaml by tests/test_workflow.py -->"
+KEYS_END = "<!-- end of keys -->"
+
+
+def config_key_rows(schema: dict) -> list[str]:
+    """One Markdown row per config key: dotted path, values, default, description. A mapping that
+    repeats the keys of one rendered before (same `$ref`) is one row pointing there."""
+    defs = schema["$defs"]
+    first: dict[str, str] = {}  # $defs name -> the path where its keys are listed
+    rows: list[str] = []
+
+    def resolve(node: dict) -> tuple[dict, str | None]:
+        ref = node.get("$ref", "").split("/")[-1] or None
+        if ref is None:
+            return node, None
+        base = defs[ref]
+        props = {k: {**v, **node.get("properties", {}).get(k, {})} for k, v in base.get("properties", {}).items()}
+        merged = {**base, **{k: v for k, v in node.items() if k != "$ref"}}
+        if props:
+            merged["properties"] = props
+        return merged, ref
+
+    def kind(node: dict) -> str:
+        node, _ = resolve(node)
+        if "enum" in node:
+            return " or ".join(f"`{v}`" for v in node["enum"])
+        if node.get("type") == "array":
+            return f"list of {kind(node['items'])}"
+        return {"object": "mapping"}.get(node.get("type"), node.get("type", ""))
+
+    def walk(raw: dict, path: str, required: bool) -> None:
+        node, ref = resolve(raw)
+        default = "required" if required else (f"`{json.dumps(node['default'])}`" if "default" in node else "")
+        desc = node.get("description", "")
+        repeat = ref in first and node.get("type") == "object"
+        if repeat:
+            own = {k: v["default"] for k, v in raw.get("properties", {}).items() if "default" in v}
+            desc += f"; keys as under `{first[ref]}`"
+            if own:
+                desc += " (defaults: " + ", ".join(f"{k} `{json.dumps(v)}`" for k, v in own.items()) + ")"
+        if path and not path.endswith("[]"):
+            rows.append(f"| `{path}` | {kind(node)} | {default} | {desc} |")
+        if repeat:
+            return
+        if ref is not None and node.get("type") == "object":
+            first[ref] = path
+        items = node.get("items")
+        if items is not None and resolve(items)[0].get("type") == "object":
+            walk(items, f"{path}[]", False)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.<model>", False)
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}" if path else name, name in node.get("required", []))
+
+    walk(schema, "", False)
+    return ["| key | value | default | description |", "|---|---|---|---|", *rows]
+
+
+def _readme_keys() -> list[str]:
+    text = CONFIG_README.read_text()
+    assert KEYS_BEGIN in text and KEYS_END in text, "config/README.md lost its key-table markers"
+    return text.split(KEYS_BEGIN, 1)[1].split(KEYS_END, 1)[0].strip().splitlines()
+
+
+def test_config_readme_lists_every_key():
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    rendered = config_key_rows(schema)
+    assert _readme_keys() == rendered, "config/README.md is stale: run `python tests/test_workflow.py`"
+    # independently of the renderer: every key name of the schema is in the table
+    names: set[str] = set()
+
+    def collect(node):
+        if isinstance(node, dict):
+            names.update(node.get("properties", {}))
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(schema)
+    table = "\n".join(rendered)
+    missing = sorted(n for n in names if not re.search(rf"[`.]{re.escape(n)}`", table))
+    assert not missing, missing
+
+
+if __name__ == "__main__":
+    # Re-render the key table of config/README.md from the schema.
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    head, rest = CONFIG_README.read_text().split(KEYS_BEGIN, 1)
+    tail = rest.split(KEYS_END, 1)[1]
+    rows = "\n".join(config_key_rows(schema))
+    CONFIG_README.write_text(f"{head}{KEYS_BEGIN}\n{rows}\n{KEYS_END}{tail}")

@@ -142,7 +142,7 @@ class AugmentPipe:
         args = ", ".join(f"{k}={v:g}" for k, v in self.init_kwargs.items())
         return f"AugmentPipe({args})"
 
-    def __call__(self, images, generator: torch.Generator | None = None):
+    def __call__(self, images, generator: torch.Generator | None = None):  # EDM port
         """Augment float NCHW `images`; random draws come from `generator` if given (else torch's RNG)."""
         N, C, H, W = images.shape
         device = images.device

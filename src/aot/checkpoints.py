@@ -6,30 +6,28 @@ running any pickled code: the network is rebuilt from its class name and constru
 NVlabs/edm snapshots (`network-snapshot-*.pkl`, the published `edm-cifar10-32x32-*.pkl`) are pickles
 of `dict(ema=..., loss_fn=..., augment_pipe=..., dataset_kwargs=...)` whose objects carry the Python
 source of their module, normally executed by `pickle.load`. `load_edm_pickle` never does that: the
-file's opcodes are checked against a short allow-list of globals before unpickling starts, the
-allowed ones are mapped to inert stand-ins, and the network is rebuilt from its recorded class name,
-constructor arguments and tensors with `aot.networks`.
+file's opcodes are checked against a short allow-list of globals before unpickling starts, then
+`aot.pickles.InertUnpickler` maps the allowed ones to inert stand-ins (nothing runs, nothing in the
+process changes, tensors must fit their storages), and the network is rebuilt from its recorded
+class name, constructor arguments and tensors with `aot.networks`. `.pt` files (ours, DG's) are read
+with `torch.load(weights_only=True)` and checked (`load_torch_file`, `checked_state_dict`).
 
-Command line:
-    python -m aot.checkpoints import-edm URL_OR_PATH OUT.pt [--sha256 HEX] [--model-name NAME]
-    python -m aot.checkpoints export-edm NETWORK.pt OUT.pkl
-    python -m aot.checkpoints info PATH
+Command line (aot.cli.checkpoints):
+    python -m aot checkpoints import-edm URL_OR_PATH OUT.pt [--sha256 HEX] [--model-name NAME]
+    python -m aot checkpoints export-edm NETWORK.pt OUT.pkl
+    python -m aot checkpoints info PATH
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import hashlib
 import io
-import json
+import math
 import os
 import pickle
 import pickletools
 import re
-import sys
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -37,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cli.options import cli_main
+from . import pickles
 from .errors import UserError
-from .files import atomic_path
-from .runtime import Progress
+from .files import atomic_path, download, sha256_file
+from .pickles import InertRecord, InertUnpickler, brief, byte_limit, describe_failure, is_int, one_line, refuse
 
 NETWORK_FORMAT = "aot-network/1"
 
@@ -69,30 +67,25 @@ def read_network_file(path: str | os.PathLike) -> dict:
         raise UserError(f"network checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):
         raise UserError(f"network checkpoint {path} is not a torch checkpoint (truncated or another format)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt archives
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"network checkpoint {path} cannot be read: {first}") from None
+    payload = load_torch_file(path, "network checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != NETWORK_FORMAT:
         raise UserError(f"network checkpoint {path} is not an aot network file (format {NETWORK_FORMAT!r} expected)")
-    for key, value in payload["state_dict"].items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise UserError(f"network checkpoint {path} has non-finite values in {key}")
+    what = f"network checkpoint {path}"
+    checked_dict(payload, what, ("class_name", "init_kwargs", "state_dict"))
+    if type(payload["class_name"]) is not str:
+        raise UserError(f"{what}: class_name is a {type(payload['class_name']).__name__}, not a name")
+    checked_kwargs(payload["init_kwargs"], f"{what}: init_kwargs")
+    checked_state_dict(payload["state_dict"], what)
+    if payload.get("meta") is not None:
+        checked_dict(payload["meta"], f"{what}: meta")
     return payload
 
 
 def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the network stored by `save_network`; returns (net in eval mode, meta)."""
-    from .networks import build_network
-
     payload = read_network_file(path)
-    try:
-        net = build_network(payload["class_name"], payload["init_kwargs"])
-        net.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"network checkpoint {path} does not match its architecture: {first}") from None
+    net = build_with_weights(payload["class_name"], payload["init_kwargs"], payload["state_dict"],
+                             f"network checkpoint {path}")
     meta = dict(payload.get("meta") or {})
     meta.setdefault("class_name", payload["class_name"])
     meta.setdefault("init_kwargs", payload["init_kwargs"])
@@ -100,150 +93,276 @@ def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 # ------------------------------------------------------------------------------------------------
-# Safe reading of NVlabs/edm snapshot pickles.
+# Checks for `.pt` files we did not necessarily write (ours, DG's classifier and discriminators).
 
 
-class UnsafeCheckpointError(UserError):
+def load_torch_file(path: str | os.PathLike, what: str, max_bytes: int | None = None) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU; a missing, damaged or oversized file is a
+    one-line UserError naming `what` and the path. A zip archive may not unpack to more than
+    `max_bytes` (default 4 GiB or $AOT_MAX_TENSOR_BYTES)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    limit = byte_limit(max_bytes)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                total = sum(info.file_size for info in archive.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise UserError(f"{what} {path} cannot be read (truncated or not a torch file): "
+                            f"{describe_failure(exc)}") from None
+        if total > limit:
+            raise UserError(f"{what} {path} unpacks to {total} bytes, more than the limit of {limit} "
+                            f"(max_bytes, or ${pickles.MAX_BYTES_ENV})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged archives
+        raise UserError(f"{what} {path} cannot be read (truncated or not a torch file): "
+                        f"{describe_failure(exc)}") from None
+
+
+def checked_dict(obj: Any, what: str, keys: tuple[str, ...] = ()) -> dict:
+    """`obj` if it is a dict holding every one of `keys`; else a one-line UserError."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} holds a {type(obj).__name__} where a dict was expected")
+    missing = [repr(k) for k in keys if k not in obj]
+    if missing:
+        raise UserError(f"{what} has no {', '.join(missing)} entry")
+    return obj
+
+
+def checked_kwargs(obj: Any, what: str) -> dict:
+    """Constructor arguments: a dict with names for keys."""
+    checked_dict(obj, what)
+    bad = [k for k in obj if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"{what} has a key {brief(bad[0])} that is not a name")
+    return obj
+
+
+def checked_state_dict(obj: Any, what: str) -> dict[str, torch.Tensor]:
+    """A state dict: names to tensors, the floating-point ones finite."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{what}: the state dict is a {type(obj).__name__}, not a dict of tensors")
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise UserError(f"{what}: the state dict has a key {brief(key)} that is not a name")
+        if not isinstance(value, torch.Tensor):
+            raise UserError(one_line(f"{what}: {key} in the state dict is not a tensor ({type(value).__name__})"))
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(one_line(f"{what} has non-finite values in {key}"))
+    return obj
+
+
+def build_with_weights(class_name: str, init_kwargs: dict, tensors: dict, what: str,
+                       classes: dict | None = None) -> torch.nn.Module:
+    """`aot.networks.build_network(class_name, init_kwargs)` loaded with `tensors` (checked tensors).
+
+    The network is first built on the meta device (no memory) and its state dict compared with the
+    file's tensors, so constructor arguments that do not fit the weights (or ask for a huge network)
+    are refused before anything is allocated. `classes` (module path -> class name) must agree too.
+    """
+    from .networks import build_network
+
+    try:
+        with torch.device("meta"):
+            skeleton = build_network(class_name, init_kwargs)
+    except Exception as exc:  # any constructor failure: wrong names, types or values
+        raise UserError(f"{what}: cannot rebuild {class_name} from its constructor arguments: "
+                        f"{describe_failure(exc)}") from None
+    expected = skeleton.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in tensors]
+    problems += [f"unexpected {k}" for k in tensors if k not in expected]
+    problems += [f"{k} is {list(tensors[k].shape)} in the file, {list(v.shape)} here"
+                 for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(one_line(f"{what}: weights do not match {class_name}({brief(init_kwargs)}): "
+                                 f"{'; '.join(problems[:3])}{more}"))
+    for name, module in skeleton.named_modules():
+        stored = (classes or {}).get(name)
+        if stored is not None and stored != type(module).__name__:
+            raise UserError(one_line(f"{what}: module {name or '<root>'} is a {stored} in the file but a "
+                                     f"{type(module).__name__} here"))
+    try:
+        net = build_network(class_name, init_kwargs)
+        net.load_state_dict(tensors, strict=True)
+    except Exception as exc:
+        raise UserError(f"{what}: weights do not match {class_name}({brief(init_kwargs)}): "
+                        f"{describe_failure(exc)}") from None
+    return net
+
+
+# ------------------------------------------------------------------------------------------------
+# Safe reading of NVlabs/edm snapshot pickles: aot.pickles.InertUnpickler with EDM's allow-list.
+
+
+class UnsafeCheckpointError(pickles.UnsafeGlobal):
     """The pickle refers to a global outside the allow-list; nothing from it was executed."""
 
 
-class PersistentRecord:
-    """Stand-in for an object saved by EDM's `torch_utils.persistence` (its source is never run)."""
+def _named_dict(obj: Any, what: str) -> dict:
+    if type(obj) not in (dict, collections.OrderedDict) or not all(type(k) is str for k in obj):
+        raise UserError(f"{what} is a {type(obj).__name__}, not a dict with names for keys")
+    return obj
 
-    def __init__(self, meta: dict):
+
+class PersistentRecord(InertRecord):
+    """Stand-in for an object saved by EDM's `torch_utils.persistence` (its source is never run):
+    `_reconstruct_persistent_obj(meta)` with meta = dict(type, version, module_src, class_name, state)."""
+
+    def __init__(self, meta: Any):
+        meta = _named_dict(meta, "a persistent object's record")
         self.type = meta.get("type")
         self.version = meta.get("version")
         self.class_name = meta.get("class_name")
-        self.module_src_chars = len(meta.get("module_src") or "")
-        state = meta.get("state")
-        self.state = dict(state) if isinstance(state, dict) else {}
+        if type(self.class_name) is not str:
+            raise UserError(f"a persistent object's record has a {type(self.class_name).__name__} for its class name")
+        src = meta.get("module_src")
+        self.module_src_chars = len(src) if type(src) is str else 0
+        self.state = dict(_named_dict(meta.get("state"), f"the state of persistent object {self.class_name}"))
+
+    def children(self) -> tuple:
+        return (self.state,)
 
     @property
     def init_args(self) -> tuple:
-        return tuple(self.state.get("_init_args") or ())
+        args = self.state.get("_init_args")
+        if args is not None and type(args) not in (tuple, list):
+            raise UserError(f"_init_args of {self.class_name} is a {type(args).__name__}, not a tuple")
+        return tuple(args or ())
 
     @property
     def init_kwargs(self) -> dict:
-        return dict(self.state.get("_init_kwargs") or {})
+        kwargs = self.state.get("_init_kwargs")
+        return {} if kwargs is None else dict(_named_dict(kwargs, f"_init_kwargs of {self.class_name}"))
 
     def __repr__(self) -> str:
         return f"PersistentRecord({self.class_name!r})"
 
 
-class ContainerRecord:
-    """Stand-in for a torch container module (ModuleDict, ModuleList, Sequential) in a snapshot."""
+class ContainerRecord(InertRecord):
+    """Stand-in for torch's ModuleDict in a snapshot (created empty, then given its `__dict__`)."""
 
-    class_name = "Module"
-    state: Any = None  # set by __setstate__ (unpickling creates the object without __init__)
+    class_name = "ModuleDict"
+    state: Any = None
 
-    def __init__(self, *args: Any) -> None:
-        self.state = {}
+    def build(self, state: Any) -> None:
+        if self.built:
+            raise refuse(f"the pickle sets the state of a {self.class_name} twice")
+        self.state = dict(_named_dict(state, f"the state of a {self.class_name}"))
+        self.built = True
 
-    def __setstate__(self, state: Any) -> None:
-        self.state = dict(state) if isinstance(state, dict) else {}
+    def children(self) -> tuple:
+        return () if self.state is None else (self.state,)
 
     def __repr__(self) -> str:
         return f"ContainerRecord({self.class_name!r})"
 
 
-def _container(name: str) -> type:
-    return type(name + "Record", (ContainerRecord,), {"class_name": name})
+class StorageRecord(InertRecord):
+    """A tensor storage, as a flat tensor (read by `_storage_from_bytes`)."""
+
+    def __init__(self, flat: torch.Tensor):
+        self.flat = flat
 
 
-class _EasyDict(dict):
-    """Inert replacement for `dnnlib.util.EasyDict` (a dict with attribute access)."""
-
-    def __setstate__(self, state: Any) -> None:  # EasyDict pickles as a plain dict subclass
-        if isinstance(state, dict):
-            self.update(state)
-
-
-def _storage_from_bytes(data: bytes):
-    """`torch.storage._load_from_bytes`: a legacy torch.save of one storage, read weights-only."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise UnsafeCheckpointError("storage record does not hold bytes")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise UnsafeCheckpointError(f"embedded tensor storage refused by torch's weights-only loader: "
-                                        f"{str(exc).splitlines()[0]}") from None
-    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        raise UnsafeCheckpointError(f"embedded tensor storage holds {type(storage).__name__}, not a storage")
-    return storage
+_STORAGE_TYPES = {("torch", f"{name}Storage"): dtype for name, dtype in {  # in embedded storage records
+    "Float": torch.float32, "Double": torch.float64, "Half": torch.float16, "BFloat16": torch.bfloat16,
+    "Long": torch.int64, "Int": torch.int32, "Short": torch.int16, "Char": torch.int8, "Byte": torch.uint8,
+    "Bool": torch.bool}.items()}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        raise UnsafeCheckpointError(f"tensor record refers to {type(storage).__name__}, not a storage")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dtype = storage.dtype if isinstance(storage, torch.storage.TypedStorage) else torch.uint8
-        tensor = torch.empty([0], dtype=dtype)
-        tensor.set_(storage if isinstance(storage, torch.UntypedStorage) else storage._untyped_storage,
-                    int(storage_offset), tuple(int(n) for n in size), tuple(int(n) for n in stride))
-    return tensor
+def _storage_id(pid: Any) -> tuple:
+    ok = (type(pid) is tuple and len(pid) == 6 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)
+          and type(pid[2]) is str and type(pid[3]) is str and is_int(pid[4]) and pid[4] >= 0 and pid[5] is None)
+    if not ok:
+        raise refuse("an embedded tensor storage has an unexpected record")
+    return pid
 
 
-def _rebuild_tensor_v1(storage, storage_offset, size, stride):
-    return _rebuild_tensor(storage, storage_offset, size, stride)
+def _storage_from_bytes(reader: InertUnpickler, data: Any) -> StorageRecord:
+    """`torch.storage._load_from_bytes(data)`: torch's legacy format for one storage, parsed here.
+
+    Three header pickles (magic number, protocol, byte order), the storage's persistent id (type, key,
+    location, element count), the key list, then the element count again and the raw little-endian
+    bytes, whose length must match the declared count exactly before anything is allocated.
+    """
+    if type(data) is not bytes:
+        raise refuse("an embedded tensor storage does not hold bytes")
+    f = io.BytesIO(data)
+    magic = InertUnpickler(f, {}).load_tree()
+    protocol = InertUnpickler(f, {}).load_tree()
+    sys_info = InertUnpickler(f, {}).load_tree()
+    if not (is_int(magic) and magic == _LEGACY_MAGIC and is_int(protocol) and protocol == _LEGACY_PROTOCOL):
+        raise refuse("an embedded tensor storage is not in torch's legacy storage format")
+    if type(sys_info) is not dict or sys_info.get("little_endian") is not True:
+        raise refuse("an embedded tensor storage is not little-endian")
+    ids: list[tuple] = []
+    key = InertUnpickler(f, _STORAGE_TYPES, persistent_load=lambda pid: ids.append(_storage_id(pid)) or pid[2]).load()
+    keys = InertUnpickler(f, {}).load_tree()
+    if len(ids) != 1 or type(key) is not str or key != ids[0][2] or type(keys) is not list or keys != [key]:
+        raise refuse("an embedded tensor storage holds something other than one storage")
+    dtype, numel = ids[0][1], ids[0][4]
+    rest = f.read()
+    nbytes = numel * dtype.itemsize
+    if len(rest) < 8 or int.from_bytes(rest[:8], "little", signed=True) != numel or len(rest) - 8 != nbytes:
+        raise refuse(f"an embedded tensor storage declares {numel} elements ({nbytes} bytes) but holds "
+                     f"{max(len(rest) - 8, 0)} bytes")
+    if dtype == torch.bool and nbytes and max(rest[8:]) > 1:
+        raise refuse("an embedded bool storage holds a byte other than 0 or 1")
+    reader.budget.take(nbytes, "tensor storages")
+    flat = torch.frombuffer(bytearray(rest[8:]), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+    return StorageRecord(flat)
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    if not isinstance(data, torch.Tensor):
-        raise UnsafeCheckpointError("parameter record does not hold a tensor")
+def _empty(x: Any) -> bool:
+    return x is None or (type(x) in (dict, collections.OrderedDict) and not x)
+
+
+def _rebuild_tensor(reader: InertUnpickler, storage: Any, storage_offset: Any, size: Any, stride: Any,
+                    requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+    """`torch._utils._rebuild_tensor_v2`: a view of a storage, which must lie inside the storage."""
+    if not isinstance(storage, StorageRecord):
+        raise refuse(f"a tensor record refers to a {type(storage).__name__}, not a storage")
+    size, stride = pickles.check_shape(size, "tensor size"), pickles.check_shape(stride, "tensor stride")
+    if len(size) != len(stride) or not is_int(storage_offset) or storage_offset < 0:
+        raise refuse(f"a tensor record with size {list(size)}, stride {list(stride)} and offset {storage_offset!r}")
+    if type(requires_grad) is not bool or not _empty(backward_hooks) or not _empty(metadata):
+        raise refuse("a tensor record with hooks or metadata")
+    numel = math.prod(size)
+    end = storage_offset + (1 + sum((n - 1) * s for n, s in zip(size, stride)) if numel else 0)
+    available = storage.flat.numel()
+    if end > available:
+        raise refuse(f"a tensor view of size {list(size)} (stride {list(stride)}, offset {storage_offset}) "
+                     f"reaches element {end} of a storage of {available}")
+    reader.budget.take(numel * storage.flat.element_size(), "tensors")
+    return storage.flat.as_strided(size, stride, storage_offset)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
+                       state: Any = None) -> torch.Tensor:
+    """`torch._utils._rebuild_parameter[_with_state]`: the parameter's tensor (no hooks, no attributes)."""
+    plain_state = _empty(state) or (type(state) is tuple and len(state) == 2 and all(_empty(s) for s in state))
+    if (not isinstance(data, torch.Tensor) or type(requires_grad) is not bool or not _empty(backward_hooks)
+            or not plain_state):
+        raise refuse("a parameter record other than a tensor without hooks or attributes")
     return data
 
 
-def _numpy_reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
-        raise UnsafeCheckpointError("numpy array record of a subclass")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
-
-
-def _numpy_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype):
-        raise UnsafeCheckpointError("numpy scalar record without a dtype")
-    if dtype.hasobject:
-        return data
-    return np.frombuffer(bytes(data), dtype=dtype, count=1)[0]
-
-
-def _set(items=()):
-    return set(items)
-
-
-def _frozenset(items=()):
-    return frozenset(items)
-
-
-_TORCH_DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
-
+# The globals NVlabs/edm's snapshot pickles (VP, VE and EDM; DDPM++, NCSN++ and ADM) refer to.
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): PersistentRecord,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor_v1,
+    ("torch._utils", "_rebuild_tensor_v2"): pickles.Hook(_rebuild_tensor),
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("torch", "Size"): torch.Size,
-    ("torch", "device"): torch.device,
+    ("torch.storage", "_load_from_bytes"): pickles.Hook(_storage_from_bytes),
+    ("torch.nn.modules.container", "ModuleDict"): ContainerRecord,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): _set,
-    ("builtins", "frozenset"): _frozenset,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("dnnlib.util", "EasyDict"): _EasyDict,
-    ("torch.nn.modules.container", "ModuleDict"): _container("ModuleDict"),
-    ("torch.nn.modules.container", "ModuleList"): _container("ModuleList"),
-    ("torch.nn.modules.container", "Sequential"): _container("Sequential"),
+    **pickles.NUMPY_SCALAR,  # EDM's UNet blocks keep skip_scale=np.sqrt(0.5), a numpy float64
 }
-_ALLOWED.update({("torch", name): getattr(torch, name) for name in _TORCH_DTYPES})
 
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 _MEMO_OPS = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME"}
@@ -306,16 +425,10 @@ def scan_pickle_globals(data: bytes, what: str = "pickle") -> list[tuple[str, st
     return found
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):  # second line of defence after the opcode scan
-        return _allowed_global(module, name)
+def read_edm_pickle_raw(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
+    """Unpickle an EDM snapshot into inert records (PersistentRecord, ContainerRecord, tensors).
 
-    def persistent_load(self, pid):
-        raise UnsafeCheckpointError("refusing to load: the pickle uses persistent ids")
-
-
-def read_edm_pickle_raw(path: str | os.PathLike) -> Any:
-    """Unpickle an EDM snapshot into inert records (PersistentRecord, ContainerRecord, tensors)."""
+    `max_bytes` caps the bytes of its tensors (default 4 GiB, or $AOT_MAX_TENSOR_BYTES)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"EDM pickle {path} does not exist")
@@ -325,56 +438,76 @@ def read_edm_pickle_raw(path: str | os.PathLike) -> Any:
     if not data:
         raise UserError(f"EDM pickle {path} is empty")
     scan_pickle_globals(data, what=f"EDM pickle {path}")
+    reader = InertUnpickler(io.BytesIO(data), _ALLOWED, new_types=(ContainerRecord,), leaf_types=(torch.Tensor,),
+                            budget=pickles.ByteBudget(byte_limit(max_bytes)))
     try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
-    except UserError:
-        raise
-    except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"EDM pickle {path} cannot be read: {detail}") from None
+        return reader.load_tree()
+    except UserError as exc:
+        raise type(exc)(one_line(f"EDM pickle {path}: {exc}")) from None
+    except Exception as exc:  # anything else the file's structure provokes
+        raise UserError(f"EDM pickle {path} cannot be read: {describe_failure(exc)}") from None
 
 
-def _plain(obj: Any) -> Any:
-    """Records to plain dicts, numpy scalars to Python numbers; tensors stay tensors."""
+def _plain(obj: Any, memo: dict | None = None) -> Any:
+    """Records to plain dicts, numpy scalars to Python numbers; tensors stay tensors. The input is a
+    checked tree; values it shares stay shared (memo), so this is linear in its size."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)][1]
     if isinstance(obj, PersistentRecord):
-        state = {k: _plain(v) for k, v in obj.state.items() if k not in ("_init_args", "_init_kwargs")}
-        return {"class_name": obj.class_name, "init_args": _plain(list(obj.init_args)),
-                "init_kwargs": _plain(obj.init_kwargs), "state": state}
-    if isinstance(obj, ContainerRecord):
-        return {"class_name": obj.class_name, "state": {k: _plain(v) for k, v in (obj.state or {}).items()}}
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj) if not isinstance(obj, torch.Size) else obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+        state = {k: _plain(v, memo) for k, v in obj.state.items() if k not in ("_init_args", "_init_kwargs")}
+        out: Any = {"class_name": obj.class_name, "init_args": _plain(list(obj.init_args), memo),
+                    "init_kwargs": _plain(obj.init_kwargs, memo), "state": state}
+    elif isinstance(obj, ContainerRecord):
+        out = {"class_name": obj.class_name, "state": {k: _plain(v, memo) for k, v in (obj.state or {}).items()}}
+    elif isinstance(obj, dict):
+        out = {k: _plain(v, memo) for k, v in obj.items()}
+    elif isinstance(obj, (list, tuple)):
+        out = type(obj)(_plain(v, memo) for v in obj)
+    elif isinstance(obj, np.generic):
+        out = obj.item()
+    elif isinstance(obj, pickles.DtypeRecord):
+        out = str(obj.dtype)
+    else:
+        out = obj
+    memo[id(obj)] = (obj, out)  # keeps obj alive, so its id stays its own
+    return out
 
 
-def _module_tensors(record: Any, prefix: str, tensors: dict, classes: dict) -> None:
+def _module_tensors(record: Any, prefix: str, tensors: dict, classes: dict, seen: set) -> None:
     """Walk a module record tree and collect its state_dict entries and per-path class names."""
+    where = prefix.rstrip(".") or "<root>"
     if not isinstance(record, (PersistentRecord, ContainerRecord)):
-        raise UserError(f"module {prefix.rstrip('.') or '<root>'} is stored as {type(record).__name__}, "
-                        f"not as a module record")
+        raise UserError(f"module {where} is stored as {type(record).__name__}, not as a module record")
+    if id(record) in seen:
+        raise UserError(f"module {where} appears more than once in the network")
+    seen.add(id(record))
     classes[prefix.rstrip(".")] = record.class_name
     state = record.state or {}
-    skip = set(state.get("_non_persistent_buffers_set") or ())
-    for key, value in (state.get("_parameters") or {}).items():
+    fields = {}
+    for field in ("_parameters", "_buffers", "_modules"):
+        value = state.get(field)
+        fields[field] = {} if value is None else _named_dict(value, f"{field} of module {where}")
+    skip = state.get("_non_persistent_buffers_set")
+    skip = () if skip is None else skip
+    if type(skip) not in (set, frozenset, list, tuple):
+        raise UserError(f"_non_persistent_buffers_set of module {where} is a {type(skip).__name__}")
+    for key, value in fields["_parameters"].items():
         if value is not None:
             tensors[prefix + key] = value
-    for key, value in (state.get("_buffers") or {}).items():
+    for key, value in fields["_buffers"].items():
         if value is not None and key not in skip:
             tensors[prefix + key] = value
-    for key, child in (state.get("_modules") or {}).items():
+    for key, child in fields["_modules"].items():
         if child is not None:
-            _module_tensors(child, f"{prefix}{key}.", tensors, classes)
+            _module_tensors(child, f"{prefix}{key}.", tensors, classes, seen)
 
 
 def edm_record_to_network(record: Any, what: str = "ema") -> torch.nn.Module:
     """Build an `aot.networks` preconditioner from an EDM persistent-object record."""
-    from .networks import PRECONDITIONERS, build_network, plain_value
+    from .networks import PRECONDITIONERS, plain_value
 
-    if not isinstance(record, PersistentRecord) or record.type != "class":
+    if not isinstance(record, PersistentRecord) or type(record.type) is not str or record.type != "class":
         raise UserError(f"{what} is not a persistent network record")
     if record.class_name not in PRECONDITIONERS:
         raise UserError(f"{what} is an EDM {record.class_name}; supported: {', '.join(sorted(PRECONDITIONERS))}")
@@ -382,46 +515,41 @@ def edm_record_to_network(record: Any, what: str = "ema") -> torch.nn.Module:
         raise UserError(f"{what} was constructed with positional arguments, which EDM networks never use")
     try:
         init_kwargs = plain_value(_plain(record.init_kwargs))
-        net = build_network(record.class_name, init_kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{what}: cannot rebuild {record.class_name} from its constructor arguments: {exc}") from None
     tensors: dict = {}
     classes: dict = {}
-    _module_tensors(record, "", tensors, classes)
-    for path, module in net.named_modules():
-        stored = classes.get(path)
-        if stored is not None and stored != type(module).__name__:
-            raise UserError(f"{what}: module {path or '<root>'} is a {stored} in the file but a "
-                            f"{type(module).__name__} here")
+    _module_tensors(record, "", tensors, classes, set())
     for key, value in tensors.items():
         if not isinstance(value, torch.Tensor):
-            raise UserError(f"{what}: {key} is not a tensor")
+            raise UserError(f"{what}: {key} is a {type(value).__name__}, not a tensor")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise UserError(f"{what} has non-finite values in {key}")
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise UserError(f"{what}: weights do not match {record.class_name}({init_kwargs}): "
-                        f"{' '.join(line.strip() for line in first[:3])}") from None
+    net = build_with_weights(record.class_name, init_kwargs, tensors, what, classes)
     return net.eval().requires_grad_(False)
 
 
-def load_edm_pickle(path: str | os.PathLike) -> dict:
+def load_edm_pickle(path: str | os.PathLike, max_bytes: int | None = None) -> dict:
     """Read an NVlabs/edm snapshot pickle without running any of its code.
 
     Returns the snapshot's dict with `ema` rebuilt as an `aot.networks` module (eval mode, no
     gradients) and every other value (loss_fn, augment_pipe, dataset_kwargs, ...) as plain
     dicts: persistent objects become {"class_name", "init_args", "init_kwargs", "state"}.
+    `max_bytes` caps the bytes of its tensors (default 4 GiB, or $AOT_MAX_TENSOR_BYTES).
     """
-    raw = read_edm_pickle_raw(path)
+    raw = read_edm_pickle_raw(path, max_bytes)
     if not isinstance(raw, dict):
         raise UserError(f"EDM pickle {path} holds a {type(raw).__name__}, not a snapshot dict")
     if "ema" not in raw:
-        raise UserError(f"EDM pickle {path} has no 'ema' network (keys: {', '.join(map(str, raw))})")
+        keys = ", ".join(one_line(k) if type(k) is str else type(k).__name__ for k in raw)
+        raise UserError(f"EDM pickle {path} has no 'ema' network (keys: {keys})")
     out = {}
-    for key, value in raw.items():
-        out[key] = edm_record_to_network(value, what=f"{path}: ema") if key == "ema" else _plain(value)
+    try:
+        for key, value in raw.items():
+            out[key] = edm_record_to_network(value, what=f"{path}: ema") if key == "ema" else _plain(value)
+    except UserError as exc:
+        message = str(exc) if str(path) in str(exc) else f"EDM pickle {path}: {exc}"
+        raise type(exc)(one_line(message)) from None
     return out
 
 
@@ -520,114 +648,57 @@ def save_edm_pickle(path: str | os.PathLike, net: torch.nn.Module, **extra: Any)
 
 
 # ------------------------------------------------------------------------------------------------
-# Download and command line.
-
-_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60.0) -> str:
-    """Stream `url` to `dest` (atomically) with progress lines; verify the SHA-256; return it."""
-    import requests
-
-    dest = Path(dest)
-    h = hashlib.sha256()
-    try:
-        with requests.get(url, stream=True, timeout=timeout) as response:
-            if response.status_code != 200:
-                raise UserError(f"cannot download {url}: HTTP {response.status_code}")
-            total = int(response.headers.get("content-length") or 0)
-            progress = Progress(f"download {Path(url).name}", max(total >> 20, 1), unit="MiB", interval=5.0,
-                                stream=sys.stderr)
-            done = 0
-            with atomic_path(dest) as tmp:
-                with open(tmp, "wb") as f:
-                    for block in response.iter_content(chunk_size=1 << 20):
-                        f.write(block)
-                        h.update(block)
-                        done += len(block)
-                        if total:
-                            progress.update(min(done >> 20, max(total >> 20, 1)))
-                if total and done != total:
-                    raise UserError(f"download of {url} stopped after {done} of {total} bytes")
-                digest = h.hexdigest()
-                if sha256 and digest.lower() != sha256.lower():
-                    raise UserError(f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {digest}")
-    except requests.exceptions.ConnectionError as exc:
-        raise UserError(f"cannot download {url}: no connection (offline, or host unreachable): "
-                        f"{type(exc).__name__}") from None
-    except requests.exceptions.Timeout:
-        raise UserError(f"cannot download {url}: timed out after {timeout:g} s") from None
-    except requests.exceptions.RequestException as exc:
-        raise UserError(f"cannot download {url}: {exc}") from None
-    return digest
+# Import and export (`python -m aot checkpoints ...`).
 
 
 def import_edm(source: str, out: str | os.PathLike, sha256: str | None = None, model_name: str | None = None) -> dict:
-    """Fetch (URL) or read (path) an EDM snapshot pickle, verify it and write our network file."""
-    if sha256 is not None and not _SHA256_RE.match(sha256):
-        raise UserError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
+    """Fetch (URL) or read (path) an EDM snapshot pickle, verify it and write our network file.
+
+    A URL is downloaded next to `out` (never to a shared temporary folder) and removed afterwards;
+    with `sha256` the pickle must have that SHA-256 before anything in it is read. Returns the meta
+    written, which records the pickle's SHA-256.
+    """
+    if sha256 is not None:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+            raise UserError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
+        sha256 = sha256.lower()
     out = Path(out)
     is_url = re.match(r"^(https?|ftp)://", source) is not None
     name = model_name or Path(source.rstrip("/").split("?")[0]).stem
-    with tempfile.TemporaryDirectory(prefix=".import-edm.", dir=out.parent if out.parent.is_dir() else None) as tmp:
-        if is_url:
+    if is_url:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".import-edm.", dir=out.parent) as tmp:
             local = Path(tmp) / "snapshot.pkl"
-            digest = download(source, local, sha256)
-        else:
-            local = Path(source)
-            if not local.is_file():
-                raise UserError(f"EDM pickle {local} does not exist")
-            digest = sha256_file(local)
-            if sha256 and digest.lower() != sha256.lower():
-                raise UserError(f"checksum mismatch for {local}: expected sha256 {sha256.lower()}, got {digest}")
-        net = load_edm_pickle(local)["ema"]
-        meta = edm_network_meta(net, source, name, sha256=digest)
-        save_network(out, net, **meta)
+            digest = download(source, local, sha256=sha256)
+            return _convert(local, out, source, name, digest)
+    local = Path(source)
+    if not local.is_file():
+        raise UserError(f"EDM pickle {local} does not exist")
+    digest = sha256_file(local)
+    if sha256 and digest != sha256:
+        raise UserError(f"checksum mismatch for {local}: expected sha256 {sha256}, got {digest}")
+    return _convert(local, out, source, name, digest)
+
+
+def _convert(local: Path, out: Path, source: str, name: str, digest: str) -> dict:
+    net = load_edm_pickle(local)["ema"]
+    meta = edm_network_meta(net, source, name, sha256=digest)
+    save_network(out, net, **meta)
     return meta
 
 
-def _info(path: str) -> dict:
+def export_edm(network: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Our network file -> NVlabs/edm snapshot pickle; returns what was written."""
+    net, meta = load_network(network)
+    save_edm_pickle(out, net)
+    return {"out": str(out), "class_name": type(net).__name__, "model": meta.get("model")}
+
+
+def network_info(path: str | os.PathLike) -> dict:
+    """Class, size, sampler range, image shape and meta of a network file or EDM pickle."""
     net, meta = load_any_network(path)
     n_params = sum(p.numel() for p in net.parameters())
     return {"path": str(path), "class_name": type(net).__name__, "parameters": n_params,
             "sigma_min": float(net.sigma_min), "sigma_max": float(net.sigma_max),
             "img_resolution": net.img_resolution, "img_channels": net.img_channels, "label_dim": net.label_dim,
             "meta": {k: v for k, v in meta.items() if k != "init_kwargs"}, "init_kwargs": net.init_kwargs}
-
-
-@cli_main
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m aot.checkpoints", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("import-edm", help="convert an NVlabs/edm snapshot pickle (URL or path) to our network file")
-    p.add_argument("source", metavar="URL_OR_PATH")
-    p.add_argument("out", metavar="OUT.pt")
-    p.add_argument("--sha256", default=None, help="expected SHA-256 of the pickle")
-    p.add_argument("--model-name", default=None, help="model name recorded in the meta (default: file stem)")
-    p = sub.add_parser("export-edm", help="write our network file as an NVlabs/edm snapshot pickle")
-    p.add_argument("network", metavar="NETWORK.pt")
-    p.add_argument("out", metavar="OUT.pkl")
-    p = sub.add_parser("info", help="print a network file's or EDM pickle's class, size and meta as JSON")
-    p.add_argument("path")
-    args = parser.parse_args(argv)
-    if args.command == "import-edm":
-        meta = import_edm(args.source, args.out, args.sha256, args.model_name)
-        print(json.dumps({"out": str(args.out), **meta}))
-    elif args.command == "export-edm":
-        net, meta = load_network(args.network)
-        save_edm_pickle(args.out, net)
-        print(json.dumps({"out": str(args.out), "class_name": type(net).__name__, "model": meta.get("model")}))
-    else:
-        print(json.dumps(_info(args.path), indent=2, default=str))
-
-
-if __name__ == "__main__":
-    main()

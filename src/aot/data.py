@@ -6,40 +6,37 @@ a folder of PNG images named `00000/img00000000.png`, `00000/img00000001.png`, .
 `{"labels": null}`). EDM's own `cifar10-32x32.zip` loads unchanged, and archives written here load
 in EDM.
 
-Command line:
+Command line (aot.cli.data):
 
-    python -m aot.data cifar10 --source URL_OR_TARBALL [--md5 HEX | --sha256 HEX] --dest out.zip
-    python -m aot.data download --url URL [--md5 HEX | --sha256 HEX] --dest FILE
-    python -m aot.data digits --resolution 8 --dest out.zip
-    python -m aot.data info PATH
+    python -m aot data cifar10 --source URL_OR_TARBALL [--md5 HEX | --sha256 HEX] --dest out.zip
+    python -m aot data download --url URL [--md5 HEX | --sha256 HEX] --dest FILE
+    python -m aot data digits --resolution 8 --dest out.zip
+    python -m aot data info PATH
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
-import pickle
-import re
 import shutil
 import struct
 import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import PIL.Image
 
-from .cli.options import cli_main, number_arg
 from .errors import UserError
-from .files import atomic_path
-from .runtime import Progress
+from .files import atomic_path, checksum_value, download, verify_checksum
+from .pickles import NUMPY_ARRAY, NUMPY_SCALAR, InertUnpickler, codecs_encode, describe_failure, one_line
+from .runtime import progress as progress_bar
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -354,7 +351,7 @@ def load_all(ds: ImageFolderDataset, progress: bool = False) -> tuple[np.ndarray
     n = len(ds)
     c, h, w = ds.image_shape
     images = np.empty([n, c, h, w], dtype=np.uint8)
-    prog = Progress(f"loading {ds.name}", n, interval=10.0) if progress else None
+    prog = progress_bar(n, f"loading {ds.name}") if progress else None
     decoded: dict[int, np.ndarray] = {}
     for i in range(n):
         raw_idx = int(ds._raw_idx[i])
@@ -369,10 +366,10 @@ def load_all(ds: ImageFolderDataset, progress: bool = False) -> tuple[np.ndarray
             if ds._xflip.any():
                 decoded[raw_idx] = img
         images[i] = img[:, :, ::-1] if ds._xflip[i] else img
-        if prog is not None and (i + 1) % 1000 == 0:
-            prog.update(i + 1)
+        if prog is not None:
+            prog.update(1)
     if prog is not None:
-        prog.update(n, force=True)
+        prog.close()
     labels = None
     if ds.has_labels:
         raw = ds._get_raw_labels()[ds._raw_idx]
@@ -414,7 +411,7 @@ def write_dataset(dest: str | os.PathLike, images: Iterable[np.ndarray], labels:
     if not is_zip and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"--dest folder {dest} exists and is not empty")
     label_iter: Iterator | None = iter(labels) if labels is not None else None
-    prog = Progress(what, total, interval=10.0) if total else None
+    prog = progress_bar(total, what) if total else None
 
     def produce(save) -> int:
         attrs = None
@@ -444,18 +441,18 @@ def write_dataset(dest: str | os.PathLike, images: Iterable[np.ndarray], labels:
                     raise UserError(f"fewer labels than images (no label for {name})") from None
             count += 1
             if prog is not None:
-                prog.update(count)
+                prog.update(1)
         if count == 0:
             raise UserError("no images to write")
         meta = {"labels": entries if label_iter is not None else None}
         save(LABELS_FILE, json.dumps(meta).encode("utf8"))
         return count
 
-    if is_zip:
-        with atomic_path(dest) as tmp:
-            with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_STORED) as zf:
-                count = produce(lambda name, data: zf.writestr(name, data))
-    else:
+    try:
+        if is_zip:
+            with atomic_path(dest) as tmp:
+                with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_STORED) as zf:
+                    return produce(lambda name, data: zf.writestr(name, data))
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
@@ -470,97 +467,63 @@ def write_dataset(dest: str | os.PathLike, images: Iterable[np.ndarray], labels:
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
-    return count
+        return count
+    finally:
+        if prog is not None:
+            prog.close()
 
 
 # --------------------------------------------------------------------------------------------
 # CIFAR-10
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Only numpy arrays, dtypes and plain containers: the CIFAR batches need nothing else."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module == "_codecs":
-            import codecs
-            return codecs.encode
-        if module == "numpy":
-            return getattr(np, name)
-        core = getattr(np, "_core", None) or np.core
-        return getattr(getattr(core, module.rsplit(".", 1)[1]), name)
+# CIFAR-10's batches are Python 2 pickles of {"batch_label", "labels", "data", "filenames"}, read with
+# aot.pickles.InertUnpickler: numpy arrays and scalars of numeric dtypes, text and plain containers.
+_CIFAR_ALLOWED = {**NUMPY_ARRAY, **NUMPY_SCALAR, ("_codecs", "encode"): codecs_encode}
+_CIFAR_BATCH_BYTES = 256 << 20  # an official batch is 31 MB
+_CIFAR_SHAPE = (3, 32, 32)
 
 
-def _safe_unpickle(data: bytes, what: str) -> dict:
+def _read_cifar_batch(raw: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """One `data_batch_N`: uint8 data [N, 3072] and N integer labels in 0..9, checked before use."""
     try:
-        obj = _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"{what} is not a plain CIFAR-10 batch: {exc}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-        raise UserError(f"{what} is truncated or corrupt ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
+        obj = InertUnpickler(io.BytesIO(raw), _CIFAR_ALLOWED, encoding="latin1").load_tree()
+    except UserError as exc:
+        raise type(exc)(one_line(f"{what} is not a plain CIFAR-10 batch: {exc}")) from None
+    except Exception as exc:  # a damaged pickle raises many types
+        raise UserError(f"{what} is truncated or corrupt ({describe_failure(exc)})") from None
+    if type(obj) is not dict:
         raise UserError(f"{what} is not a CIFAR-10 batch (a {type(obj).__name__}, not a dict)")
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    batch = {(k.decode("latin1") if type(k) is bytes else k): v for k, v in obj.items()}
+    for key in ("data", "labels"):
+        if key not in batch:
+            raise UserError(f"{what} has no {key!r} entry")
+    data, labels = batch["data"], batch["labels"]
+    n_values = int(np.prod(_CIFAR_SHAPE))
+    if type(data) is not np.ndarray or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != n_values:
+        found = f"{data.dtype} {list(data.shape)}" if type(data) is np.ndarray else type(data).__name__
+        raise UserError(f"{what} holds data {found}, expected a uint8 array [N, {n_values}]")
+    if type(labels) is np.ndarray and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if type(labels) is not list or not all(type(x) is int for x in labels):
+        raise UserError(f"{what}: labels are not a list of integers")
+    if len(labels) != data.shape[0]:
+        raise UserError(f"{what} holds {data.shape[0]} images but {len(labels)} labels")
+    if not all(0 <= x < 10 for x in labels):
+        raise UserError(f"{what} has labels outside 0..9")
+    return data.reshape(-1, *_CIFAR_SHAPE), np.array(labels, dtype=np.int64)
 
 
-def file_digest(path: str | os.PathLike, algo: str) -> str:
-    h = hashlib.new(algo, usedforsecurity=False) if algo == "md5" else hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_checksum(path: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
-                    what: str | None = None) -> None:
-    for algo, want in (("md5", md5), ("sha256", sha256)):
-        if want:
-            got = file_digest(path, algo)
-            if got.lower() != want.strip().lower():
-                raise UserError(f"{what or path}: wrong {algo} checksum {got}, expected {want} "
-                                "(corrupt or incomplete download, or another file)")
-
-
-def download(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
-             timeout: float = 60.0) -> Path:
-    """Download `url` to `dest` (atomically) with progress lines, then check the checksum."""
-    import requests
-
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        try:
-            with requests.get(url, stream=True, timeout=timeout) as resp:
-                resp.raise_for_status()
-                total = int(resp.headers.get("content-length") or 0)
-                prog = Progress(f"downloading {url}", max(total >> 10, 1), unit="KiB", interval=5.0)
-                done = 0
-                with open(tmp, "wb") as f:
-                    for chunk in resp.iter_content(chunk_size=1 << 20):
-                        f.write(chunk)
-                        done += len(chunk)
-                        prog.update(done >> 10)
-                prog.update(max(done >> 10, 1), force=True)
-        except requests.RequestException as exc:
-            raise UserError(f"cannot download {url}: {exc}") from None
-        if total and done != total:
-            raise UserError(f"download of {url} is incomplete: {done} of {total} bytes")
-        verify_checksum(tmp, md5, sha256, what=url)
-    return dest
+def _member_kind(member: tarfile.TarInfo) -> str:
+    return ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
+            else "a folder" if member.isdir() else "not a regular file")
 
 
 def read_cifar10_tarball(path: str | os.PathLike, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The 50,000 training images (uint8 NHWC) and labels (int64) of `cifar-10-python.tar.gz`.
 
-    Reads `cifar-10-batches-py/data_batch_1` .. `_5` in order, as EDM's dataset_tool does, through
-    an unpickler that only admits numpy arrays.
+    Reads `cifar-10-batches-py/data_batch_1` .. `_5` in order, as EDM's dataset_tool does: regular
+    file members only, each checked (uint8 data [N, 3072], N labels in 0..9) before it is used.
     """
     path = Path(path)
     if not path.is_file():
@@ -574,27 +537,22 @@ def read_cifar10_tarball(path: str | os.PathLike, max_images: int | None = None)
                     member = tar.getmember(name)
                 except KeyError:
                     raise UserError(f"CIFAR-10 archive {path} has no member {name}") from None
+                if not member.isreg():
+                    raise UserError(f"CIFAR-10 archive {path}: {name} is {_member_kind(member)}, not a file")
+                if member.size > _CIFAR_BATCH_BYTES:
+                    raise UserError(f"CIFAR-10 archive {path}: {name} is {member.size} bytes, more than a "
+                                    f"CIFAR-10 batch ({_CIFAR_BATCH_BYTES} at most)")
                 f = tar.extractfile(member)
                 if f is None:
                     raise UserError(f"CIFAR-10 archive {path}: {name} is not a file")
                 with f:
-                    data = _safe_unpickle(f.read(), f"{path}:{name}")
-                try:
-                    arr = np.asarray(data["data"])
-                    lab = np.asarray(data["labels"], dtype=np.int64)
-                except KeyError as exc:
-                    raise UserError(f"CIFAR-10 archive {path}: {name} has no {exc.args[0]!r} entry") from None
-                if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32 or lab.shape != (arr.shape[0],):
-                    raise UserError(f"CIFAR-10 archive {path}: {name} holds data {arr.dtype}{list(arr.shape)} "
-                                    f"and {lab.size} labels, expected uint8 [N, 3072] and N labels")
-                images.append(arr.reshape(-1, 3, 32, 32))
+                    arr, lab = _read_cifar_batch(f.read(), f"{path}:{name}")
+                images.append(arr)
                 labels.append(lab)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise UserError(f"CIFAR-10 archive {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     images_np = np.concatenate(images).transpose(0, 2, 3, 1)  # NCHW -> NHWC
     labels_np = np.concatenate(labels)
-    if labels_np.size and (labels_np.min() < 0 or labels_np.max() > 9):
-        raise UserError(f"CIFAR-10 archive {path} has labels outside 0..9")
     if max_images is not None:
         images_np, labels_np = images_np[:max_images], labels_np[:max_images]
     return np.ascontiguousarray(images_np), labels_np
@@ -611,28 +569,26 @@ def resolve_checksums(name: str, md5: str | None, sha256: str | None) -> tuple[s
     download by `prepare_cifar10`) is then checked against the official md5. The word `none`
     switches checking off.
     """
-    md5 = (md5 or "").strip() or None
-    sha256 = (sha256 or "").strip() or None
-    if (md5 or "").lower() == "none" or (sha256 or "").lower() == "none":
+    if (md5 or "").strip().lower() == "none" or (sha256 or "").strip().lower() == "none":
         return None, None
-    for algo, value, length in (("md5", md5, 32), ("sha256", sha256, 64)):
-        if value is not None and not re.fullmatch(rf"[0-9a-fA-F]{{{length}}}", value):
-            raise UserError(f"--{algo} {value!r} is not a {length}-digit hexadecimal checksum")
+    md5, sha256 = checksum_value("md5", md5), checksum_value("sha256", sha256)
     if md5 is None and sha256 is None and name == CIFAR10_TARBALL_NAME:
         md5 = CIFAR10_MD5
     return md5, sha256
 
 
-def prepare_cifar10(source: str, dest: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
-                    max_images: int | None = None, download_to: str | os.PathLike | None = None) -> int:
+def prepare_cifar10(source: str | None, dest: str | os.PathLike, md5: str | None = None,
+                    sha256: str | None = None, max_images: int | None = None,
+                    download_to: str | os.PathLike | None = None) -> int:
     """CIFAR-10 training set -> EDM dataset at `dest` (zip or folder). Returns the image count.
 
-    `source` is a URL (downloaded, checked against `md5`/`sha256`, by default the official md5) or
-    a local tarball (checked when a checksum is given, or against the official md5 when it is named
-    `cifar-10-python.tar.gz` and no checksum is given; `md5="none"` skips the check).
+    `source` is a URL (downloaded, checked against `md5`/`sha256`, by default the official md5;
+    None: the official URL) or a local tarball (checked when a checksum is given, or against the
+    official md5 when it is named `cifar-10-python.tar.gz` and no checksum is given; `md5="none"`
+    skips the check). `download_to` keeps the downloaded tarball there.
     """
     _check_dest(dest)
-    source = str(source)
+    source = CIFAR10_URL if source is None else str(source)
     if _is_url(source):
         md5, sha256 = resolve_checksums(CIFAR10_TARBALL_NAME, md5, sha256)
         keep = download_to is not None
@@ -651,6 +607,19 @@ def prepare_cifar10(source: str, dest: str | os.PathLike, md5: str | None = None
         verify_checksum(source, md5, sha256)
         images, labels = read_cifar10_tarball(source, max_images)
     return write_dataset(dest, images, labels, total=len(images), what="writing CIFAR-10")
+
+
+def fetch_file(url: str | None, dest: str | os.PathLike, *, md5: str | None = None,
+               sha256: str | None = None) -> Path:
+    """Download `url` (None: the official CIFAR-10 tarball) to `dest`, checked against `md5`/`sha256`
+    (for a file called `cifar-10-python.tar.gz` and no checksum given: the official md5; `none` skips
+    the check)."""
+    url = CIFAR10_URL if url is None else url
+    if not _is_url(url):
+        raise UserError(f"--url {url!r} is not an http(s) or ftp URL")
+    md5, sha256 = resolve_checksums(os.path.basename(url.split("?")[0]), md5, sha256)
+    download(url, dest, md5=md5, sha256=sha256)
+    return Path(dest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,7 +664,7 @@ def _check_dest(dest: str | os.PathLike) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Information and command line
+# Information
 
 
 def dataset_info(path: str | os.PathLike) -> dict:
@@ -709,66 +678,3 @@ def dataset_info(path: str | os.PathLike) -> dict:
         info["class_counts"] = [int(c) for c in counts]
     ds.close()
     return info
-
-
-def _positive(name: str):
-    return number_arg(name, int, positive=True)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, via cli_main
-        raise UserError(message)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m aot.data", description="Prepare and inspect EDM-format datasets.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("cifar10", help="CIFAR-10 training set from cifar-10-python.tar.gz")
-    p.add_argument("--source", default=CIFAR10_URL, help=f"URL or local tarball (default {CIFAR10_URL})")
-    p.add_argument("--md5", default=None, help="expected md5 of the tarball (default for the official file: %s; "
-                   "'none' skips the check)" % CIFAR10_MD5)
-    p.add_argument("--sha256", default=None, help="expected sha256 of the tarball")
-    p.add_argument("--download-to", default=None, help="keep the downloaded tarball at this path")
-    p.add_argument("--max-images", type=_positive("--max-images"), default=None)
-    p.add_argument("--dest", required=True, help="output .zip (or folder)")
-
-    p = sub.add_parser("download", help="download a file (atomically) and check its checksum")
-    p.add_argument("--url", default=CIFAR10_URL, help=f"URL (default {CIFAR10_URL})")
-    p.add_argument("--md5", default=None, help="expected md5 (default for cifar-10-python.tar.gz: the official one)")
-    p.add_argument("--sha256", default=None, help="expected sha256")
-    p.add_argument("--dest", required=True, help="where to store the file")
-
-    p = sub.add_parser("digits", help="scikit-learn's bundled 8x8 digits (1797 images, 1 channel, labels)")
-    p.add_argument("--resolution", type=_positive("--resolution"), default=8)
-    p.add_argument("--max-images", type=_positive("--max-images"), default=None)
-    p.add_argument("--dest", required=True, help="output .zip (or folder)")
-
-    p = sub.add_parser("info", help="print resolution, channels, count and labels of a dataset as JSON")
-    p.add_argument("path")
-    return parser
-
-
-@cli_main
-def main(argv: list[str] | None = None) -> None:
-    args = _build_parser().parse_args(argv)
-    if args.command == "cifar10":
-        n = prepare_cifar10(args.source, args.dest, md5=args.md5, sha256=args.sha256,
-                            max_images=args.max_images, download_to=args.download_to)
-        print(f"wrote {n} images to {args.dest}", flush=True)
-    elif args.command == "download":
-        if not _is_url(args.url):
-            raise UserError(f"--url {args.url!r} is not an http(s) or ftp URL")
-        name = os.path.basename(args.url.split("?")[0])
-        md5, sha256 = resolve_checksums(name, args.md5, args.sha256)
-        download(args.url, args.dest, md5=md5, sha256=sha256)
-        print(f"downloaded {args.url} to {args.dest}", flush=True)
-    elif args.command == "digits":
-        n = prepare_digits(args.dest, resolution=args.resolution, max_images=args.max_images)
-        print(f"wrote {n} images to {args.dest}", flush=True)
-    elif args.command == "info":
-        print(json.dumps(dataset_info(args.path), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Trajectory diagnostics: denoised estimates along the sampling path, and how straight the path is.
 
-    python -m aot.diagnostics --network edm.pt --network aot.pt --seeds 0-7 --steps 18 --rho 7 --out traj.npz
+    python -m aot diagnostics --network edm.pt --network aot.pt --seeds 0-7 --steps 18 --rho 7 --out traj.npz
 
 For every network, from the same latents (and class labels) of the same seeds, the sampler is run
 with every state x_k and every single-step denoised estimate x0_k = D(x_k, t_k) kept (the paper's
@@ -21,16 +21,16 @@ shared: `t_steps` (model 0's), `names`, `labels` int64 [S] (-1 unconditional), `
 
 from __future__ import annotations
 
-import argparse
 import math
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .cli.options import cli_main
 from .errors import UserError, positive_int
 from .files import atomic_path, write_json_atomic
 from .keys import parse_int_list
@@ -114,81 +114,29 @@ def run_trajectories(net: torch.nn.Module, seeds: Sequence[int], sampler_kwargs:
             "labels": np.concatenate(labels)}
 
 
-def _parse_class_labels(value: str) -> str | int:
-    if value == "random":
-        return "random"
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"--class-labels must be 'random' or a class index, got {value!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m aot.diagnostics", description=__doc__.split("\n\n")[0])
-    p.add_argument("--network", action="append", required=True,
-                   help="network checkpoint (.pt) or EDM pickle (.pkl); repeat for each model")
-    p.add_argument("--name", action="append", default=None,
-                   help="model name per --network (default: the checkpoint's meta 'model', else its file name)")
-    p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-7 or 1,5,9")
-    p.add_argument("--steps", type=int, default=18, help="num_steps")
-    p.add_argument("--rho", type=float, default=7.0)
-    p.add_argument("--sigma-min", type=float, default=0.002)
-    p.add_argument("--sigma-max", type=float, default=80.0)
-    p.add_argument("--solver", choices=["heun", "euler"], default="heun")
-    p.add_argument("--S-churn", dest="S_churn", type=float, default=0.0)
-    p.add_argument("--class-labels", default="random", help="'random' (as aot.generate) or a class index")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    p.add_argument("--out", required=True, help="output .npz (the JSON is written beside it)")
-    return p
-
-
-@cli_main
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+def _load_networks(networks: Sequence[str | os.PathLike], names: Sequence[str] | None, device) -> list:
+    """[(name, path, net, meta)] for every network; names from `names`, the meta 'model' or the file."""
     from .checkpoints import load_any_network
-    from .generate import check_seeds
-    from .sampling import edm_time_steps, nfe, sampler_key
 
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise UserError(f"--out {out} must end in .npz (the JSON goes beside it)")
-    out_json = out.with_suffix(".json")
-    seeds = check_seeds(parse_int_list(args.seeds, "--seeds"))
-    steps = positive_int("--steps", args.steps)
-    batch = positive_int("--batch", args.batch)
-    if args.threads is not None:
-        torch.set_num_threads(positive_int("--threads", args.threads))
-    try:
-        edm_time_steps(steps, args.sigma_min, args.sigma_max, args.rho)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if args.S_churn < 0:
-        raise UserError(f"--S-churn must be >= 0, got {args.S_churn}")
-    class_labels = _parse_class_labels(args.class_labels)
-    if args.name is not None and len(args.name) != len(args.network):
-        raise UserError(f"--name given {len(args.name)} times for {len(args.network)} --network options")
-    if args.device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = args.device
-        try:
-            torch.device(device)
-        except (RuntimeError, ValueError):
-            raise UserError(f"--device {device!r} is not a torch device") from None
-
+    if names is not None and len(names) != len(networks):
+        raise UserError(f"--name given {len(names)} times for {len(networks)} --network options")
     nets = []
-    for i, path in enumerate(args.network):
+    for i, path in enumerate(networks):
         net, meta = load_any_network(path, device=device)
-        name = (args.name[i] if args.name else None) or meta.get("model") or Path(path).stem
+        name = (names[i] if names else None) or meta.get("model") or Path(path).stem
         nets.append((name, path, net, meta))
-    shape0 = (int(nets[0][2].img_channels), int(nets[0][2].img_resolution))
+    return nets
+
+
+def _check_networks(nets: list, class_labels: str | int) -> None:
+    """The networks must share latents (image shape) and classes, and have distinct names."""
+    path0, net0 = nets[0][1], nets[0][2]
+    shape0 = (int(net0.img_channels), int(net0.img_resolution))
     label_dims = {int(getattr(n, "label_dim", 0) or 0) for _, _, n, _ in nets} - {0}
-    for name, path, net, _ in nets:
+    for _, path, net, _ in nets:
         if (int(net.img_channels), int(net.img_resolution)) != shape0:
             raise UserError(f"network {path} makes {net.img_channels}x{net.img_resolution}x{net.img_resolution} "
-                            f"images, {args.network[0]} {shape0[0]}x{shape0[1]}x{shape0[1]}: no shared latents")
+                            f"images, {path0} {shape0[0]}x{shape0[1]}x{shape0[1]}: no shared latents")
     if len(label_dims) > 1:
         raise UserError(f"conditional networks disagree on the number of classes: {sorted(label_dims)}")
     if isinstance(class_labels, int):
@@ -200,19 +148,53 @@ def main(argv=None) -> None:
     if len(set(names)) != len(names):
         raise UserError(f"model names repeat ({', '.join(names)}); give distinct --name options")
 
-    sampler_kwargs = dict(num_steps=steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho,
-                          S_churn=args.S_churn, solver=args.solver)
-    sampler = {"key": sampler_key(args.solver, steps, args.rho, args.S_churn), "solver": args.solver,
-               "num_steps": steps, "rho": float(args.rho), "sigma_min": float(args.sigma_min),
-               "sigma_max": float(args.sigma_max), "S_churn": float(args.S_churn), "nfe": nfe(steps, args.solver),
-               "class_labels": class_labels}
 
+def run_diagnostics(*, network: Sequence[str | os.PathLike], out: str | os.PathLike,
+                    name: Sequence[str] | None = None,  # model name per network (default: meta 'model', file name)
+                    seeds: str | Sequence[int] = "0-7",  # the same latents (and labels) for every network
+                    solver: str = "heun",                # EDM's sampler settings
+                    num_steps: int = 18,
+                    rho: float = 7.0,
+                    sigma_min: float = 0.002,
+                    sigma_max: float = 80.0,
+                    S_churn: float = 0.0,
+                    class_labels: str | int = "random",  # 'random' (as aot.generate) or a class index
+                    batch: int = 64,                     # seeds per sampler call
+                    device: str | None = "auto",         # cuda, cuda:N, cpu or auto
+                    ) -> dict:
+    """Trajectories and their curvature numbers for every network; writes `out` (npz) and the JSON
+    beside it, returns the JSON's content."""
+    from .generate import check_seeds, parse_class_labels, resolve_device
+    from .sampling import edm_time_steps, nfe, sampler_key
+
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UserError(f"--out {out} must end in .npz (the JSON goes beside it)")
+    seeds = check_seeds(parse_int_list(seeds, "--seeds"))
+    steps = positive_int("--steps", num_steps)
+    batch = positive_int("--batch", batch)
+    try:
+        edm_time_steps(steps, sigma_min, sigma_max, rho)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if S_churn < 0:
+        raise UserError(f"--S-churn must be >= 0, got {S_churn}")
+    class_labels = parse_class_labels(class_labels)
+    device = str(resolve_device(device))
+    nets = _load_networks(network, name, device)
+    _check_networks(nets, class_labels)
+
+    sampler_kwargs = dict(num_steps=steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn,
+                          solver=solver)
+    sampler = {"key": sampler_key(solver, steps, rho, S_churn), "solver": solver, "num_steps": steps,
+               "rho": float(rho), "sigma_min": float(sigma_min), "sigma_max": float(sigma_max),
+               "S_churn": float(S_churn), "nfe": nfe(steps, solver), "class_labels": class_labels}
     t0 = time.time()
     arrays: dict[str, np.ndarray] = {}
     labels = np.full(len(seeds), -1, dtype=np.int64)
     models = []
-    for i, (name, path, net, meta) in enumerate(nets):
-        print(f"diagnostics: {name} ({path}): {len(seeds)} seeds, {sampler['key']} on {device}", flush=True)
+    for i, (name_i, path, net, meta) in enumerate(nets):
+        print(f"diagnostics: {name_i} ({path}): {len(seeds)} seeds, {sampler['key']} on {device}", flush=True)
         tr = run_trajectories(net, seeds, sampler_kwargs, device, class_labels, batch)
         arrays[f"x0_{i}"] = tr["x0"].astype(np.float32)
         arrays[f"x_{i}"] = tr["x"].astype(np.float32)
@@ -220,13 +202,13 @@ def main(argv=None) -> None:
         if (tr["labels"] >= 0).any():
             labels = tr["labels"]
         m = trajectory_metrics(tr["x"], tr["x0"], tr["t_steps"])
-        models.append({"name": name, "aot": meta.get("aot"),
+        models.append({"name": name_i, "aot": meta.get("aot"),
                        "cond": bool(int(getattr(net, "label_dim", 0) or 0)),
                        "checkpoint": str(path), "source": meta.get("source"), "kimg": meta.get("kimg"), **m})
-        print(f"diagnostics: {name}: curvature {m['curvature']:.5f}, path deviation {m['path_deviation']:.3e}",
+        print(f"diagnostics: {name_i}: curvature {m['curvature']:.5f}, path deviation {m['path_deviation']:.3e}",
               flush=True)
     arrays["t_steps"] = arrays["t_steps_0"]
-    arrays["names"] = np.array(names)
+    arrays["names"] = np.array([n for n, *_ in nets])
     arrays["labels"] = labels
     arrays["seeds"] = np.asarray(seeds, dtype=np.int64)
     result = {"kind": "diagnostics", "models": models, "sampler": sampler, "seeds": seeds,
@@ -234,9 +216,7 @@ def main(argv=None) -> None:
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+    out_json = out.with_suffix(".json")
     write_json_atomic(out_json, result)
     print(f"diagnostics: wrote {out} and {out_json} ({result['time_s']:.1f} s)", flush=True)
-
-
-if __name__ == "__main__":
-    main()
+    return result

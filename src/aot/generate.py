@@ -1,49 +1,44 @@
-"""Seed-deterministic, sharded, resumable image generation to an `.npz` sample set.
-
-    python -m aot.generate --network CKPT --seeds 0-49999 --out X.npz [--steps 18 --rho 7
-        --solver heun|euler --S-churn 0 --S-min 0 --S-max inf --S-noise 1 --sigma-min 0.002
-        --sigma-max 80 --batch 256 --class-labels random|INT --shard-size 1000 --grid grid.png
-        --device cuda|cpu|auto --threads N --model-name NAME]
+"""Seed-deterministic, sharded, resumable image generation (EDM's generate.py) into a sample set.
 
 As in EDM's `generate.py`, every seed has its own random generator: the latents, the class label
 (drawn after the latents) and any stochastic-sampler noise of seed s come from seed s alone, so the
 image for seed s does not depend on the batch size, the shard size or the number of processes.
 
-Output (`X.npz`): `images` uint8 [N, H, W, C], `labels` int64 [N] (-1 when unconditional), `seeds`
-int64 [N] and `meta` (a JSON string: model, sampler, seeds, num_images, time_s, env).
-
-Completed shards of `shard_size` seeds are written atomically to `X.npz.shards/`; a killed run,
-rerun with the same settings, keeps them and generates only what is missing. Shards made with other
-settings (network weights, sampler, class labels) are discarded. `X.npz` appears only when every
-seed is in; the shard folder is removed afterwards. Under `torchrun`, ranks share the shards.
+`generate_set(network=..., seeds=..., out=...)` makes a sample set (format: `aot.samples`) from a
+network file; `run_generation` does the same for a network in memory and any sampler (DG uses it).
+Completed shards of `shard_size` seeds are kept; a killed run, rerun with the same settings,
+generates only what is missing. Under `torchrun`, ranks share the shards and rank 0 writes the set.
+SIGTERM/SIGUSR1 (Slurm's time limit, preemption) end `generate_set` at once with exit code 75
+(`aot.errors.EXIT_PREEMPTED`); the handlers are those of the caller again when it returns.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import hashlib
-import json
 import math
 import os
-import re
-import shutil
-import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .sampling import SOLVERS, StackedRandomGenerator, get_sampler, nfe, sampler_key
-from .cli.options import ArgParser, cli_main, number_arg
-from .errors import EXIT_PREEMPTED, UserError
-from .files import atomic_path
+from .errors import UserError
 from .keys import parse_int_list
-from .runtime import Progress, environment_info
+from .runtime import Preemption, environment_info, progress
+from .samples import (
+    generation_fingerprint,
+    read_shards,
+    save_grid,
+    scan_shards,
+    shard_path,
+    shards_dir,
+    write_sample_set,
+    write_shard,
+)
+from .sampling import SOLVERS, StackedRandomGenerator, get_sampler, nfe, sampler_key
 
-SHARD_RE = re.compile(r"^shard-(\d{6})\.npz$")
 MAX_SEED = (1 << 32) - 1
 
 
@@ -96,7 +91,8 @@ def check_class_labels(net: torch.nn.Module, class_labels: str | int, what: str 
         if label_dim == 0:
             raise UserError(f"--class-labels {class_labels}: the {what} is unconditional (no class labels)")
         if class_labels >= label_dim:
-            raise UserError(f"--class-labels {class_labels} is out of range: the {what} has {label_dim} classes (0..{label_dim - 1})")
+            raise UserError(f"--class-labels {class_labels} is out of range: the {what} has {label_dim} classes "
+                            f"(0..{label_dim - 1})")
     elif class_labels != "random":
         raise UserError(f"--class-labels must be 'random' or a class index, got {class_labels!r}")
 
@@ -181,58 +177,7 @@ def generate_images(net: torch.nn.Module, seeds: Sequence[int], sampler_fn: Call
 
 
 # --------------------------------------------------------------------------------------------
-# Fingerprint of everything that determines the images
-
-
-def _tensor_digest(h: "hashlib._Hash", module: torch.nn.Module) -> None:
-    for name, value in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        t = value.detach().to("cpu").contiguous().reshape(-1)
-        h.update(str(t.dtype).encode() + str(list(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
-def _plain(value: Any, h: "hashlib._Hash") -> Any:
-    if isinstance(value, torch.nn.Module):
-        _tensor_digest(h, value)
-        return f"<module {type(value).__name__}>"
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, dict):
-        return {str(k): _plain(v, h) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, h) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if callable(value):
-        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
-    return repr(value)
-
-
-def generation_fingerprint(net: torch.nn.Module, sampler_fn: Callable, sampler_kwargs: dict,
-                           class_labels: str | int, extra: Any = None) -> str:
-    """sha256 over the network weights, the sampler function and settings, and the class labels."""
-    h = hashlib.sha256()
-    _tensor_digest(h, net)
-    desc = {
-        "net": type(net).__name__, "img": [int(net.img_channels), int(net.img_resolution)],
-        "label_dim": int(getattr(net, "label_dim", 0) or 0),
-        "sampler_fn": _plain(sampler_fn, h), "sampler_kwargs": _plain(sampler_kwargs, h),
-        "class_labels": class_labels, "extra": _plain(extra, h),
-    }
-    h.update(json.dumps(desc, sort_keys=True).encode())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
 # Sharded, resumable driver
-
-
-def shards_dir(out: str | os.PathLike) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".shards")
 
 
 def _dist_info() -> tuple[int, int]:
@@ -246,50 +191,13 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _read_shard(path: Path) -> dict | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in ("images", "labels", "seeds", "fingerprint", "time_s")}
-    except Exception:  # a damaged shard is simply redone
-        return None
-
-
-def _scan_shards(sdir: Path, fingerprint: str, chunks: list[list[int]], log: Callable[[str], None]) -> set[int]:
-    """Indices of valid finished shards; stale, damaged or foreign files are removed."""
-    done: set[int] = set()
-    if not sdir.is_dir():
-        return done
-    stale = 0
-    for p in sorted(sdir.iterdir()):
-        m = SHARD_RE.match(p.name)
-        if p.name.startswith(".") and ".tmp" in p.name:
-            with contextlib.suppress(OSError):
-                p.unlink()  # left by a killed writer
-            continue
-        if not m:
-            continue
-        k = int(m.group(1))
-        rec = _read_shard(p)
-        ok = (rec is not None and k < len(chunks) and str(rec["fingerprint"]) == fingerprint
-              and rec["seeds"].tolist() == chunks[k])
-        if ok:
-            done.add(k)
-        else:
-            stale += 1
-            with contextlib.suppress(OSError):
-                p.unlink()
-    if stale:
-        log(f"discarded {stale} shard(s) in {sdir} made with other settings or damaged")
-    return done
-
-
 def run_generation(net: torch.nn.Module, out: str | os.PathLike, seeds: Sequence[int], *,
                    sampler_fn: Callable | None = None, sampler_kwargs: dict | None = None,
                    batch: int = 256, device: torch.device | str | None = None,
                    class_labels: str | int = "random", shard_size: int = 1000, meta: dict | None = None,
                    fingerprint_extra: Any = None, grid: str | os.PathLike | None = None,
                    after_shard: Callable[[int], None] | None = None,
-                   log: Callable[[str], None] | None = None, progress_interval: float = 10.0) -> dict | None:
+                   log: Callable[[str], None] | None = None) -> dict | None:
     """Generate `seeds` into `out` (npz) through resumable shards; returns the final meta dict.
 
     `meta` (model, sampler, ...) is stored in the npz with `seeds`, `num_images`, `time_s` (summed
@@ -314,7 +222,7 @@ def run_generation(net: torch.nn.Module, out: str | os.PathLike, seeds: Sequence
     fingerprint = generation_fingerprint(net, sampler_fn, sampler_kwargs, class_labels, fingerprint_extra)
     sdir = shards_dir(out)
     if rank == 0:
-        done = _scan_shards(sdir, fingerprint, chunks, log)
+        done = scan_shards(sdir, fingerprint, chunks, log)
         try:
             sdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -323,108 +231,46 @@ def run_generation(net: torch.nn.Module, out: str | os.PathLike, seeds: Sequence
             log(f"resuming: {len(done)} of {len(chunks)} shards already in {sdir}")
     _barrier()
     if rank != 0:
-        done = {k for k in range(len(chunks)) if (sdir / f"shard-{k:06d}.npz").is_file()}
+        done = {k for k in range(len(chunks)) if shard_path(sdir, k).is_file()}
     pending = [k for k in range(len(chunks)) if k not in done]
     mine = pending[rank::world]
 
-    total = sum(len(c) for c in chunks)
     already = sum(len(chunks[k]) for k in done)
-    prog = Progress(f"generating {out.name}" + (f" [rank {rank}]" if world > 1 else ""),
-                    total if world == 1 else already + sum(len(chunks[k]) for k in mine),
-                    interval=progress_interval)
-    prog.update(already, force=True)
-    count = already
-    for k in mine:
-        t0 = time.monotonic()
-        base = count
-        images, labels = generate_images(net, chunks[k], sampler_fn, sampler_kwargs, batch, device,
-                                         class_labels, progress=lambda d: prog.update(base + d))
-        elapsed = time.monotonic() - t0
-        with atomic_path(sdir / f"shard-{k:06d}.npz") as tmp:
-            np.savez(tmp, images=images, labels=labels, seeds=np.asarray(chunks[k], dtype=np.int64),
-                     fingerprint=np.array(fingerprint), time_s=np.array(elapsed))
-        count += len(chunks[k])
-        if after_shard is not None:
-            after_shard(k)
+    total = len(seeds) if world == 1 else already + sum(len(chunks[k]) for k in mine)
+    desc = f"generating {out.name}" + (f" [rank {rank}]" if world > 1 else "")
+    with progress(total, desc, unit="img", initial=already) as bar:
+        for k in mine:
+            t0 = time.monotonic()
+            images, labels = generate_images(net, chunks[k], sampler_fn, sampler_kwargs, batch, device,
+                                             class_labels, progress=_bar_callback(bar))
+            write_shard(sdir, k, images, labels, chunks[k], fingerprint, time.monotonic() - t0)
+            if after_shard is not None:
+                after_shard(k)
     _barrier()
     if rank != 0:
         return None
 
     # Merge (rank 0): every shard must be present and valid.
-    parts = []
-    for k, chunk in enumerate(chunks):
-        rec = _read_shard(sdir / f"shard-{k:06d}.npz")
-        if rec is None or str(rec["fingerprint"]) != fingerprint or rec["seeds"].tolist() != chunk:
-            raise RuntimeError(f"shard {k} of {out} is missing or damaged after generation")
-        parts.append(rec)
-    images = np.concatenate([p["images"] for p in parts])
-    labels = np.concatenate([p["labels"] for p in parts])
-    seeds_arr = np.concatenate([p["seeds"] for p in parts])
-    time_s = float(sum(float(p["time_s"]) for p in parts))
+    images, labels, seeds_arr, time_s = read_shards(out, chunks, fingerprint)
     final_meta = dict(meta or {})
     final_meta.update({"seeds": [int(seeds[0]), int(seeds[-1])], "num_images": int(len(seeds)),
                        "time_s": time_s, "env": environment_info()})
     if grid is not None:
         save_grid(grid, images)
-    with atomic_path(out) as tmp:
-        np.savez(tmp, images=images, labels=labels, seeds=seeds_arr,
-                 meta=np.array(json.dumps(final_meta, default=str)))
-    shutil.rmtree(sdir, ignore_errors=True)
+    write_sample_set(out, images, labels, seeds_arr, final_meta)
     log(f"wrote {len(seeds)} images to {out} ({time_s:.1f} s of sampling)")
     return final_meta
 
 
-def save_grid(path: str | os.PathLike, images: np.ndarray, max_images: int = 64) -> None:
-    """A PNG grid (ceil(sqrt(n)) columns) of the first `max_images` uint8 NHWC images."""
-    import PIL.Image
+def _bar_callback(bar) -> Callable[[int], None]:
+    """generate_images' progress(done) as increments of a tqdm bar."""
+    last = [0]
 
-    imgs = images[:max_images]
-    n, h, w, c = imgs.shape
-    cols = int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    canvas = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
-    for i, img in enumerate(imgs):
-        r, q = divmod(i, cols)
-        canvas[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
-    pil = PIL.Image.fromarray(canvas[:, :, 0], "L") if c == 1 else PIL.Image.fromarray(canvas, "RGB")
-    with atomic_path(path) as tmp:
-        pil.save(tmp, format="png")
+    def update(done: int) -> None:
+        bar.update(done - last[0])
+        last[0] = done
 
-
-def load_samples(path: str | os.PathLike) -> dict:
-    """Read a sample set npz: dict(images uint8 NHWC, labels, seeds (None if absent), meta=dict).
-
-    The one reader of sample sets (FID, reports and DG use it); every problem is a UserError
-    naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample set {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise UserError(f"sample set {path} has no 'images' array (keys: {', '.join(z.files)})")
-            rec = {k: (z[k] if k in z.files else None) for k in ("images", "labels", "seeds")}
-            meta_raw = z["meta"] if "meta" in z.files else None
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"sample set {path} cannot be read ({type(exc).__name__}: {exc})") from None
-    images = rec["images"]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise UserError(f"sample set {path}: 'images' must be uint8 [N, H, W, C] with C in (1, 3), "
-                        f"got {images.dtype} {tuple(images.shape)}")
-    meta: dict = {}
-    if meta_raw is not None:
-        try:
-            meta = json.loads(str(meta_raw.item() if meta_raw.ndim == 0 else meta_raw[0]))
-        except (json.JSONDecodeError, ValueError, IndexError) as exc:
-            raise UserError(f"sample set {path}: 'meta' is not a JSON string: {exc}") from None
-    rec["meta"] = meta
-    return rec
-
-
-# --------------------------------------------------------------------------------------------
-# Model and sampler description for `meta`
+    return update
 
 
 def model_meta(checkpoint: str | os.PathLike, ckpt_meta: dict, net: torch.nn.Module,
@@ -455,155 +301,118 @@ def sampler_meta(solver: str, num_steps: int, rho: float, sigma_min: float, sigm
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# A sample set from a network file
 
 
-_Parser = ArgParser
-
-
-def _float(name: str):
-    return number_arg(name, allow_inf=True)
-
-
-def _int(name: str):
-    return number_arg(name, int)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m aot.generate", description="Generate a seed-deterministic sample set (npz).")
-    p.add_argument("--network", required=True, help="network checkpoint (.pt of aot, or an EDM .pkl)")
-    p.add_argument("--seeds", required=True, help="seeds, e.g. 0-49999 or 0,5,10-19")
-    p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--steps", "--num-steps", dest="num_steps", type=_int("--steps"), default=18)
-    p.add_argument("--solver", default="heun", help="heun (EDM, NFE 2n-1) or euler (NFE n)")
-    p.add_argument("--rho", type=_float("--rho"), default=7.0)
-    p.add_argument("--sigma-min", type=_float("--sigma-min"), default=0.002)
-    p.add_argument("--sigma-max", type=_float("--sigma-max"), default=80.0)
-    p.add_argument("--S-churn", dest="S_churn", type=_float("--S-churn"), default=0.0)
-    p.add_argument("--S-min", dest="S_min", type=_float("--S-min"), default=0.0)
-    p.add_argument("--S-max", dest="S_max", type=_float("--S-max"), default=float("inf"))
-    p.add_argument("--S-noise", dest="S_noise", type=_float("--S-noise"), default=1.0)
-    p.add_argument("--batch", type=_int("--batch"), default=256, help="maximum batch size")
-    p.add_argument("--class-labels", default="random", help="'random' (per seed) or a fixed class index")
-    p.add_argument("--shard-size", type=_int("--shard-size"), default=1000)
-    p.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images")
-    p.add_argument("--device", default=None, help="cuda, cuda:N, cpu or auto (default: cuda if available)")
-    p.add_argument("--threads", type=_int("--threads"), default=None, help="CPU threads for torch (default: torch's)")
-    p.add_argument("--model-name", default=None, help="model name recorded in meta (default: the checkpoint's)")
-    p.add_argument("--fast", action="store_true",
-                   help="bf16 autocast + channels_last (not bit-identical to EDM's fp32 sampling)")
-    p.add_argument("--compile", action="store_true", help="with --fast: torch.compile the network")
-    return p
-
-
-def validate_sampler_args(args: argparse.Namespace) -> None:
-    if args.solver not in SOLVERS:
-        raise UserError(f"--solver: unknown solver {args.solver!r} (choose from {', '.join(SOLVERS)})")
-    if args.num_steps < 2:
-        raise UserError(f"--steps must be at least 2, got {args.num_steps}")
-    if not args.rho > 0:
-        raise UserError(f"--rho must be positive, got {args.rho}")
-    if not args.sigma_min > 0:
-        raise UserError(f"--sigma-min must be positive, got {args.sigma_min}")
-    if not args.sigma_max > args.sigma_min:
-        raise UserError(f"--sigma-max ({args.sigma_max}) must be larger than --sigma-min ({args.sigma_min})")
-    if args.S_churn < 0 or args.S_noise < 0 or args.S_min < 0:
+def check_sampler_settings(*, solver: str, num_steps: int, rho: float, sigma_min: float, sigma_max: float,
+                           S_churn: float, S_min: float, S_max: float, S_noise: float) -> None:
+    """UserErrors, named by their options, for sampler settings EDM's sampler cannot run."""
+    if solver not in SOLVERS:
+        raise UserError(f"--solver: unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+    if num_steps < 2:
+        raise UserError(f"--steps must be at least 2, got {num_steps}")
+    if not rho > 0:
+        raise UserError(f"--rho must be positive, got {rho}")
+    if not sigma_min > 0:
+        raise UserError(f"--sigma-min must be positive, got {sigma_min}")
+    if not sigma_max > sigma_min:
+        raise UserError(f"--sigma-max ({sigma_max}) must be larger than --sigma-min ({sigma_min})")
+    if S_churn < 0 or S_noise < 0 or S_min < 0:
         raise UserError("--S-churn, --S-noise and --S-min must not be negative")
-    if args.S_max < args.S_min:
-        raise UserError(f"--S-max ({args.S_max}) must not be below --S-min ({args.S_min})")
+    if S_max < S_min:
+        raise UserError(f"--S-max ({S_max}) must not be below --S-min ({S_min})")
 
 
-def validate_output_args(args: argparse.Namespace) -> None:
-    if Path(args.out).suffix != ".npz":
-        raise UserError(f"--out {args.out} must end in .npz")
-    if args.grid is not None and Path(args.grid).suffix.lower() != ".png":
-        raise UserError(f"--grid {args.grid} must end in .png")
-    if args.batch <= 0:
-        raise UserError(f"--batch must be positive, got {args.batch}")
-    if args.shard_size <= 0:
-        raise UserError(f"--shard-size must be positive, got {args.shard_size}")
-    if args.threads is not None and args.threads <= 0:
-        raise UserError(f"--threads must be positive, got {args.threads}")
-    if args.model_name is not None and not args.model_name.strip():
+def check_output_settings(*, out: str | os.PathLike, grid: str | os.PathLike | None, batch: int, shard_size: int,
+                          model_name: str | None) -> None:
+    """UserErrors for output settings, before anything is loaded or written."""
+    if Path(out).suffix != ".npz":
+        raise UserError(f"--out {out} must end in .npz")
+    if grid is not None and Path(grid).suffix.lower() != ".png":
+        raise UserError(f"--grid {grid} must end in .png")
+    if batch <= 0:
+        raise UserError(f"--batch must be positive, got {batch}")
+    if shard_size <= 0:
+        raise UserError(f"--shard-size must be positive, got {shard_size}")
+    if model_name is not None and not model_name.strip():
         raise UserError("--model-name must not be empty")
-    parent = Path(args.out).resolve().parent
+    parent = Path(out).resolve().parent
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK):
-        raise UserError(f"output folder for {args.out} is not writable")
+        raise UserError(f"output folder for {out} is not writable")
 
 
-def _init_distributed(device_arg: str | None) -> str | None:
+def _init_distributed(device: str | None) -> str | None:
     """Under torchrun (WORLD_SIZE > 1): join the process group, pick this rank's GPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device_arg
-    use_cuda = torch.cuda.is_available() and (device_arg is None or str(device_arg).startswith("cuda"))
+        return device
+    use_cuda = torch.cuda.is_available() and (device in (None, "", "auto") or str(device).startswith("cuda"))
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        device_arg = f"cuda:{local}"
+        device = f"cuda:{local}"
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return device_arg
+    return device
 
 
-def _on_signal(signum, frame):  # Slurm time limit / preemption: finished shards are kept
-    raise SystemExit(EXIT_PREEMPTED)
-
-
-@cli_main
-def main(argv: list[str] | None = None) -> dict | None:
-    args = build_parser().parse_args(argv)
-    validate_sampler_args(args)
-    validate_output_args(args)
-    seeds = check_seeds(parse_int_list(args.seeds, "--seeds"))
-    class_labels = parse_class_labels(args.class_labels)
-    device = resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-
-    from . import checkpoints
-
-    # our .pt files, or official EDM pickles where aot.checkpoints can import them
-    loader = getattr(checkpoints, "load_any_network", None) or checkpoints.load_network
-    net, ckpt_meta = loader(args.network, device="cpu")
-    check_class_labels(net, class_labels, what=f"network {args.network}")
-
-    for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-        if sig is not None:
-            with contextlib.suppress(ValueError):
-                signal.signal(sig, _on_signal)
-    dev_name = _init_distributed(args.device)
-    device = resolve_device(dev_name)
-    net = net.to(device)
-    if args.compile and not args.fast:
+def generate_set(*, network: str | os.PathLike, seeds: str | Sequence[int], out: str | os.PathLike,
+                 solver: str = "heun",            # ODE solver: heun (EDM, NFE 2N - 1) or euler (NFE N)
+                 num_steps: int = 18,             # time steps N
+                 rho: float = 7.0,                # time-step exponent
+                 sigma_min: float = 0.002,        # lowest noise level
+                 sigma_max: float = 80.0,         # highest noise level
+                 S_churn: float = 0.0,            # stochasticity (0: deterministic)
+                 S_min: float = 0.0,              # noise levels at which churn applies: [S_min, S_max]
+                 S_max: float = math.inf,
+                 S_noise: float = 1.0,            # scale of the added noise
+                 batch: int = 256,                # maximum batch size
+                 class_labels: str | int = "random",  # 'random' (one per seed, EDM's default) or a class index
+                 shard_size: int = 1000,          # seeds per resumable shard
+                 grid: str | os.PathLike | None = None,  # PNG grid of the first 64 images
+                 model_name: str | None = None,   # model name in the meta (default: the checkpoint's)
+                 device: str | None = "auto",     # cuda, cuda:N, cpu or auto
+                 fast: bool = False,              # bf16 autocast + channels_last (not bit-identical to fp32)
+                 compile: bool = False,           # with fast: torch.compile the network
+                 ) -> dict | None:
+    """Generate sample set `out` for `seeds` from the network file `network` (ours, or an EDM pickle);
+    returns its meta (None on ranks > 0)."""
+    check_sampler_settings(solver=solver, num_steps=num_steps, rho=rho, sigma_min=sigma_min, sigma_max=sigma_max,
+                           S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
+    check_output_settings(out=out, grid=grid, batch=batch, shard_size=shard_size, model_name=model_name)
+    if compile and not fast:
         raise UserError("--compile goes with --fast")
-    if args.fast:
-        from .sampling import FastDenoiser
+    seeds = check_seeds(parse_int_list(seeds, "--seeds"))
+    class_labels = parse_class_labels(class_labels)
+    resolve_device(device)
 
-        net = FastDenoiser(net, compile=args.compile)
+    from .checkpoints import load_any_network
 
-    sampler_kwargs = dict(num_steps=args.num_steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                          rho=args.rho, S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max,
-                          S_noise=args.S_noise)
-    meta = {
-        "model": model_meta(args.network, ckpt_meta, net, name=args.model_name),
-        "sampler": sampler_meta(args.solver, args.num_steps, args.rho, args.sigma_min, args.sigma_max,
-                                args.S_churn, args.S_min, args.S_max, args.S_noise, class_labels),
-        "batch": args.batch, "shard_size": args.shard_size, "device": str(device),
-        "precision": "bf16-autocast" + ("+compile" if args.compile else "") if args.fast else "fp32",
-    }
-    print(f"generating {len(seeds)} images with {meta['sampler']['key']} (NFE {meta['sampler']['nfe']}) "
-          f"from {args.network} on {device}", flush=True)
-    try:
-        return run_generation(net, args.out, seeds, sampler_fn=get_sampler(args.solver),
-                              sampler_kwargs=sampler_kwargs, batch=args.batch, device=device,
-                              class_labels=class_labels, shard_size=args.shard_size, meta=meta, grid=args.grid,
-                              fingerprint_extra={"precision": meta["precision"]})
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    net, ckpt_meta = load_any_network(network, device="cpu")
+    check_class_labels(net, class_labels, what=f"network {network}")
+    with Preemption(raise_on_signal=True):
+        try:
+            device = resolve_device(_init_distributed(device))
+            net = net.to(device)
+            if fast:
+                from .sampling import FastDenoiser
 
-
-if __name__ == "__main__":
-    main()
+                net = FastDenoiser(net, compile=compile)
+            sampler_kwargs = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                                  S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
+            meta = {
+                "model": model_meta(network, ckpt_meta, net, name=model_name),
+                "sampler": sampler_meta(solver, num_steps, rho, sigma_min, sigma_max, S_churn, S_min, S_max,
+                                        S_noise, class_labels),
+                "batch": batch, "shard_size": shard_size, "device": str(device),
+                "precision": "bf16-autocast" + ("+compile" if compile else "") if fast else "fp32",
+            }
+            print(f"generating {len(seeds)} images with {meta['sampler']['key']} (NFE {meta['sampler']['nfe']}) "
+                  f"from {network} on {device}", flush=True)
+            return run_generation(net, out, seeds, sampler_fn=get_sampler(solver), sampler_kwargs=sampler_kwargs,
+                                  batch=batch, device=device, class_labels=class_labels, shard_size=shard_size,
+                                  meta=meta, grid=grid, fingerprint_extra={"precision": meta["precision"]})
+        finally:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()

@@ -3,9 +3,11 @@
 Two feature spaces, one formula:
 
 * ``inception-v3-tf``: clean-fid's TF-Inception (``legacy_tensorflow`` mode, the numbers EDM and the
-  paper report). Images go to clean-fid's own torchscript wrapper at their native resolution as
-  float [0, 255] NCHW tensors, exactly as clean-fid's folder loader feeds them; the network resizes
-  to 299x299 inside. Grayscale images are repeated to three channels (as PIL's ``convert("RGB")``).
+  paper report). Images go to the TorchScript network clean-fid downloads, called as clean-fid's
+  ``InceptionV3W(resize_inside=True)`` calls it, at their native resolution as float [0, 255] NCHW
+  tensors, exactly as clean-fid's folder loader feeds them; the network resizes to 299x299 inside.
+  Grayscale images are repeated to three channels (as PIL's ``convert("RGB")``). The weights file
+  is checked by SHA-256 before it is loaded (:func:`inception_feature_fn`).
 * ``offline-classifier``: the penultimate layer of a small CNN classifier trained on the prepared
   dataset (:func:`train_feature_net`), for machines without the Inception weights. Its distances
   are *not* FID-Inception values and are labelled as such everywhere.
@@ -17,12 +19,13 @@ mean and the unbiased covariance (``np.cov(rowvar=False)``) as in clean-fid.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +33,7 @@ from torch import nn
 
 from .errors import UserError
 from .files import atomic_path
-from .runtime import Progress
+from .runtime import progress
 
 INCEPTION_NAME = "inception-v3-tf"
 INCEPTION_MODE = "legacy_tensorflow"
@@ -87,13 +90,14 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def aggregate_repeats(fids: Iterable[float]) -> dict:
     """The three-measurement protocol: minimum (the reported number), mean and spread.
 
-    `std` is the sample standard deviation (ddof=1), 0.0 for a single measurement.
+    `std` is the sample standard deviation (ddof=1, as pandas), NaN for a single measurement. The
+    report's tables and `python -m aot fid aggregate` both use this function.
     """
     values = [float(v) for v in fids]
     if not values:
         raise ValueError("no FID values to aggregate")
     arr = np.asarray(values, dtype=np.float64)
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    std = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
     return {"min": float(arr.min()), "mean": float(arr.mean()), "std": std, "n": int(arr.size)}
 
 
@@ -118,8 +122,7 @@ def _to_float255(batch_u8: np.ndarray, rgb: bool) -> torch.Tensor:
 
 
 def compute_features(images_nchw: np.ndarray, feature_fn: FeatureFn, device: str | torch.device,
-                     batch_size: int = 100, rgb: bool = False, what: str = "features",
-                     progress_interval: float = 10.0, stream=None) -> np.ndarray:
+                     batch_size: int = 100, rgb: bool = False, what: str = "features") -> np.ndarray:
     """Features of uint8 NCHW images, batch by batch through ``cleanfid.fid.get_batch_features``.
 
     `rgb=True` repeats single-channel images to three channels (for Inception).
@@ -127,30 +130,38 @@ def compute_features(images_nchw: np.ndarray, feature_fn: FeatureFn, device: str
     from cleanfid.fid import get_batch_features
 
     n = int(images_nchw.shape[0])
-    progress = Progress(what, n, interval=progress_interval, stream=stream)
-    progress.update(0)
     feats = []
-    for start in range(0, n, batch_size):
-        batch = _to_float255(images_nchw[start:start + batch_size], rgb=rgb)
-        feats.append(np.asarray(get_batch_features(batch, feature_fn, device)))
-        progress.update(min(start + batch_size, n))
+    with progress(n, what) as bar:
+        for start in range(0, n, batch_size):
+            batch = _to_float255(images_nchw[start:start + batch_size], rgb=rgb)
+            feats.append(np.asarray(get_batch_features(batch, feature_fn, device)))
+            bar.update(len(batch))
     return np.concatenate(feats, axis=0)
 
 
-def inception_feature_fn(weights_dir: str | os.PathLike, device: str | torch.device) -> FeatureFn:
-    """clean-fid's ``legacy_tensorflow`` extractor, loaded from `weights_dir` without downloading.
+def inception_feature_fn(weights: str | os.PathLike, device: str | torch.device,
+                         sha256: str | None = None) -> FeatureFn:
+    """clean-fid's ``legacy_tensorflow`` extractor from the TorchScript file `weights`, never downloading.
 
-    Same construction as ``cleanfid.features.build_feature_extractor("legacy_tensorflow")``
-    (``InceptionV3W(..., resize_inside=True)``), minus DataParallel and the download.
+    The file is read once; with `sha256` its digest must match before those same bytes reach
+    ``torch.jit.load`` (TorchScript is code: nothing unverified is loaded, and the file cannot be
+    swapped between check and load). Called as ``cleanfid.features.build_feature_extractor(
+    "legacy_tensorflow")`` calls it (``InceptionV3W(resize_inside=True)``: 2048 features, resized
+    inside), minus DataParallel and the download.
     """
-    from cleanfid.inception_torchscript import InceptionV3W
-
+    weights = Path(weights)
+    data = weights.read_bytes()
+    if sha256 is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256.lower():
+            raise UserError(f"Inception weights {weights} have SHA-256 {got}, expected {sha256.lower()}; "
+                            "refusing to load them")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
-        model = InceptionV3W(str(weights_dir), download=False, resize_inside=True).to(device).eval()
+        model = torch.jit.load(io.BytesIO(data), map_location="cpu").eval().to(device)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        return model(x)
+        return model(x, return_features=True).view((x.shape[0], 2048))
 
     return fn
 
@@ -207,7 +218,7 @@ def _rotation_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor
 def train_feature_net(images_nchw: np.ndarray, labels: np.ndarray | None, epochs: int = 10,
                       seed: int = 0, device: str | torch.device = "cpu", batch_size: int = 64,
                       lr: float = 2e-3, feature_dim: int = 128, width: int = 32,
-                      val_fraction: float = 0.1, stream=None) -> tuple[FeatureNet, dict]:
+                      val_fraction: float = 0.1) -> tuple[FeatureNet, dict]:
     """Train :class:`FeatureNet` on uint8 NCHW images.
 
     With labels it classifies them; without labels it predicts which of four rotations was applied.
@@ -236,9 +247,8 @@ def train_feature_net(images_nchw: np.ndarray, labels: np.ndarray | None, epochs
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    progress = Progress("train-features", epochs, unit="epoch", interval=5.0, stream=stream)
-    progress.update(0)
-    for epoch in range(epochs):
+    bar = progress(epochs, "train-features", unit="epoch")
+    for _epoch in range(epochs):
         net.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         total, correct, loss_sum = 0, 0, 0.0
@@ -257,7 +267,9 @@ def train_feature_net(images_nchw: np.ndarray, labels: np.ndarray | None, epochs
             total += len(idx)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(idx)
-        progress.update(epoch + 1, extra=f"loss {loss_sum / total:.4f}, train acc {correct / total:.3f}")
+        bar.set_postfix_str(f"loss {loss_sum / total:.4f}, train acc {correct / total:.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
     net.eval()
     info = {"task": task, "num_classes": num_classes, "epochs": epochs, "seed": seed,
             "num_images": int(n), "num_val": int(n_val), "train_accuracy": correct / max(total, 1),
@@ -284,7 +296,7 @@ def save_feature_net(path: str | os.PathLike, net: FeatureNet, **meta) -> None:
 def load_feature_net(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FeatureNet, dict]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"feature network {path} does not exist (make it with: python -m aot.fid train-features)")
+        raise UserError(f"feature network {path} does not exist (make it with: python -m aot fid train-features)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -305,14 +317,6 @@ def offline_feature_fn(net: FeatureNet) -> FeatureFn:
         return net.features(x)
 
     return fn
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_square(images_nchw: np.ndarray, what: str) -> Sequence[int]:

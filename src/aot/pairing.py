@@ -16,8 +16,10 @@ Public API
     (over all class-preserving permutations when `labels` is given).
 `solve_assignment(C, solver="auto") -> np.ndarray perm`
     Exact linear assignment of a square cost matrix (row i -> column perm[i]).
-`PairPool(draw_fn, pool_size, batch_size, ...)`
+`PairPool(draw_fn, pool_size, batch_gpu, ...)`
     The training-side pair pool with a deterministic background builder; see its docstring.
+`check_pool_size(pool_size, batch_gpu)`
+    N and B must make whole minibatches: the one check, used by PairPool and training.
 
 Solvers (all exact; they differ in speed only, measured by `bench/bench_assignment.py`):
     "scipy"      scipy.optimize.linear_sum_assignment (shortest augmenting path).
@@ -39,23 +41,17 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = [
-    "COSTS",
-    "SOLVERS",
-    "cost_matrix",
-    "solve_assignment",
-    "assign_noise",
-    "class_indices",
-    "derive_seed",
-    "PairPool",
-    "PoolBuildError",
-]
+from .errors import UserError
+
+__all__ = ["COSTS", "SOLVERS", "cost_matrix", "solve_assignment", "assign_noise", "class_indices", "derive_seed",
+           "PairPool", "PoolBuildError", "PoolSizeError", "check_pool_size"]
 
 COSTS = ("l2", "sqeuclidean")
 SOLVERS = ("auto", "lapjv", "lapjv-warm", "scipy")
@@ -352,6 +348,23 @@ def derive_seed(*parts: int) -> int:
     return (int(words[0]) << 31) ^ int(words[1])
 
 
+class PoolSizeError(UserError, ValueError):
+    """A pool size N and minibatch size B that cannot serve every pair exactly once: bad input for the
+    command line (one line, exit 2) and a bad argument for library callers."""
+
+
+def check_pool_size(pool_size: int, batch_gpu: int, pool_name: str = "--pool-size",
+                    batch_name: str = "the per-GPU batch") -> None:
+    """The one check of N (`pool_size`) against B (`batch_gpu`): both positive, N >= B, B divides N.
+    `pool_name` and `batch_name` name them in the message (options, or config keys)."""
+    if pool_size <= 0 or batch_gpu <= 0:
+        raise PoolSizeError(f"{pool_name} N={pool_size} and {batch_name} B={batch_gpu} must be positive")
+    if pool_size < batch_gpu:
+        raise PoolSizeError(f"{pool_name} N={pool_size} is smaller than {batch_name} B={batch_gpu}")
+    if pool_size % batch_gpu != 0:
+        raise PoolSizeError(f"{pool_name} N={pool_size} is not a multiple of {batch_name} B={batch_gpu}")
+
+
 class PoolBuildError(RuntimeError):
     """Raised in the training thread when building a pool failed in the background builder."""
 
@@ -361,8 +374,8 @@ class _Pool:
     index: int
     images: torch.Tensor
     noise: torch.Tensor  # already permuted: noise[i] pairs with images[i]
-    labels: Optional[torch.Tensor]
-    augment_labels: Optional[torch.Tensor]
+    labels: torch.Tensor | None
+    augment_labels: torch.Tensor | None
     stats: dict = field(default_factory=dict)
 
 
@@ -378,7 +391,7 @@ class PairPool:
 
     Usage in the training loop::
 
-        pool = PairPool(draw_fn, pool_size=N, batch_size=B, aot=True, cost="l2",
+        pool = PairPool(draw_fn, pool_size=N, batch_gpu=B, aot=True, cost="l2",
                         labels_mode="classwise" or None, seed=seed, rank=rank, device=device)
         pool.load_state_dict(state["pool"])          # optional, when resuming
         for images, noise, labels, augment_labels in pool.batches():
@@ -399,7 +412,7 @@ class PairPool:
     (seed, rank, k), on the CPU (so a pool is the same on every device), then moved to `device`.
     With `aot=True` the noise is permuted by `assign_noise` (class-wise when
     `labels_mode="classwise"`); with `aot=False` it stays in drawn order (independent noise,
-    plain EDM) through the same code path. Each pool serves pool_size // batch_size minibatches in
+    plain EDM) through the same code path. Each pool serves pool_size // batch_gpu minibatches in
     order, each pair exactly once, then the next pool follows.
 
     Background building: a daemon thread builds pools k+1, k+2, ... in order while pool k is
@@ -425,15 +438,12 @@ class PairPool:
     """
 
     def __init__(self, draw_fn: Callable[[int, torch.Generator], Sequence[Any]], pool_size: int,
-                 batch_size: int, *, aot: bool = True, cost: str = "l2",
-                 labels_mode: Optional[str] = None, seed: int = 0, rank: int = 0,
+                 batch_gpu: int, *, aot: bool = True, cost: str = "l2",
+                 labels_mode: str | None = None, seed: int = 0, rank: int = 0,
                  device: torch.device | str = "cpu", solver: str = "auto", prefetch: int = 1,
                  background: bool = True, compute_stats: bool = True) -> None:
-        pool_size, batch_size = int(pool_size), int(batch_size)
-        if batch_size <= 0 or pool_size <= 0:
-            raise ValueError(f"pool_size and batch_size must be positive, got {pool_size}, {batch_size}")
-        if pool_size % batch_size != 0:
-            raise ValueError(f"pool_size {pool_size} is not a multiple of batch_size {batch_size}")
+        pool_size, batch_gpu = int(pool_size), int(batch_gpu)
+        check_pool_size(pool_size, batch_gpu)
         if cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
         if solver not in SOLVERS:
@@ -443,8 +453,8 @@ class PairPool:
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.draw_fn = draw_fn
-        self.pool_size, self.batch_size = pool_size, batch_size
-        self.batches_per_pool = pool_size // batch_size
+        self.pool_size, self.batch_gpu = pool_size, batch_gpu
+        self.batches_per_pool = pool_size // batch_gpu
         self.aot, self.cost, self.labels_mode = bool(aot), cost, labels_mode
         self.seed, self.rank = int(seed), int(rank)
         self.device = torch.device(device)
@@ -453,11 +463,11 @@ class PairPool:
         # Position: pool `_pool_index`, `_position` batches of it handed out.
         self._pool_index = 0
         self._position = 0
-        self._current: Optional[_Pool] = None
+        self._current: _Pool | None = None
         self._stats: list[dict] = []
-        self.current_stats: Optional[dict] = None
-        self._thread: Optional[threading.Thread] = None
-        self._queue: Optional[queue.Queue] = None
+        self.current_stats: dict | None = None
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._closed = False
         self._epoch = 0  # bumped by load_state_dict so that an older batches() iterator stops
@@ -524,7 +534,7 @@ class PairPool:
     # ---- background builder ----
 
     @staticmethod
-    def _worker(ref: "weakref.ref[PairPool]", start_index: int, q: queue.Queue,
+    def _worker(ref: weakref.ref[PairPool], start_index: int, q: queue.Queue,
                 stop: threading.Event) -> None:
         # Holds the pool only weakly between builds, so that a pool dropped without close()
         # is collected and its builder ends.
@@ -616,16 +626,16 @@ class PairPool:
 
     # ---- consumer API ----
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor],
-                                         Optional[torch.Tensor]]]:
-        """Yield (images, noise, labels, augment_labels) minibatches of batch_size, endlessly.
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                         torch.Tensor | None]]:
+        """Yield (images, noise, labels, augment_labels) minibatches of batch_gpu, endlessly.
 
         noise[b] is the noise paired with images[b]; labels / augment_labels are None when
         draw_fn gave None. Tensors are views into the pool (do not modify them in place).
         """
         if self._closed:
             raise RuntimeError("PairPool is closed")
-        B = self.batch_size
+        B = self.batch_gpu
         epoch = self._epoch
         while epoch == self._epoch:
             if self._current is None or self._current.index != self._pool_index:
@@ -657,14 +667,16 @@ class PairPool:
             k, pos = k + 1, 0
         return {"format": "aot-pair-pool/1", "pool_index": k, "position": pos,
                 "seed": self.seed, "rank": self.rank, "pool_size": self.pool_size,
-                "batch_size": self.batch_size, "aot": self.aot, "cost": self.cost,
+                "batch_gpu": self.batch_gpu, "aot": self.aot, "cost": self.cost,
                 "labels_mode": self.labels_mode}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` (from state_dict) left off. Config must match."""
         if state.get("format") != "aot-pair-pool/1":
             raise ValueError(f"not a pair-pool state: format {state.get('format')!r}")
-        for key in ("seed", "rank", "pool_size", "batch_size", "aot", "cost", "labels_mode"):
+        state = dict(state)
+        state.setdefault("batch_gpu", state.get("batch_size"))  # states written before the rename
+        for key in ("seed", "rank", "pool_size", "batch_gpu", "aot", "cost", "labels_mode"):
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"pair-pool state has {key}={state.get(key)!r}, this run has "
                                  f"{getattr(self, key)!r}")
@@ -682,7 +694,7 @@ class PairPool:
         self._current = None
         self._closed = True
 
-    def __enter__(self) -> "PairPool":
+    def __enter__(self) -> PairPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,4 +1,5 @@
-"""Runtime: progress lines for the logs Slurm captures, and the provenance every result records."""
+"""Runtime: the provenance every result records, progress bars for the logs Slurm captures, and
+preemption (signals and the Slurm end time) for every long job."""
 
 from __future__ import annotations
 
@@ -7,46 +8,6 @@ import os
 import platform
 import sys
 import time
-
-
-class Progress:
-    """Periodic progress lines with rate and ETA, for logs that Slurm captures.
-
-    `update(done)` prints at most every `interval` seconds (and always at the end):
-    `<what>: 1200/50000 (2.4%) 34.1 img/s, elapsed 0:00:35, ETA 0:23:50`.
-    """
-
-    def __init__(self, what: str, total: int, unit: str = "img", interval: float = 10.0,
-                 stream=None) -> None:
-        self.what, self.total, self.unit, self.interval = what, int(total), unit, interval
-        self.stream = stream if stream is not None else sys.stdout
-        self.start = time.monotonic()
-        self.last = -1e9
-        self.start_done: int | None = None
-
-    def update(self, done: int, extra: str = "", force: bool = False) -> None:
-        now = time.monotonic()
-        if self.start_done is None:
-            self.start_done = done
-        if not force and done < self.total and now - self.last < self.interval:
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = (done - self.start_done) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        pct = 100.0 * done / self.total if self.total else 100.0
-        line = (f"{self.what}: {done}/{self.total} ({pct:.1f}%) {rate:.1f} {self.unit}/s, "
-                f"elapsed {format_seconds(elapsed)}, ETA {format_seconds(eta)}")
-        if extra:
-            line += f", {extra}"
-        print(line, file=self.stream, flush=True)
-
-
-def format_seconds(s: float) -> str:
-    if s != s or s == float("inf"):
-        return "?"
-    s = int(round(s))
-    return f"{s // 3600}:{(s // 60) % 60:02d}:{s % 60:02d}"
 
 
 def environment_info() -> dict:
@@ -89,6 +50,10 @@ class _LogLines:
         self.stream.flush()
 
 
+# One line per refresh in a log: `generating rep0.npz: 1200/50000 (2.4%) 34.1img/s, elapsed 00:35, ETA 23:50`
+LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:.1f}%) {rate_fmt}, elapsed {elapsed}, ETA {remaining}{postfix}"
+
+
 def progress(total: int, desc: str, unit: str = "img", initial: int = 0):
     """A tqdm bar for job logs: in a file (Slurm's, or `> log`) a line at most every 10 s.
 
@@ -99,7 +64,8 @@ def progress(total: int, desc: str, unit: str = "img", initial: int = 0):
     tty = sys.stderr.isatty()
     return tqdm(total=int(total), desc=desc, unit=unit, initial=int(initial),
                 file=sys.stderr if tty else _LogLines(sys.stderr), mininterval=0.5 if tty else 10.0,
-                maxinterval=60.0, dynamic_ncols=tty, ascii=not tty, smoothing=0.1)
+                maxinterval=60.0, dynamic_ncols=tty, ascii=not tty, smoothing=0.1,
+                bar_format=None if tty else LOG_FORMAT)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,7 +121,7 @@ class Preemption:
 
             raise SystemExit(EXIT_PREEMPTED)
 
-    def __enter__(self) -> "Preemption":
+    def __enter__(self) -> Preemption:
         import signal
         import threading
 

@@ -9,7 +9,8 @@ x0_i = D(x_hat_i, t_hat_i) that the paper's trajectory figures show.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -1,41 +1,130 @@
-# Helpers shared by the rule files: config checks the JSON schema cannot express, sample-set keys,
-# paths and per-rule resources. Jobs are keyed by their parameters (model x sampler x repeat), so a
-# sample set that several tables need is generated and measured once.
+# The run's configuration (layered onto the paper's when partial, checked against the schema, which
+# sets the defaults, then checked across keys), and the globals, paths and input functions that the
+# stages share. Jobs are keyed by their parameters (model x sampler x repeat), so a sample set that
+# several tables need is generated and measured once. Sample-set keys come from aot.keys, which
+# the library uses too.
 
+import copy
 import json
-import math
+import os
 import re
 import shlex
 import sys
 
+import jsonschema
+import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import update_config
 
-def _python():
-    """The interpreter of the commands: the conda environment's `python` when Snakemake deploys
-    envs/aot.yaml, otherwise the one running Snakemake (so an unactivated venv works too)."""
-    try:
-        from snakemake.settings.types import DeploymentMethod
+from aot.cli.options import to_argv
+from aot.keys import (
+    GUIDANCE_RE,
+    KEY_RE,
+    MODEL_RE,
+    SAMPLER_RE,
+    fmt,
+    parse_key,
+    sampler_key,
+    seed_range,
+    steps_for_nfe,
+)
 
-        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-            return "python"
-    except (ImportError, AttributeError):
+# Relative to this file (workflow.source_path), so that they are found also when this workflow is
+# a module of another one.
+SCHEMA = "../schemas/config.schema.yaml"
+PAPER_CONFIG = "../../config/config.yaml"
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+
+
+def load_yaml(path):
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def layer_partial_config(config, schema):
+    """A config that lacks some of the schema's required top-level keys is a partial (site) file:
+    it is merged onto config/config.yaml, key by key (lists and values replace, mappings merge).
+    A complete config (config/demo.yaml, tests/configs/tiny.yaml) stands alone."""
+    missing = [key for key in schema["required"] if key not in config]
+    if not missing:
+        return
+    given = sorted(config)
+    paper = load_yaml(workflow.source_path(PAPER_CONFIG))
+    update_config(paper, dict(config))
+    config.clear()
+    config.update(paper)
+    if given:
+        logger.info(
+            f"config: {', '.join(given)} from the given config, "
+            "everything else from config/config.yaml"
+        )
+
+
+def key_path(path):
+    """['models', 0, 'name'] -> 'models[0].name'."""
+    out = ""
+    for part in path:
+        out += (
+            f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        )
+    return out
+
+
+def schema_problems(error):
+    """(key path, problem) pairs of one jsonschema error, naming the key itself where it can."""
+    where = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        for key in error.instance:
+            if key not in known:
+                allowed = ", ".join(known) or "none"
+                yield key_path(where + [key]), f"unknown key (known here: {allowed})"
+        return
+    if error.validator == "required" and isinstance(error.instance, dict):
+        for key in error.validator_value:
+            if key not in error.instance:
+                yield key_path(where + [key]), "missing (required)"
+        return
+    yield key_path(where) or "(top level)", error.message
+
+
+def check_schema(config, schema):
+    """Every schema violation as one line, `config error: <key.path>: <problem>`, all at once
+    (unless the workflow using this one as a module skips validation)."""
+    if workflow.modifier.skip_validation:
+        return
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = sorted(
+        {
+            f"config error: {where}: {problem}"
+            for error in validator.iter_errors(config)
+            for where, problem in schema_problems(error)
+        }
+    )
+    if lines:
+        raise WorkflowError("\n".join(lines))
+
+
+def set_defaults(config, schema):
+    """Fill in the schema's defaults, the one place they live (jsonschema's recipe, as in
+    snakemake.utils.validate): a missing key with a default gets a copy of it, nested too.
+    """
+    draft = jsonschema.Draft202012Validator
+
+    def properties(validator, props, instance, subschema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from draft.VALIDATORS["properties"](validator, props, instance, subschema)
+
+    filler = jsonschema.validators.extend(draft, {"properties": properties})
+    for _ in filler(schema).iter_errors(config):
         pass
-    return shlex.quote(sys.executable)
-
-
-PY = _python()
-RUN = config["run"]
-R = f"results/{RUN}"
-LOGS = f"logs/{RUN}"
-BENCH = f"benchmarks/{RUN}"
-DOWNLOADS = config.get("downloads", "downloads")
-DEVICE = config["device"]
-ENV = "../../envs/aot.yaml"
-MODELS = {m["name"]: m for m in config["models"]}
-SAMPLING = config["sampling"]
-SOLVER = SAMPLING.get("solver", "heun")
-FID = config["fid"]
-DG = config["dg"]
 
 
 def fail(msg):
@@ -43,33 +132,46 @@ def fail(msg):
 
 
 def check_config():
-    """Cross-field checks; each names the offending key and value. Runs before any job."""
+    """Cross-field checks the schema cannot express; each names the key and value."""
     names = [m["name"] for m in config["models"]]
     for name in names:
         if names.count(name) > 1:
             fail(f"models: the name {name!r} is used twice")
-    defaults = config["training"]
+    gpus = max(1, config["resources"]["train"]["gpus"])
     for m in config["models"]:
-        src = m.get("source", "train")
-        if src == "edm-pickle" and not m.get("pickle"):
-            fail(f"models[{m['name']}]: source edm-pickle needs `pickle` (URL or path of the EDM .pkl)")
-        t = {**defaults, **m.get("train", {})}
-        if src == "train":
-            if t["pool_size"] % t["batch_gpu"] != 0:
-                fail(f"models[{m['name']}]: pool_size N={t['pool_size']} is not a multiple of batch_gpu B={t['batch_gpu']}")
-            if t["pool_size"] < t["batch_gpu"]:
-                fail(f"models[{m['name']}]: pool_size N={t['pool_size']} is smaller than batch_gpu B={t['batch_gpu']}")
-            gpus = max(1, resource("train", "gpus", 0))
-            if t["batch"] % (t["batch_gpu"] * gpus) != 0:
-                fail(f"models[{m['name']}]: batch {t['batch']} is not a multiple of batch_gpu {t['batch_gpu']} x {gpus} GPU(s)")
+        if m["source"] == "edm-pickle" and not m.get("pickle"):
+            fail(
+                f"models[{m['name']}]: source edm-pickle needs `pickle` "
+                "(URL or path of the EDM .pkl)"
+            )
+        t = train_settings(m["name"])
+        if m["source"] == "train":
+            n, b = t["pool_size"], t["batch_gpu"]
+            if n % b != 0:
+                fail(
+                    f"models[{m['name']}]: pool_size N={n} is not a multiple of batch_gpu B={b}"
+                )
+            if n < b:
+                fail(
+                    f"models[{m['name']}]: pool_size N={n} is smaller than batch_gpu B={b}"
+                )
+            if t["batch"] % (b * gpus) != 0:
+                fail(
+                    f"models[{m['name']}]: batch {t['batch']} is not a multiple of "
+                    f"batch_gpu {b} x {gpus} GPU(s)"
+                )
     for part in ("uncond", "cond"):
         for role in ("edm", "aot"):
             name = config["tables"][part][role]
             if name not in MODELS:
-                fail(f"tables.{part}.{role}: unknown model {name!r} (models: {', '.join(names)})")
+                fail(
+                    f"tables.{part}.{role}: unknown model {name!r} (models: {', '.join(names)})"
+                )
             m = MODELS[name]
             if m["cond"] != (part == "cond") or m["aot"] != (role == "aot"):
-                fail(f"tables.{part}.{role}: model {name!r} has cond={m['cond']}, aot={m['aot']}")
+                fail(
+                    f"tables.{part}.{role}: model {name!r} has cond={m['cond']}, aot={m['aot']}"
+                )
     for name in SAMPLING["best"]:
         if name not in MODELS:
             fail(f"sampling.best: unknown model {name!r}")
@@ -81,48 +183,112 @@ def check_config():
             fail(f"sampling.table5.models: unknown model {name!r}")
     for nfe in SAMPLING["table5"]["nfe"]:
         if SOLVER == "heun" and nfe % 2 == 0:
-            fail(f"sampling.table5.nfe: {nfe} is even, but Heun's NFE is 2 x steps - 1 (odd)")
+            fail(
+                f"sampling.table5.nfe: {nfe} is even, but Heun's NFE is 2 x steps - 1 (odd)"
+            )
     if config["dataset"]["name"] == "cifar10" and not config["dataset"].get("source"):
         fail("dataset.source: CIFAR-10 needs the URL or path of cifar-10-python.tar.gz")
     if FID["reference"] == "precomputed" and FID["features"] != "inception":
-        fail("fid.reference: precomputed statistics exist for Inception features only; use reference: dataset")
+        fail(
+            "fid.reference: precomputed statistics exist for Inception features only; "
+            "use reference: dataset"
+        )
     if FID["reference"] == "precomputed" and config["dataset"]["name"] != "cifar10":
-        fail("fid.reference: precomputed statistics exist for CIFAR-10 only; use reference: dataset")
+        fail(
+            "fid.reference: precomputed statistics exist for CIFAR-10 only; "
+            "use reference: dataset"
+        )
     if DG["enabled"]:
-        for key in ("feature_extractor", "collect_images", "batch", "epochs", "pool_size"):
+        for key in (
+            "feature_extractor",
+            "collect_images",
+            "batch",
+            "epochs",
+            "pool_size",
+        ):
             if key not in DG:
                 fail(f"dg.{key} is required when dg.enabled is true")
         if DG["collect_images"] > FID["num_images"]:
-            fail(f"dg.collect_images {DG['collect_images']} exceeds fid.num_images {FID['num_images']}: "
-                 "the discriminator is trained on the model's first sample set, never on a regenerated one")
-        if DG.get("time_min", 0.01) >= DG.get("time_max", 1.0):
-            fail(f"dg.time_min {DG.get('time_min')} must be below dg.time_max {DG.get('time_max')}")
+            fail(
+                f"dg.collect_images {DG['collect_images']} exceeds fid.num_images "
+                f"{FID['num_images']}: the discriminator is trained on the model's first "
+                "sample set, never on a regenerated one"
+            )
+        if DG["time_min"] >= DG["time_max"]:
+            fail(
+                f"dg.time_min {DG['time_min']} must be below dg.time_max {DG['time_max']}"
+            )
+
+
+_SCHEMA = load_yaml(workflow.source_path(SCHEMA))
+layer_partial_config(config, _SCHEMA)
+check_schema(config, _SCHEMA)
+set_defaults(config, _SCHEMA)
 
 
 # ------------------------------------------------------------------------------------------------
-# Resources and threads from config["resources"][rule], with defaults
+# Globals
 
 
-def resource(rule, key, default=None):
-    return config.get("resources", {}).get(rule, {}).get(key, default)
+def python():
+    """The interpreter of the commands: the conda environment's `python` when Snakemake deploys
+    envs/aot.yaml, otherwise the one running Snakemake (so an unactivated venv works too).
+    """
+    try:
+        from snakemake.settings.types import DeploymentMethod
+
+        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+            return "python"
+    except (ImportError, AttributeError):
+        pass
+    return shlex.quote(sys.executable)
+
+
+AOT = f"{python()} -m aot"  # every job runs one `python -m aot <command>`
+RUN = config["run"]
+R = f"results/{RUN}"
+LOGS = f"logs/{RUN}"
+BENCH = f"benchmarks/{RUN}"
+DOWNLOADS = config["downloads"]
+FID_CACHE = f"{DOWNLOADS}/clean-fid"
+DATASET = f"{R}/data/dataset.zip"
+DEVICE = config["device"]
+ENV = "../../envs/aot.yaml"
+MODELS = {m["name"]: m for m in config["models"]}
+TRAINED = [m["name"] for m in config["models"] if m["source"] == "train"]
+IMPORTED = [m["name"] for m in config["models"] if m["source"] == "edm-pickle"]
+SAMPLING = config["sampling"]
+SOLVER = SAMPLING["solver"]
+FID = config["fid"]
+DG = config["dg"]
+DIAGNOSTICS = config["diagnostics"]
+DG_CLASSIFIER_FOLDER = (
+    "https://drive.google.com/drive/folders/1gb68C13-QOt8yA6ZnnS6G5pVIlPO7j_y"
+)
+
+
+def flags(settings):
+    """Command-line options from a settings dict (aot.cli.options.to_argv), quoted for the shell."""
+    return shlex.join(to_argv(settings))
+
+
+# ------------------------------------------------------------------------------------------------
+# Resources and threads: config["resources"][rule], defaults from the schema
 
 
 def threads_for(rule):
-    return int(resource(rule, "cpus", 1))
+    return config["resources"][rule]["cpus"]
 
 
-def resources_for(rule, default_runtime=60, default_mem=4000):
-    res = dict(
-        mem_mb=int(resource(rule, "mem_mb", default_mem)),
-        runtime=int(resource(rule, "runtime", default_runtime)),
-        cpus_per_task=threads_for(rule),
-    )
-    gpus = int(resource(rule, "gpus", 0))
-    if gpus:
-        res["gpu"] = gpus
-    part = resource(rule, "partition")
-    if part:
-        res["slurm_partition"] = part
+def resources_for(rule):
+    r = config["resources"][rule]
+    res = dict(mem_mb=r["mem_mb"], runtime=r["runtime"], cpus_per_task=r["cpus"])
+    if r["gpus"]:
+        res["gpu"] = r["gpus"]
+    if r.get("partition"):
+        res["slurm_partition"] = r["partition"]
+    if r.get("account"):
+        res["slurm_account"] = r["account"]
     return res
 
 
@@ -130,30 +296,24 @@ def resources_for(rule, default_runtime=60, default_mem=4000):
 # Sample sets
 
 
-def fmt(x):
-    """Numbers in keys: 7 -> '7', 0.5 -> '0.5'."""
-    return f"{float(x):g}"
+def key_for(num_steps, rho):
+    """The key of a sample set made with the run's solver and S_churn."""
+    return sampler_key(SOLVER, num_steps, rho, SAMPLING["S_churn"])
 
 
-def sampler_key(num_steps, rho, solver=None):
-    key = f"{solver or SOLVER}-n{int(num_steps)}-rho{fmt(rho)}"
-    if float(SAMPLING.get("S_churn", 0)) > 0:
-        key += f"-churn{fmt(SAMPLING['S_churn'])}"
-    return key
-
-
-def steps_for_nfe(nfe):
-    return (nfe + 1) // 2 if SOLVER == "heun" else nfe
+def guided_key(key, mode):
+    """The key of the sample set made like `key` with DG's discriminator of the given mode."""
+    return sampler_key(**{**parse_key(key), "guidance": mode})
 
 
 def default_key():
-    return sampler_key(SAMPLING["default"]["num_steps"], SAMPLING["default"]["rho"])
+    return key_for(SAMPLING["default"]["num_steps"], SAMPLING["default"]["rho"])
 
 
 def best_key(model):
     """The model's best sampler (Tables 1-3); the default sampler when none is configured."""
     s = SAMPLING["best"].get(model, SAMPLING["default"])
-    return sampler_key(s["num_steps"], s["rho"])
+    return key_for(s["num_steps"], s["rho"])
 
 
 def sample_path(model, key, rep):
@@ -169,8 +329,20 @@ def fid_set(model, key):
 
 
 def seeds_for(rep):
-    n = FID["num_images"]
-    return f"{int(rep) * n}-{(int(rep) + 1) * n - 1}"
+    return seed_range(int(rep), FID["num_images"])
+
+
+def sampler_settings(key):
+    """The sampler options of a key's sample set: solver, steps, rho, S_churn, sigmas."""
+    k = parse_key(key)
+    return {
+        "solver": k["solver"],
+        "steps": k["num_steps"],
+        "rho": fmt(k["rho"]),
+        "S_churn": fmt(k["S_churn"]),
+        "sigma_min": SAMPLING["sigma_min"],
+        "sigma_max": SAMPLING["sigma_max"],
+    }
 
 
 def table12_fids(part):
@@ -182,7 +354,11 @@ def table12_fids(part):
 def dg_models(part):
     """(model, sampler key, discriminator mode) of Table 3's guided rows for one part."""
     edm, aot = config["tables"][part]["edm"], config["tables"][part]["aot"]
-    return [(edm, default_key(), "plain"), (aot, best_key(aot), "plain"), (aot, best_key(aot), "aot")]
+    return [
+        (edm, default_key(), "plain"),
+        (aot, best_key(aot), "plain"),
+        (aot, best_key(aot), "aot"),
+    ]
 
 
 def table3_fids():
@@ -193,21 +369,36 @@ def table3_fids():
         out.update(fid_set(aot, best_key(aot)))
         if DG["enabled"]:
             for model, key, mode in dg_models(part):
-                out.update(fid_set(model, f"dg{mode}-{key}"))
+                out.update(fid_set(model, guided_key(key, mode)))
     return sorted(out)
 
 
 def table4_fids():
     t4 = SAMPLING["table4"]
-    return sorted({p for row in t4["rows"] for rho in t4["rho"]
-                   for p in fid_set(row["model"], sampler_key(row["num_steps"], rho))})
+    return sorted(
+        {
+            p
+            for row in t4["rows"]
+            for rho in t4["rho"]
+            for p in fid_set(row["model"], key_for(row["num_steps"], rho))
+        }
+    )
 
 
 def table5_fids(models=None):
     t5 = SAMPLING["table5"]
-    models = t5["models"] if models is None else [m for m in t5["models"] if m in models]
-    return sorted({p for m in models for nfe in t5["nfe"] for rho in t5["rho"]
-                   for p in fid_set(m, sampler_key(steps_for_nfe(nfe), rho))})
+    models = (
+        t5["models"] if models is None else [m for m in t5["models"] if m in models]
+    )
+    return sorted(
+        {
+            p
+            for m in models
+            for nfe in t5["nfe"]
+            for rho in t5["rho"]
+            for p in fid_set(m, key_for(steps_for_nfe(nfe, SOLVER), rho))
+        }
+    )
 
 
 def part_models(part):
@@ -215,26 +406,99 @@ def part_models(part):
 
 
 # ------------------------------------------------------------------------------------------------
-# Networks and FID assets
+# Data, networks and FID assets
+
+
+def cifar_source_is_url():
+    return str(config["dataset"].get("source", "")).startswith(("http://", "https://"))
+
+
+def cifar_tarball():
+    """The CIFAR-10 tarball: downloaded by a local job, or the configured local file."""
+    if cifar_source_is_url():
+        return f"{DOWNLOADS}/cifar-10-python.tar.gz"
+    return config["dataset"]["source"]
 
 
 def network_path(model):
     return f"{R}/models/{model}/network-final.pt"
 
 
+def names_regex(names):
+    """A wildcard constraint matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
 def train_settings(model):
     return {**config["training"], **MODELS[model].get("train", {})}
+
+
+def train_flags(wildcards):
+    """The options of `aot train` from the model's settings: each key is an option of the same name
+    (arch_overrides' keys too); `fast` turns on bf16, TF32, channels_last and torch.compile.
+    """
+    m = MODELS[wildcards.model]
+    t = train_settings(wildcards.model)
+    settings = {"model_name": m["name"], "cond": m["cond"], "aot": m["aot"]}
+    settings.update(
+        {
+            k: v
+            for k, v in t.items()
+            if k not in ("fast", "extra_args", "arch_overrides")
+        }
+    )
+    settings["device"] = DEVICE
+    settings.update(t["arch_overrides"])
+    for option in ("bf16", "tf32", "channels_last", "compile"):
+        settings[option] = t["fast"]
+    return " ".join(filter(None, [flags(settings), t["extra_args"]]))
+
+
+def train_launcher(wildcards):
+    """`python -m aot`, under torchrun with one process per GPU when training has several."""
+    gpus = config["resources"]["train"]["gpus"]
+    if gpus > 1:
+        return f"{python()} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m aot"
+    return AOT
+
+
+def edm_pickle_flags(wildcards):
+    m = MODELS[wildcards.model]
+    return flags({"sha256": m.get("sha256"), "model_name": wildcards.model})
+
+
+def generate_flags(wildcards):
+    return flags(
+        {
+            "model_name": wildcards.model,
+            "seeds": seeds_for(wildcards.rep),
+            **sampler_settings(wildcards.key),
+            "batch": config["generate"]["batch"],
+            "shard_size": config["generate"]["shard_size"],
+            "device": DEVICE,
+            "fast": config["generate"]["fast"],
+            "compile": config["generate"]["fast"],
+        }
+    )
 
 
 def fid_feature_inputs():
     """Files the FID jobs need: clean-fid assets (fetched on the login node) or the offline net."""
     if FID["features"] == "offline":
         return {"features": f"{R}/fid/feature-net.pt"}
-    return {"assets": f"{DOWNLOADS}/clean-fid/assets.json"}
+    return {"assets": f"{FID_CACHE}/assets.json"}
 
 
-def features_arg(inputs):
-    return inputs.features if FID["features"] == "offline" else "inception"
+def fid_flags(wildcards, input):
+    """Feature network, clean-fid cache, batch and device of the FID commands."""
+    return flags(
+        {
+            "features": input.features if FID["features"] == "offline" else "inception",
+            "cache_dir": FID_CACHE,
+            "batch": FID["batch"],
+            "device": DEVICE,
+        }
+    )
 
 
 def reference_path():
@@ -243,12 +507,147 @@ def reference_path():
     return f"{R}/fid/reference-{FID['features']}.npz"
 
 
+def reference_flags(wildcards, input):
+    precomputed = "cifar10" if FID["reference"] == "precomputed" else None
+    return " ".join([fid_flags(wildcards, input), flags({"precomputed": precomputed})])
+
+
 def diagnostics_path(part, num_steps):
-    return f"{R}/diagnostics/{part}-{sampler_key(num_steps, config['diagnostics'].get('rho', 7))}.npz"
+    return f"{R}/diagnostics/{part}-{key_for(num_steps, DIAGNOSTICS['rho'])}.npz"
 
 
-def q(s):
-    return shlex.quote(str(s))
+def diagnostics_flags(wildcards):
+    return flags(
+        {
+            "seeds": DIAGNOSTICS["grid_seeds"],
+            **sampler_settings(wildcards.key),
+            "device": DEVICE,
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Discriminator guidance
+
+
+def dg_base_key(model):
+    """The sample set a model's discriminator trains on: the Table 3 sampler's first repeat."""
+    part = "cond" if MODELS[model]["cond"] else "uncond"
+    return best_key(model) if model == config["tables"][part]["aot"] else default_key()
+
+
+def dg_classifier():
+    """DG's ADM classifier file, or None when the feature extractor is trained from scratch."""
+    if DG["enabled"] and DG["feature_extractor"] != "scratch":
+        return DG["feature_extractor"]
+    return None
+
+
+def dg_feature_inputs():
+    return {"feature_extractor": dg_classifier()} if dg_classifier() else {}
+
+
+def dg_train_flags(wildcards):
+    cond = MODELS[wildcards.model]["cond"]
+    return flags(
+        {
+            "cond": cond,
+            "aot": wildcards.mode == "aot",
+            "pool_size": DG["pool_size"]["cond" if cond else "uncond"],
+            "feature_extractor": DG["feature_extractor"],
+            "num_images": DG["collect_images"],
+            "batch": DG["batch"],
+            "epochs": DG["epochs"],
+            "lr": DG["lr"],
+            "weight_decay": DG["weight_decay"],
+            "device": DEVICE,
+        }
+    )
+
+
+def dg_generate_flags(wildcards):
+    return flags(
+        {
+            "model_name": wildcards.model,
+            "seeds": seeds_for(wildcards.rep),
+            **sampler_settings(wildcards.key),
+            **{
+                k: DG[k]
+                for k in (
+                    "dg_weight_1st_order",
+                    "dg_weight_2nd_order",
+                    "time_min",
+                    "time_max",
+                    "boosting",
+                )
+            },
+            "batch": config["generate"]["batch"],
+            "shard_size": config["generate"]["shard_size"],
+            "device": DEVICE,
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables, figures and the report
+
+
+def table_files(i):
+    return [f"{R}/tables/table{i}.{ext}" for ext in ("csv", "md", "tex")]
+
+
+def table_outputs(i):
+    """Table i's files; the CSV goes into `snakemake --report` with its caption."""
+    csv, md, tex = table_files(i)
+    return [report(csv, caption=f"../report/table{i}.rst", category="Tables"), md, tex]
+
+
+def figure_files(name):
+    return [f"{R}/figures/{name}.png", f"{R}/figures/{name}.pdf"]
+
+
+def figure_outputs(name):
+    png, pdf = figure_files(name)
+    return [report(png, caption=f"../report/{name}.rst", category="Figures"), pdf]
+
+
+def out_prefix(wildcards, output):
+    """The output path without its extension: what `aot report` writes .csv/.md/.tex or .png/.pdf to."""
+    return os.path.splitext(output[0])[0]
+
+
+def report_flags(settings):
+    """Options of `aot report table|figure`: the given ones and Table 5's rho values."""
+    return flags({**settings, "rhos": [fmt(r) for r in SAMPLING["table5"]["rho"]]})
+
+
+def diagnostics_input(part, which):
+    """Trajectory diagnostics of a part at the first or the last configured step count."""
+    steps = DIAGNOSTICS["steps"][0] if which == "first" else DIAGNOSTICS["steps"][-1]
+    return [diagnostics_path(part, steps)]
+
+
+def samples_input(part):
+    """The first sample set of the part's EDM-AOT model at its best sampler (Figures 10, 11)."""
+    aot = config["tables"][part]["aot"]
+    return [sample_path(aot, best_key(aot), 0)]
+
+
+def curvature_inputs():
+    steps = DIAGNOSTICS["steps"]
+    paths = {diagnostics_path(p, s) for p in ("uncond", "cond") for s in steps}
+    return sorted(p.replace(".npz", ".json") for p in paths)
+
+
+def fetch_targets():
+    """Everything that needs the internet: run `snakemake fetch` on a login node first."""
+    out = []
+    if config["dataset"]["name"] == "cifar10" and cifar_source_is_url():
+        out.append(f"{DOWNLOADS}/cifar-10-python.tar.gz")
+    if FID["features"] == "inception":
+        out.append(f"{FID_CACHE}/assets.json")
+    out += [network_path(m) for m in IMPORTED]
+    return out
 
 
 check_config()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import EXIT_USER_ERROR, UserError
 from .options import ArgParser

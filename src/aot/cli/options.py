@@ -62,10 +62,17 @@ def add_seeds(p: argparse.ArgumentParser, default: str | None = None, help: str 
                    help=help or "seeds, e.g. 0-49999 (one image per seed)")
 
 
+def _solver(s: str) -> str:
+    if s not in SOLVERS:
+        raise argparse.ArgumentTypeError(f"unknown solver {s!r} (choose from {', '.join(SOLVERS)})")
+    return s
+
+
 def add_sampler(p: argparse.ArgumentParser, solver: bool = True, churn: bool = True) -> None:
     """EDM's sampler settings: --solver, --steps, --rho, --sigma-min, --sigma-max, --S-churn."""
     if solver:
-        p.add_argument("--solver", default="heun", choices=SOLVERS, help="ODE solver (default: heun)")
+        p.add_argument("--solver", default="heun", type=_solver, metavar="{" + ",".join(SOLVERS) + "}",
+                       help="ODE solver (default: heun)")
     p.add_argument("--steps", dest="num_steps", type=number_arg("--steps", int), default=18,
                    help="number of time steps N (default: 18)")
     p.add_argument("--rho", type=number_arg("--rho", positive=True), default=7.0,

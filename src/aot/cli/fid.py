@@ -1,0 +1,125 @@
+"""`python -m aot fid fetch-assets|train-features|reference|measure|aggregate`: FID of sample sets (aot.fid)."""
+
+from __future__ import annotations
+
+from .options import ArgParser, add_device, bool_flag, number_arg
+
+# = aot.fid.INCEPTION_URL, repeated so that `--help` needs no numpy or torch (tests check both are clean-fid's)
+INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("fid", help="FID: assets, reference statistics, measurements, aggregates",
+                                   description="FID of sample sets: assets, reference statistics, measurements "
+                                               "and the repeat aggregate.")
+    sub = parser.add_subparsers(dest="fid_command", required=True, parser_class=ArgParser, metavar="COMMAND")
+
+    p = sub.add_parser("fetch-assets", help="download the Inception weights and CIFAR-10 statistics (login node)")
+    p.add_argument("--cache-dir", "--dest", dest="cache_dir", default=None,
+                   help="asset folder (default: $AOT_FID_CACHE; required for the Inception weights)")
+    p.add_argument("--only", nargs="+", choices=["inception", "cifar10"], default=["inception", "cifar10"],
+                   help="which assets (default: both)")
+    p.add_argument("--inception-url", default=INCEPTION_URL, help="URL of the Inception weights (default: clean-fid's)")
+    p.add_argument("--inception-sha256", default=None,
+                   help="expected SHA-256 of the weights (default: the published one for clean-fid's URL; for "
+                        "another URL, the first download's is recorded and checked on every load)")
+    p.add_argument("--stats-url", default=None, help="URL of the CIFAR-10 statistics (default: clean-fid's)")
+    p.add_argument("--timeout", type=number_arg("--timeout", positive=True), default=60.0,
+                   help="seconds without data before an attempt fails (default: 60)")
+    bool_flag(p, "force", False, "download even if a valid file is present")
+    p.set_defaults(func=fetch_assets)
+
+    p = sub.add_parser("train-features", help="train the offline feature network on a dataset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=_positive("--epochs"), default=10)
+    p.add_argument("--seed", type=number_arg("--seed", int), default=0)
+    p.add_argument("--feature-dim", type=_positive("--feature-dim"), default=128)
+    p.add_argument("--width", type=_positive("--width"), default=32)
+    p.add_argument("--max-images", type=_positive("--max-images"), default=None)
+    p.add_argument("--batch", type=_positive("--batch"), default=64, help="images per training batch")
+    add_device(p)
+    p.set_defaults(func=train_features)
+
+    p = sub.add_parser("reference", help="reference statistics of a dataset, or clean-fid's precomputed ones")
+    p.add_argument("--data", help="EDM-format dataset (zip or folder); with --precomputed only checked")
+    p.add_argument("--precomputed", metavar="cifar10",
+                   help="use clean-fid's precomputed statistics (legacy_tensorflow, train split) instead")
+    p.add_argument("--features", default="inception", help="'inception' or a feature network file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-images", type=_positive("--max-images"), default=None)
+    _compute_options(p)
+    p.set_defaults(func=reference)
+
+    p = sub.add_parser("measure", help="FID of one sample set against reference statistics")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--ref", required=True)
+    p.add_argument("--features", default=None,
+                   help="'inception' or a feature network file (default: the reference's)")
+    p.add_argument("--repeat", type=number_arg("--repeat", int, nonneg=True), default=0,
+                   help="index of this measurement in the repeat protocol")
+    p.add_argument("--out", required=True)
+    _compute_options(p)
+    p.set_defaults(func=measure)
+
+    p = sub.add_parser("aggregate", help="min / mean / std of repeated measurements")
+    p.add_argument("results", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=aggregate)
+
+
+def _positive(name: str):
+    return number_arg(name, int, positive=True)
+
+
+def _compute_options(p) -> None:
+    p.add_argument("--cache-dir", default=None,
+                   help="folder of clean-fid assets (default: $AOT_FID_CACHE; required for Inception)")
+    p.add_argument("--batch", type=_positive("--batch"), default=100, help="images per feature batch")
+    add_device(p)
+
+
+def _set_threads(args) -> None:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def fetch_assets(args) -> None:
+    from .. import fid
+
+    fid.fetch_assets(cache_dir=args.cache_dir, only=args.only, inception_url=args.inception_url,
+                     inception_sha256=args.inception_sha256, stats_url=args.stats_url, timeout=args.timeout,
+                     force=args.force)
+
+
+def train_features(args) -> None:
+    from .. import fid
+
+    _set_threads(args)
+    fid.train_features(data=args.data, out=args.out, epochs=args.epochs, seed=args.seed,
+                       feature_dim=args.feature_dim, width=args.width, max_images=args.max_images,
+                       device=args.device, batch=args.batch)
+
+
+def reference(args) -> None:
+    from .. import fid
+
+    _set_threads(args)
+    fid.reference(out=args.out, data=args.data, precomputed=args.precomputed, features=args.features,
+                  max_images=args.max_images, cache_dir=args.cache_dir, device=args.device, batch=args.batch)
+
+
+def measure(args) -> None:
+    from .. import fid
+
+    _set_threads(args)
+    fid.measure(samples=args.samples, ref=args.ref, out=args.out, features=args.features, repeat=args.repeat,
+                cache_dir=args.cache_dir, device=args.device, batch=args.batch)
+
+
+def aggregate(args) -> None:
+    from .. import fid
+
+    fid.aggregate(results=args.results, out=args.out)

@@ -1,0 +1,52 @@
+"""`python -m aot generate`: a seed-deterministic sample set (npz) from a network (aot.generate).
+
+    python -m aot generate --network CKPT --seeds 0-49999 --out X.npz [--solver heun|euler --steps 18
+        --rho 7 --sigma-min 0.002 --sigma-max 80 --S-churn 0 --S-min 0 --S-max inf --S-noise 1
+        --batch 256 --class-labels random|INT --shard-size 1000 --grid grid.png --model-name NAME
+        --device auto --threads N --fast --compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_device, add_sampler, add_seeds, bool_flag, number_arg
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate a seed-deterministic sample set (npz)",
+                              description="Generate a seed-deterministic sample set (npz); finished shards "
+                                          "survive a kill and are kept by the rerun.")
+    p.add_argument("--network", required=True, help="network checkpoint (.pt of aot, or an EDM .pkl)")
+    add_seeds(p)
+    p.add_argument("--out", required=True, help="output .npz")
+    add_sampler(p)
+    p.add_argument("--num-steps", dest="num_steps", type=number_arg("--steps", int), default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the older spelling of --steps
+    p.add_argument("--S-min", dest="S_min", type=number_arg("--S-min"), default=0.0)
+    p.add_argument("--S-max", dest="S_max", type=number_arg("--S-max", allow_inf=True), default=float("inf"))
+    p.add_argument("--S-noise", dest="S_noise", type=number_arg("--S-noise"), default=1.0)
+    p.add_argument("--batch", type=number_arg("--batch", int), default=256, help="maximum batch size")
+    p.add_argument("--class-labels", default="random", help="'random' (per seed) or a fixed class index")
+    p.add_argument("--shard-size", type=number_arg("--shard-size", int), default=1000)
+    p.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images")
+    p.add_argument("--model-name", default=None, help="model name recorded in meta (default: the checkpoint's)")
+    add_device(p)
+    bool_flag(p, "fast", False, "bf16 autocast + channels_last (not bit-identical to EDM's fp32 sampling)")
+    bool_flag(p, "compile", False, "with --fast: torch.compile the network")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    import torch
+
+    from ..generate import generate_set
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return generate_set(network=args.network, seeds=args.seeds, out=args.out, solver=args.solver,
+                        num_steps=args.num_steps, rho=args.rho, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                        S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise,
+                        batch=args.batch, class_labels=args.class_labels, shard_size=args.shard_size,
+                        grid=args.grid, model_name=args.model_name, device=args.device, fast=args.fast,
+                        compile=args.compile)

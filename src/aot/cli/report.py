@@ -1,0 +1,136 @@
+"""`python -m aot report table|figure|readme`: the paper's tables and figures, and the run report
+(aot.report). One artefact per call, so that the workflow's rules stay fine grained; every call
+writes all of its files or none.
+
+    python -m aot report table --table {1,2,3,4,5} --out-prefix results/RUN/tables/table4 \\
+        [--rhos 9,27,81,243] FID.json ...            # -> table4.csv, table4.md, table4.tex
+    python -m aot report figure --figure {1,4,5} --out-prefix results/RUN/figures/figure5 \\
+        [--rhos 9,27,81,243] [--tolerance 0.02] [--no-paper-baselines] FID.json ...
+                                                      # -> figure5.png, figure5.pdf
+    python -m aot report figure --figure {2,6,7,8} --out-prefix P traj.npz \\
+        [--seed-index 0] [--max-columns 10]           # trajectory strip: rows models, columns steps
+    python -m aot report figure --figure {3,9} --out-prefix P traj.npz \\
+        [--step 3] [--max-seeds 64]                   # denoised grid at one early step
+    python -m aot report figure --figure {10,11} --out-prefix P X.npz \\
+        [--count 100] [--columns 10]                  # sample grid
+    python -m aot report figure --figure curvature --out-prefix P traj.json [traj2.json ...]
+    python -m aot report readme --run-dir results/RUN --config results/RUN/config.json \\
+        [--tables results/RUN/tables/table1.csv ...] [--figures results/RUN/figures/figure1.png ...] \\
+        [--benchmarks benchmarks/RUN] [--out results/RUN/README.md]
+
+FID arguments may be folders: every `*.json` below them whose "kind" is "fid" is read. The input of
+a figure is positional or named (`--diagnostics traj.npz`, `--samples X.npz`). `--rhos` is accepted
+by every figure (Figure 5 uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .options import ArgParser, bool_flag, number_arg
+
+FIGURES = [str(i) for i in range(1, 12)] + ["curvature"]
+FIGURE_KINDS = ("curves", "strip", "denoised-grid", "samples", "curvature")
+
+
+def rho_list(s: str) -> tuple[float, ...]:
+    """--rhos: comma-separated positive numbers."""
+    try:
+        vals = tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of numbers") from None
+    if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"{s!r} must name positive numbers")
+    return vals
+
+
+def _wrote(paths) -> None:
+    for p in paths:
+        print(f"wrote {p}")
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from ..report import load_fid_results, write_table
+
+    _wrote(write_table(args.table, load_fid_results(args.results), args.out_prefix, args.rhos))
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ..report import write_figure
+
+    _wrote(write_figure(args.out_prefix, args.figure, kind=args.kind, inputs=args.inputs,
+                        diagnostics=args.diagnostics, samples=args.samples,
+                        paper_baselines=args.paper_baselines, rhos=args.rhos, tolerance=args.tolerance,
+                        seed_index=args.seed_index, max_columns=args.max_columns, step=args.step,
+                        max_seeds=args.max_seeds, count=args.count, columns=args.columns, title=args.title))
+
+
+def cmd_readme(args: argparse.Namespace) -> None:
+    from ..report import write_readme
+
+    _wrote([write_readme(args.run_dir, out=args.out, config=args.config, tables=args.tables,
+                         figures=args.figures, benchmarks=args.benchmarks)])
+
+
+def _add_table(sub) -> None:
+    t = sub.add_parser("table", help="one table as CSV, Markdown and LaTeX")
+    t.add_argument("--table", type=number_arg("--table", int), required=True, choices=[1, 2, 3, 4, 5])
+    t.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.tex")
+    t.add_argument("--rhos", type=rho_list, default="9,27,81,243", help="rho values Table 5 takes the best over")
+    t.add_argument("results", nargs="*", help="FID result JSON files or folders of them")
+    t.set_defaults(func=cmd_table)
+
+
+def _add_figure(sub) -> None:
+    f = sub.add_parser("figure", help="one figure as PNG and PDF")
+    f.add_argument("--figure", required=True, choices=FIGURES)
+    f.add_argument("--kind", choices=FIGURE_KINDS, default=None,
+                   help="what to draw (default: the paper's kind of that figure number)")
+    f.add_argument("--out-prefix", required=True, help="writes PREFIX.png and PREFIX.pdf")
+    bool_flag(f, "paper-baselines", True, "Figure 1: draw the paper's curves and quoted baselines (default on)")
+    f.add_argument("--rhos", type=rho_list, default="9,27,81,243", help="Figure 5: rho values to take the best over")
+    f.add_argument("--tolerance", type=number_arg("--tolerance"), default=0.02,
+                   help="Figure 5: relative FID tolerance of the minimal-step optimum")
+    f.add_argument("--diagnostics", help="diagnostics npz (strips, grids) or its JSON (curvature)")
+    f.add_argument("--seed-index", type=number_arg("--seed-index", int), default=0,
+                   help="strips: which seed of the npz")
+    f.add_argument("--max-columns", type=number_arg("--max-columns", int), default=10,
+                   help="strips: at most this many steps")
+    f.add_argument("--step", type=number_arg("--step", int), default=None,
+                   help="denoised grids: step index (default 3)")
+    f.add_argument("--max-seeds", type=number_arg("--max-seeds", int), default=64,
+                   help="denoised grids: at most this many seeds")
+    f.add_argument("--samples", help="sample-set npz (Figures 10, 11)")
+    f.add_argument("--count", type=number_arg("--count", int), default=100, help="sample grids: number of images")
+    f.add_argument("--columns", type=number_arg("--columns", int), default=10, help="sample grids: images per row")
+    f.add_argument("--title", default=None)
+    f.add_argument("inputs", nargs="*",
+                   help="curves: FID result JSON files or folders; strip/denoised-grid: the "
+                        "diagnostics npz; samples: the sample-set npz; curvature: diagnostics JSONs")
+    f.set_defaults(func=cmd_figure)
+
+
+def _add_readme(sub) -> None:
+    r = sub.add_parser("readme", help="the run report README.md")
+    r.add_argument("--run-dir", required=True)
+    r.add_argument("--out", default=None, help="default RUN_DIR/README.md")
+    r.add_argument("--config", default=None, help="the config the run used (JSON or YAML)")
+    r.add_argument("--tables", nargs="*", default=None,
+                   help="table files or prefixes (default RUN_DIR/tables/*.csv)")
+    r.add_argument("--figures", nargs="*", default=None,
+                   help="figure PNG files or prefixes (default RUN_DIR/figures/*.png)")
+    r.add_argument("--benchmarks", default=None, help="folder of Snakemake benchmark TSV files")
+    r.set_defaults(func=cmd_readme)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("report", help="the paper's tables and figures, and the run report",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="report_command", required=True, parser_class=ArgParser, metavar="WHAT")
+    _add_table(sub)
+    _add_figure(sub)
+    _add_readme(sub)

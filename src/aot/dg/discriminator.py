@@ -1,0 +1,274 @@
+"""The discriminator of Discriminator Guidance and its files.
+
+A discriminator d(x_t, t) tells real from generated images perturbed by DG's VP-SDE (linear beta
+schedule of Song et al. 2021) at VP time t in [0, 1]: `GuidedDiscriminator` is a frozen (or jointly
+trained) `ADMEncoder` feature extractor followed by a small ADM head on its 8x8 features. Here too:
+the VP-SDE bookkeeping that maps EDM noise levels to VP times, and the files, ours and DG's:
+
+* our discriminator file (`save_discriminator`): the head's DG state dict and constructor arguments,
+  the feature extractor inline (when trained) or by path (DG's frozen ADM classifier);
+* DG's released files: the ADM classifier `32x32_classifier.pt` and the heads `discriminator_60.pt`
+  / `discriminator_250.pt` (bare state dicts, read in DG's configuration).
+
+All of them load with `torch.load(..., weights_only=True)`; damaged or foreign files are UserErrors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from ..files import atomic_path
+from .adm import ADMEncoder, dg_classifier_kwargs, dg_discriminator_kwargs
+
+# VP-SDE of DG's classifier_lib (linear beta schedule, Song et al. 2021).
+BETA_MIN = 0.1
+BETA_MAX = 20.0
+COSINE_S = 0.008
+# DG's importance sampling of diffusion time during discriminator training starts here.
+VP_T_MIN = 1e-5
+# Probability clipping before the log-ratio, as DG does.
+PROB_EPS = 1e-5
+
+DG_REPO = "https://github.com/alsdudrla10/DG"
+DG_CLASSIFIER_URL = "https://drive.google.com/drive/folders/1gb68C13-QOt8yA6ZnnS6G5pVIlPO7j_y"
+DG_DISCRIMINATOR_URLS = {
+    "cifar_uncond/discriminator_60.pt": "https://drive.google.com/drive/folders/1Mf3F1yGfWT8bO0_iOBX-PWG3O-OLROE2",
+    "cifar_cond/discriminator_250.pt": "https://drive.google.com/drive/folders/1P1u7cz7kY1BJDPVrPNiFcksy_HCHY_bI",
+}
+
+DISCRIMINATOR_FORMAT = "aot-dg-discriminator/1"
+ENCODER_FORMAT = "aot-adm-encoder/1"
+
+
+# ------------------------------------------------------------------------------------------------
+# VP-SDE bookkeeping (DG's classifier_lib.vpsde)
+
+
+def vp_time_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    """VP time tau with the same signal-to-noise ratio as EDM noise level sigma (sigma^2 = e^{int beta} - 1)."""
+    tau = -BETA_MIN + torch.sqrt(BETA_MIN ** 2 + 2.0 * (BETA_MAX - BETA_MIN) * torch.log(1.0 + sigma ** 2))
+    return tau / (BETA_MAX - BETA_MIN)
+
+
+def vp_marginal(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean coefficient and std of the VP-SDE perturbation kernel at time t."""
+    log_mean = -0.25 * t ** 2 * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
+    return torch.exp(log_mean), torch.sqrt(1.0 - torch.exp(2.0 * log_mean))
+
+
+def vp_cosine_time(t_lin: torch.Tensor) -> torch.Tensor:
+    """Cosine-schedule time with the same mean coefficient (DG uses it for ADM's 64x64 classifier)."""
+    f_0 = np.cos(COSINE_S / (1.0 + COSINE_S) * np.pi / 2.0) ** 2
+    sqrt_alpha = torch.exp(-0.25 * t_lin ** 2 * (BETA_MAX - BETA_MIN) - 0.5 * t_lin * BETA_MIN)
+    return (1.0 + COSINE_S) * 2.0 / np.pi * torch.arccos(np.sqrt(f_0) * sqrt_alpha) - COSINE_S
+
+
+def _integral_beta(t: torch.Tensor) -> torch.Tensor:
+    return 0.5 * t ** 2 * (BETA_MAX - BETA_MIN) + t * BETA_MIN
+
+
+def _antiderivative(t: torch.Tensor | float) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float32)
+    return torch.log(1.0 - torch.exp(-_integral_beta(t))) + _integral_beta(t)
+
+
+def sample_vp_time(batch: int, generator: torch.Generator | None = None, t_min: float = VP_T_MIN,
+                   importance_sampling: bool = True) -> torch.Tensor:
+    """Diffusion times for discriminator training (float32, CPU), importance-sampled as DG does.
+
+    The density on [t_min, 1] is proportional to beta(t) / (1 - exp(-int_0^t beta)) (the likelihood
+    weighting of Song et al. 2021), sampled by inverting its closed-form CDF.
+    """
+    u = torch.rand(batch, generator=generator)
+    if not importance_sampling:
+        return u * (1.0 - t_min) + t_min
+    z = _antiderivative(1.0) - _antiderivative(t_min)
+    inner = torch.log(1.0 + torch.exp(z * u + _antiderivative(t_min)))
+    return (-BETA_MIN + torch.sqrt(BETA_MIN ** 2 + 2 * (BETA_MAX - BETA_MIN) * inner)) / (BETA_MAX - BETA_MIN)
+
+
+# ------------------------------------------------------------------------------------------------
+# Discriminator = frozen (or jointly trained) feature extractor + ADM head
+
+
+class GuidedDiscriminator(nn.Module):
+    """`disc(x, t, class_labels=None)` -> probability [N] that the VP-perturbed `x` at VP time `t` is real.
+
+    The feature extractor's features (before its pooling head) feed the discriminator head with the
+    same time; class labels go to the head only (as in DG's classifier_lib).
+    """
+
+    def __init__(self, feature_extractor: ADMEncoder, head: ADMEncoder) -> None:
+        super().__init__()
+        self.feature_extractor = feature_extractor
+        self.head = head
+
+    @property
+    def condition(self) -> bool:
+        return bool(self.head.condition)
+
+    def _times(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, class_labels: torch.Tensor | None = None,
+                logits: bool = False) -> torch.Tensor:
+        t = self._times(x, t)
+        features = self.feature_extractor(x, timesteps=t, feature=True)
+        out = self.head(features, t, sigmoid=not logits, condition=class_labels)
+        return out.view(-1)
+
+    def log_ratio(self, x: torch.Tensor, t: torch.Tensor | float,
+                  class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log(D / (1 - D)) of the clipped probability D (DG's `get_log_ratio`)."""
+        p = torch.clip(self(x, t, class_labels), PROB_EPS, 1.0 - PROB_EPS)
+        return torch.log(p / (1.0 - p))
+
+
+# ------------------------------------------------------------------------------------------------
+# Files: feature extractors (ours or DG's ADM classifier), discriminators (ours or DG's heads)
+
+
+def _encoder_record(model: ADMEncoder) -> dict:
+    return {"init_kwargs": dict(model.init_kwargs),
+            "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}}
+
+
+def _build_encoder(init_kwargs: dict, state_dict: dict, what: str) -> ADMEncoder:
+    try:
+        model = ADMEncoder(**init_kwargs)
+        model.load_state_dict(state_dict, strict=True)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} does not match its architecture: {first}") from None
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"{what} has non-finite values in {key}")
+    return model
+
+
+def read_torch_file(path: Path, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU; a damaged file is a UserError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt archives raise many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} {path} cannot be read (truncated or not a torch file): {first}") from None
+
+
+def _is_bare_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and torch.is_tensor(v)
+                                                        for k, v in obj.items())
+
+
+def save_encoder(path: str | os.PathLike, model: ADMEncoder, **meta: Any) -> None:
+    """An ADM encoder as a weights_only-safe file (constructor args + state dict), atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": ENCODER_FORMAT, **_encoder_record(model), "meta": meta}, tmp)
+
+
+def load_feature_extractor(path: str | os.PathLike, image_size: int | None = None,
+                           in_channels: int | None = None) -> ADMEncoder:
+    """ADM classifier used as feature extractor: DG's `32x32_classifier.pt` (a bare state dict in
+    DG's configuration for `image_size`) or an encoder file written by `save_encoder`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ADM classifier checkpoint {path} does not exist; DG publishes 32x32_classifier.pt "
+                        f"at {DG_CLASSIFIER_URL} (see {DG_REPO}, 'Prepare a pre-trained classifier')")
+    obj = read_torch_file(path, "ADM classifier checkpoint")
+    what = f"ADM classifier checkpoint {path}"
+    if isinstance(obj, dict) and obj.get("format") == ENCODER_FORMAT:
+        model = _build_encoder(obj["init_kwargs"], obj["state_dict"], what)
+    elif _is_bare_state_dict(obj):
+        if image_size is None:
+            raise UserError(f"{what} is a bare state dict; its image size must be given")
+        w = obj.get("input_blocks.0.0.weight")
+        if w is None:
+            raise UserError(f"{what} is not an ADM classifier (no input_blocks.0.0.weight)")
+        kwargs = dg_classifier_kwargs(int(image_size), int(w.shape[1]))
+        kwargs["width"] = int(w.shape[0])
+        model = _build_encoder(kwargs, obj, what)
+    else:
+        raise UserError(f"{what} is neither DG's ADM classifier state dict nor an aot encoder file")
+    if image_size is not None and model.image_size != image_size:
+        raise UserError(f"{what} is for {model.image_size}x{model.image_size} images, "
+                        f"the data are {image_size}x{image_size}")
+    if in_channels is not None and model.in_channels != in_channels:
+        raise UserError(f"{what} expects {model.in_channels} channels, the data have {in_channels}")
+    return model
+
+
+def save_discriminator(path: str | os.PathLike, disc: GuidedDiscriminator, extractor_path: str | None = None,
+                       **meta: Any) -> None:
+    """Write a discriminator: the head's plain state dict and constructor args (`head`), and the
+    feature extractor either inline (`feature_extractor`, when it was trained) or by path
+    (`feature_extractor_path`, DG's frozen ADM classifier). Loadable with weights_only=True; the
+    head's state dict has DG's keys (`torch.save(payload["head"]["state_dict"])` is a DG checkpoint)."""
+    payload: dict[str, Any] = {"format": DISCRIMINATOR_FORMAT, "head": _encoder_record(disc.head), "meta": meta}
+    if extractor_path is None:
+        payload["feature_extractor"] = _encoder_record(disc.feature_extractor)
+    else:
+        payload["feature_extractor_path"] = str(extractor_path)
+        payload["feature_extractor_kwargs"] = dict(disc.feature_extractor.init_kwargs)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_discriminator(path: str | os.PathLike, feature_extractor: str | os.PathLike | None = None,
+                       image_size: int | None = None, in_channels: int | None = None,
+                       device: str | torch.device = "cpu") -> tuple[GuidedDiscriminator, dict]:
+    """Rebuild a discriminator (eval mode, no parameter gradients); returns (disc, meta).
+
+    Accepts our files (`save_discriminator`) and DG's released heads (`discriminator_60.pt`, bare
+    state dicts; a `label_emb` makes them conditional), which need `feature_extractor` (DG's ADM
+    classifier). `feature_extractor` also overrides the path stored in our files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"discriminator {path} does not exist (DG's released heads: "
+                        + ", ".join(f"{k} at {v}" for k, v in DG_DISCRIMINATOR_URLS.items()) + ")")
+    obj = read_torch_file(path, "discriminator")
+    what = f"discriminator {path}"
+    meta: dict = {}
+    if isinstance(obj, dict) and obj.get("format") == DISCRIMINATOR_FORMAT:
+        head = _build_encoder(obj["head"]["init_kwargs"], obj["head"]["state_dict"], what)
+        meta = dict(obj.get("meta") or {})
+        if "feature_extractor" in obj and feature_extractor is None:
+            ext = _build_encoder(obj["feature_extractor"]["init_kwargs"], obj["feature_extractor"]["state_dict"],
+                                 f"{what} (feature extractor)")
+        else:
+            ext_path = feature_extractor or obj.get("feature_extractor_path")
+            if ext_path is None:
+                raise UserError(f"{what} names no feature extractor; pass --feature-extractor")
+            kw = obj.get("feature_extractor_kwargs") or {}
+            ext = load_feature_extractor(ext_path, image_size or kw.get("image_size"),
+                                         in_channels or kw.get("in_channels"))
+            meta["feature_extractor_path"] = str(ext_path)
+    elif _is_bare_state_dict(obj):
+        if "input_blocks.0.0.weight" not in obj:
+            raise UserError(f"{what} is not an ADM discriminator head (no input_blocks.0.0.weight)")
+        if feature_extractor is None:
+            raise UserError(f"{what} is a bare DG discriminator head; pass its ADM classifier with --feature-extractor "
+                            f"(DG publishes 32x32_classifier.pt at {DG_CLASSIFIER_URL})")
+        w = obj["input_blocks.0.0.weight"]
+        depth = len({k.split(".")[1] for k in obj if k.startswith("input_blocks.")}) - 1
+        kw = dg_discriminator_kwargs(int(w.shape[1]), "label_emb.weight" in obj, width=int(w.shape[0]), depth=depth)
+        if "label_emb.weight" in obj:
+            kw["num_class"] = int(obj["label_emb.weight"].shape[0])
+        head = _build_encoder(kw, obj, what)
+        ext = load_feature_extractor(feature_extractor, image_size, in_channels)
+        meta = {"source": f"dg:{path}", "feature_extractor_path": str(feature_extractor), "cond": bool(head.condition)}
+    else:
+        raise UserError(f"{what} is neither an aot discriminator file nor a DG discriminator state dict")
+    if ext.feature_channels != head.in_channels:
+        raise UserError(f"{what}: the head expects {head.in_channels} feature channels, the feature extractor "
+                        f"gives {ext.feature_channels}")
+    disc = GuidedDiscriminator(ext, head).to(device).eval().requires_grad_(False)
+    return disc, meta
