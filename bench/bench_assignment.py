@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aot.pairing import auto_solver, cost_matrix, solve_assignment
 from aot.cli.options import cli_main
 from aot.errors import UserError
 from aot.files import write_json_atomic
+from aot.pairing import auto_solver, cost_matrix, solve_assignment
 from aot.runtime import environment_info
 
 SOLVER_NAMES = ("ours", "lapjv", "scipy", "emd")
@@ -107,7 +107,7 @@ def bench_case(kind: str, n: int, classes: int, shape, repeats: int, solvers, se
         if labels is None:
             C = cost_matrix(x, y, "l2").numpy()
         else:  # class-wise: only the diagonal blocks are needed
-            Cb = [cost_matrix(x[b], y[b], "l2").numpy() for b in blocks]
+            [cost_matrix(x[b], y[b], "l2").numpy() for b in blocks]
         cost_times.append(time.perf_counter() - t0)
     if labels is not None:
         C = cost_matrix(x, y, "l2").numpy()
@@ -166,8 +166,9 @@ def sweep(sizes, kinds, shape, repeats, seed) -> list[dict]:
 
 
 def print_table(rows, solvers) -> None:
-    head = f"{'data':8s} {'mode':13s} {'N':>5s} {'costmat':>9s} " + " ".join(
-        f"{s + ' ms':>10s}" for s in solvers) + "   " + " ".join(f"{'scipy/' + s:>12s}" for s in solvers if s != "scipy")
+    times = " ".join(f"{s + ' ms':>10s}" for s in solvers)
+    ratios = " ".join(f"{'scipy/' + s:>12s}" for s in solvers if s != "scipy")
+    head = f"{'data':8s} {'mode':13s} {'N':>5s} {'costmat':>9s} " + times + "   " + ratios
     print(head)
     print("-" * len(head))
     for r in rows:

@@ -120,7 +120,7 @@ def aot_overhead(batch_gpu: int = 32, pool: int = 512, iters: int = 48) -> dict:
         pp = PairPool(draw, pool_size=pool, batch_gpu=batch_gpu, aot=mode == "aot", seed=0, device="cuda")
         it = pp.batches()
 
-        def step():
+        def step(it=it):
             y, n, _, a = next(it)
             opt.zero_grad(set_to_none=True)
             loss_fn(net, y, n, augment_labels=a).sum().backward()

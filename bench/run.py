@@ -136,7 +136,6 @@ def bench_sampler_overhead() -> dict:
 def bench_throughput() -> dict:
     from aot.loss import EDMLoss
     from aot.networks import build_network
-    from aot.sampling import edm_sampler
 
     torch.set_num_threads(2)
     out = {}
@@ -147,7 +146,7 @@ def bench_throughput() -> dict:
         loss_fn = EDMLoss()
         y, n = torch.randn(shape), torch.randn(shape)
 
-        def step():
+        def step(net=net, opt=opt, loss_fn=loss_fn, y=y, n=n):
             opt.zero_grad(set_to_none=True)
             loss_fn(net, y, n).mean().backward()
             opt.step()

@@ -20,7 +20,8 @@ def _images(n=8, c=3, res=16, seed=0):
 def test_defaults_are_the_edm_cifar_recipe():
     pipe = AugmentPipe()
     assert pipe.p == 0.12
-    assert (pipe.xflip, pipe.yflip, pipe.scale, pipe.rotate_frac, pipe.aniso, pipe.translate_frac) == (1e8, 1, 1, 1, 1, 1)
+    flips = (pipe.xflip, pipe.yflip, pipe.scale, pipe.rotate_frac, pipe.aniso, pipe.translate_frac)
+    assert flips == (1e8, 1, 1, 1, 1, 1)
     assert (pipe.rotate_int, pipe.translate_int, pipe.brightness, pipe.hue) == (0, 0, 0, 0)
     assert pipe.label_dim == 9
     assert edm_augment_pipe(0.12).init_kwargs == pipe.init_kwargs

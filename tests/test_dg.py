@@ -330,8 +330,8 @@ def test_plain_training_draws_independent_noise():
 
 def test_cli_train_resume_and_generate(tmp_path):
     from aot.checkpoints import save_network
-    from aot.samples import load_samples
     from aot.networks import EDMPrecond
+    from aot.samples import load_samples
 
     data, samples = _digits_vs_noise_files(tmp_path, 48)
     common = ["dg", "train", "--data", str(data), "--samples", str(samples), "--scratch-width", "32", "--width",

@@ -187,5 +187,6 @@ def test_gradients_flow():
     net = EDMPrecond(**_small_song(augment_dim=9)).train()
     y = net(torch.randn(2, 3, 8, 8), torch.tensor([0.5, 5.0]), augment_labels=torch.zeros(2, 9))
     y.square().mean().backward()
-    assert all(p.grad is not None for n, p in net.named_parameters()), [n for n, p in net.named_parameters() if p.grad is None]
+    no_grad = [n for n, p in net.named_parameters() if p.grad is None]
+    assert all(p.grad is not None for n, p in net.named_parameters()), no_grad
     assert networks.__all__

@@ -373,8 +373,8 @@ _UNKNOWN = object()
 def _allowed_global(module: str, name: str):
     target = _ALLOWED.get((module, name))
     if target is None:
-        raise UnsafeCheckpointError(f"refusing to load: the pickle refers to the global {module}.{name}, "
-                                    f"which is not on the allow-list (nothing from the file was run)")
+        raise UnsafeCheckpointError(one_line(f"refusing to load: the pickle refers to the global {module}.{name}, "
+                                             f"which is not on the allow-list (nothing from the file was run)"))
     return target
 
 

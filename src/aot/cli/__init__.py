@@ -11,12 +11,10 @@ the process exits with code 2; real bugs keep their traceback.
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import EXIT_USER_ERROR, UserError
-from .options import ArgParser
+from .options import ArgParser, cli_main
 
 # command -> module under aot.cli
 COMMANDS = {
@@ -39,10 +37,7 @@ def build_parser() -> ArgParser:
     return parser
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> Any:
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -106,18 +106,9 @@ def to_argv(settings: dict[str, Any]) -> list[str]:
     return argv
 
 
-def parse_bool(s: Any) -> bool:
-    """'true'/'false' (also 1/0, yes/no, on/off): for values in files, not for options."""
-    v = str(s).strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
 def cli_main(fn):
-    """Decorate a `main(argv=None)` so that `UserError` becomes one stderr line and exit code 2."""
+    """Decorate a `main(argv=None)` so that `UserError` becomes one stderr line and exit code 2
+    (`python -m aot` and the benchmark scripts)."""
     import functools
     import sys
 
