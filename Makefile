@@ -1,6 +1,8 @@
 # Install into a local virtual environment and run the demo or the tests.
 #   make demo   install, then run the whole pipeline offline at toy scale (config/demo.yaml)
-#   make test   install, then run the test suite (unit tests, workflow dry runs, end-to-end runs)
+#   make test   install, then lint (ruff, snakefmt, snakemake --lint) and run the test suite
+#   make unit   the fast tests only; make lint: the linters only
+#   make faults the fault tests only, rewriting the tracked fault report docs/faults.md
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -8,7 +10,7 @@ BIN := $(abspath $(VENV))/bin
 CORES ?= all
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test unit bench clean-demo
+.PHONY: install demo test unit lint faults bench clean-demo
 
 install: $(VENV)/.installed
 
@@ -20,11 +22,21 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --rerun-incomplete
 
-test: install
-	AOT_FAULT_REPORT=docs/faults.md $(BIN)/python -m pytest -q
+# the fault report of a full run goes to results/faults.md (untracked)
+test: lint
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/snakefmt --check .
+	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 unit: install
 	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+faults: install
+	AOT_FAULT_REPORT=docs/faults.md $(BIN)/python -m pytest -q --fault-tests
 
 bench: install
 	$(BIN)/python bench/run.py

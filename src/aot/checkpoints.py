@@ -155,18 +155,21 @@ def checked_state_dict(obj: Any, what: str) -> dict[str, torch.Tensor]:
 
 
 def build_with_weights(class_name: str, init_kwargs: dict, tensors: dict, what: str,
-                       classes: dict | None = None) -> torch.nn.Module:
-    """`aot.networks.build_network(class_name, init_kwargs)` loaded with `tensors` (checked tensors).
+                       classes: dict | None = None, build: Any = None) -> torch.nn.Module:
+    """`aot.networks.build_network(class_name, init_kwargs)` loaded with `tensors` (checked tensors);
+    `build(init_kwargs)` builds it instead when given (another family of networks, e.g. DG's).
 
     The network is first built on the meta device (no memory) and its state dict compared with the
     file's tensors, so constructor arguments that do not fit the weights (or ask for a huge network)
     are refused before anything is allocated. `classes` (module path -> class name) must agree too.
     """
-    from .networks import build_network
+    if build is None:
+        from .networks import build_network
 
+        build = lambda kwargs: build_network(class_name, kwargs)  # noqa: E731
     try:
         with torch.device("meta"):
-            skeleton = build_network(class_name, init_kwargs)
+            skeleton = build(init_kwargs)
     except Exception as exc:  # any constructor failure: wrong names, types or values
         raise UserError(f"{what}: cannot rebuild {class_name} from its constructor arguments: "
                         f"{describe_failure(exc)}") from None
@@ -185,7 +188,7 @@ def build_with_weights(class_name: str, init_kwargs: dict, tensors: dict, what: 
             raise UserError(one_line(f"{what}: module {name or '<root>'} is a {stored} in the file but a "
                                      f"{type(module).__name__} here"))
     try:
-        net = build_network(class_name, init_kwargs)
+        net = build(init_kwargs)
         net.load_state_dict(tensors, strict=True)
     except Exception as exc:
         raise UserError(f"{what}: weights do not match {class_name}({brief(init_kwargs)}): "

@@ -357,35 +357,56 @@ def _init_distributed(device: str | None) -> str | None:
     return device
 
 
-def generate_set(*, network: str | os.PathLike, seeds: str | Sequence[int], out: str | os.PathLike,
-                 solver: str = "heun",            # ODE solver: heun (EDM, NFE 2N - 1) or euler (NFE N)
-                 num_steps: int = 18,             # time steps N
-                 rho: float = 7.0,                # time-step exponent
-                 sigma_min: float = 0.002,        # lowest noise level
-                 sigma_max: float = 80.0,         # highest noise level
-                 S_churn: float = 0.0,            # stochasticity (0: deterministic)
-                 S_min: float = 0.0,              # noise levels at which churn applies: [S_min, S_max]
-                 S_max: float = math.inf,
-                 S_noise: float = 1.0,            # scale of the added noise
-                 batch: int = 256,                # maximum batch size
-                 class_labels: str | int = "random",  # 'random' (one per seed, EDM's default) or a class index
-                 shard_size: int = 1000,          # seeds per resumable shard
-                 grid: str | os.PathLike | None = None,  # PNG grid of the first 64 images
-                 model_name: str | None = None,   # model name in the meta (default: the checkpoint's)
-                 device: str | None = "auto",     # cuda, cuda:N, cpu or auto
-                 fast: bool = False,              # bf16 autocast + channels_last (not bit-identical to fp32)
-                 compile: bool = False,           # with fast: torch.compile the network
-                 ) -> dict | None:
-    """Generate sample set `out` for `seeds` from the network file `network` (ours, or an EDM pickle);
-    returns its meta (None on ranks > 0)."""
+SAMPLER_SETTINGS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")
+
+
+def generation_request(*, seeds: str | Sequence[int], out: str | os.PathLike,
+                       solver: str = "heun",            # ODE solver: heun (EDM, NFE 2N - 1) or euler (NFE N)
+                       num_steps: int = 18,             # time steps N
+                       rho: float = 7.0,                # time-step exponent
+                       sigma_min: float = 0.002,        # lowest noise level
+                       sigma_max: float = 80.0,         # highest noise level
+                       S_churn: float = 0.0,            # stochasticity (0: deterministic)
+                       S_min: float = 0.0,              # noise levels at which churn applies: [S_min, S_max]
+                       S_max: float = math.inf,
+                       S_noise: float = 1.0,            # scale of the added noise
+                       batch: int = 256,                # maximum batch size
+                       class_labels: str | int = "random",  # 'random' (one per seed, EDM's default) or a class
+                       shard_size: int = 1000,          # seeds per resumable shard
+                       grid: str | os.PathLike | None = None,  # PNG grid of the first 64 images
+                       model_name: str | None = None,   # model name in the meta (default: the checkpoint's)
+                       device: str | torch.device | None = "auto",  # cuda, cuda:N, cpu or auto
+                       ) -> dict:
+    """The checked settings of one sample set, for `generate_set` and guided generation (aot.dg):
+    UserErrors for anything EDM's sampler or the output cannot take, before anything is loaded."""
     check_sampler_settings(solver=solver, num_steps=num_steps, rho=rho, sigma_min=sigma_min, sigma_max=sigma_max,
                            S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
     check_output_settings(out=out, grid=grid, batch=batch, shard_size=shard_size, model_name=model_name)
+    return dict(seeds=check_seeds(parse_int_list(seeds, "--seeds")), out=out, solver=solver, num_steps=num_steps,
+                rho=rho, sigma_min=sigma_min, sigma_max=sigma_max, S_churn=S_churn, S_min=S_min, S_max=S_max,
+                S_noise=S_noise, batch=batch, class_labels=parse_class_labels(class_labels), shard_size=shard_size,
+                grid=grid, model_name=model_name, device=device)
+
+
+def request_sampler_meta(req: dict, guidance: dict | None = None) -> dict:
+    """The `sampler` entry of a sample set's meta for a `generation_request`."""
+    return sampler_meta(req["solver"], req["num_steps"], req["rho"], req["sigma_min"], req["sigma_max"],
+                        req["S_churn"], req["S_min"], req["S_max"], req["S_noise"], req["class_labels"],
+                        guidance=guidance)
+
+
+def generate_set(*, network: str | os.PathLike,
+                 fast: bool = False,              # bf16 autocast + channels_last (not bit-identical to fp32)
+                 compile: bool = False,           # with fast: torch.compile the network
+                 **settings: Any) -> dict | None:
+    """Generate the sample set `settings['out']` for `settings['seeds']` from the network file
+    `network` (ours, or an EDM pickle); settings as `generation_request`. Returns its meta (None on
+    ranks > 0)."""
+    req = generation_request(**settings)
     if compile and not fast:
         raise UserError("--compile goes with --fast")
-    seeds = check_seeds(parse_int_list(seeds, "--seeds"))
-    class_labels = parse_class_labels(class_labels)
-    resolve_device(device)
+    resolve_device(req["device"])
+    out, seeds, class_labels = req["out"], req["seeds"], req["class_labels"]
 
     from .checkpoints import load_any_network
 
@@ -393,26 +414,25 @@ def generate_set(*, network: str | os.PathLike, seeds: str | Sequence[int], out:
     check_class_labels(net, class_labels, what=f"network {network}")
     with Preemption(raise_on_signal=True):
         try:
-            device = resolve_device(_init_distributed(device))
+            device = resolve_device(_init_distributed(req["device"]))
             net = net.to(device)
             if fast:
                 from .sampling import FastDenoiser
 
                 net = FastDenoiser(net, compile=compile)
-            sampler_kwargs = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                                  S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
+            sampler_kwargs = {k: req[k] for k in SAMPLER_SETTINGS}
             meta = {
-                "model": model_meta(network, ckpt_meta, net, name=model_name),
-                "sampler": sampler_meta(solver, num_steps, rho, sigma_min, sigma_max, S_churn, S_min, S_max,
-                                        S_noise, class_labels),
-                "batch": batch, "shard_size": shard_size, "device": str(device),
+                "model": model_meta(network, ckpt_meta, net, name=req["model_name"]),
+                "sampler": request_sampler_meta(req),
+                "batch": req["batch"], "shard_size": req["shard_size"], "device": str(device),
                 "precision": "bf16-autocast" + ("+compile" if compile else "") if fast else "fp32",
             }
             print(f"generating {len(seeds)} images with {meta['sampler']['key']} (NFE {meta['sampler']['nfe']}) "
                   f"from {network} on {device}", flush=True)
-            return run_generation(net, out, seeds, sampler_fn=get_sampler(solver), sampler_kwargs=sampler_kwargs,
-                                  batch=batch, device=device, class_labels=class_labels, shard_size=shard_size,
-                                  meta=meta, grid=grid, fingerprint_extra={"precision": meta["precision"]})
+            return run_generation(net, out, seeds, sampler_fn=get_sampler(req["solver"]), sampler_kwargs=sampler_kwargs,
+                                  batch=req["batch"], device=device, class_labels=class_labels,
+                                  shard_size=req["shard_size"], meta=meta, grid=req["grid"],
+                                  fingerprint_extra={"precision": meta["precision"]})
         finally:
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()

@@ -48,10 +48,13 @@ def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: flo
     return torch.cat([t_rounded, torch.zeros_like(t_steps[:1])])  # t_N = 0
 
 
-def _run(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None,
-         randn_like: Callable, num_steps: int, sigma_min: float, sigma_max: float, rho: float,
-         S_churn: float, S_min: float, S_max: float, S_noise: float, solver: str,
-         record: dict | None) -> torch.Tensor:
+def sample(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
+           randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
+           sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
+           S_max: float = float("inf"), S_noise: float = 1, solver: str = "heun",
+           record: dict | None = None) -> torch.Tensor:  # EDM port
+    """EDM's sampler loop (Algorithm 2 of EDM) with a Heun or Euler step; the settings and their
+    defaults are EDM's. With `record`, every step's state and denoised estimate is kept there."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
     t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, net=net, device=latents.device)
@@ -93,21 +96,15 @@ def _run(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor
 
 
 def edm_sampler(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
-                randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
-                sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
-                S_max: float = float("inf"), S_noise: float = 1) -> torch.Tensor:
-    """EDM's Heun sampler (Algorithm 2); returns the final float64 images (about [-1, 1])."""
-    return _run(net, latents, class_labels, randn_like, num_steps, sigma_min, sigma_max, rho,
-                S_churn, S_min, S_max, S_noise, "heun", None)
+                randn_like: Callable = torch.randn_like, **settings: float) -> torch.Tensor:
+    """EDM's Heun sampler; returns the final float64 images (about [-1, 1]). Settings as `sample`."""
+    return sample(net, latents, class_labels, randn_like, solver="heun", **settings)
 
 
 def euler_sampler(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
-                  randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
-                  sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
-                  S_max: float = float("inf"), S_noise: float = 1) -> torch.Tensor:
+                  randn_like: Callable = torch.randn_like, **settings: float) -> torch.Tensor:
     """First-order (Euler) variant of `edm_sampler` on the same time steps; NFE = num_steps."""
-    return _run(net, latents, class_labels, randn_like, num_steps, sigma_min, sigma_max, rho,
-                S_churn, S_min, S_max, S_noise, "euler", None)
+    return sample(net, latents, class_labels, randn_like, solver="euler", **settings)
 
 
 SAMPLER_FNS: dict[str, Callable[..., torch.Tensor]] = {"heun": edm_sampler, "euler": euler_sampler}
@@ -121,10 +118,8 @@ def get_sampler(solver: str) -> Callable[..., torch.Tensor]:
 
 
 def denoised_trajectory(net: torch.nn.Module, latents: torch.Tensor, class_labels: torch.Tensor | None = None,
-                        randn_like: Callable = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
-                        sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
-                        S_max: float = float("inf"), S_noise: float = 1, solver: str = "heun") -> dict[str, Any]:
-    """Run the sampler and keep every step.
+                        randn_like: Callable = torch.randn_like, **settings: Any) -> dict[str, Any]:
+    """Run the sampler (settings as `sample`, solver included) and keep every step.
 
     Returns a dict of float64 tensors:
       `t_steps` [K+1]            the noise levels, ending with 0 (K = num_steps);
@@ -135,8 +130,7 @@ def denoised_trajectory(net: torch.nn.Module, latents: torch.Tensor, class_label
       `x0`      [N, K, C, H, W]   the single-step denoised estimate D(x_hat_i, t_hat_i) at each step.
     """
     record: dict[str, Any] = {}
-    _run(net, latents, class_labels, randn_like, num_steps, sigma_min, sigma_max, rho,
-         S_churn, S_min, S_max, S_noise, solver, record)
+    sample(net, latents, class_labels, randn_like, record=record, **settings)
     return {
         "t_steps": record["t_steps"],
         "t_hat": torch.stack(record["t_hat"]),

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import save_network
+from .checkpoints import checked_dict, checked_kwargs, load_torch_file, save_network
 from .errors import EXIT_PREEMPTED, UserError
 from .files import atomic_path, write_json_atomic
 from .runtime import Preemption
@@ -290,14 +290,25 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["torch_cuda"])
 
 
+# A training state holds the network, its EMA, Adam's two moments and every process's pair pool:
+# it may unpack to this many times the size limit of one network's tensors ($AOT_MAX_TENSOR_BYTES).
+STATE_SIZE_FACTOR = 8
+
+
 def load_training_state(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"training state {path} cannot be read (truncated or foreign file): {first}") from None
+    """training-state.pt, read with torch's weights-only loader (optimizer and random states are
+    tensors and plain values) and checked for the entries a resume reads."""
+    from .pickles import byte_limit
+
+    state = load_torch_file(path, "training state", max_bytes=STATE_SIZE_FACTOR * byte_limit())
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UserError(f"training state {path} is not an aot training state")
+    what = f"training state {path}"
+    checked_dict(state, what, ("class_name", "init_kwargs", "net", "ema", "optimizer", "cur_nimg", "cur_tick",
+                               "ranks"))
+    checked_kwargs(state["init_kwargs"], f"{what}: init_kwargs")
+    if type(state["ranks"]) is not list:
+        raise UserError(f"{what}: ranks is a {type(state['ranks']).__name__}, not a list of process states")
     return state
 
 

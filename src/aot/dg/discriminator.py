@@ -10,11 +10,15 @@ the VP-SDE bookkeeping that maps EDM noise levels to VP times, and the files, ou
 * DG's released files: the ADM classifier `32x32_classifier.pt` and the heads `discriminator_60.pt`
   / `discriminator_250.pt` (bare state dicts, read in DG's configuration).
 
-All of them load with `torch.load(..., weights_only=True)`; damaged or foreign files are UserErrors.
+All of them load with `torch.load(..., weights_only=True)` (`aot.checkpoints.load_torch_file`) and
+are checked before anything is built: damaged, foreign or crafted files are one-line UserErrors, and
+constructor arguments are tried on the meta device first, so a file asking for a huge encoder is
+refused without allocating it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,8 +27,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..checkpoints import build_with_weights, checked_dict, checked_kwargs, checked_state_dict, load_torch_file
 from ..errors import UserError
 from ..files import atomic_path
+from ..pickles import brief, describe_failure, is_int, one_line
 from .adm import ADMEncoder, dg_classifier_kwargs, dg_discriminator_kwargs
 
 # VP-SDE of DG's classifier_lib (linear beta schedule, Song et al. 2021).
@@ -141,26 +147,47 @@ def _encoder_record(model: ADMEncoder) -> dict:
             "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}}
 
 
-def _build_encoder(init_kwargs: dict, state_dict: dict, what: str) -> ADMEncoder:
-    try:
-        model = ADMEncoder(**init_kwargs)
-        model.load_state_dict(state_dict, strict=True)
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} does not match its architecture: {first}") from None
-    for key, value in state_dict.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise UserError(f"{what} has non-finite values in {key}")
-    return model
+# Every residual block of an ADMEncoder holds 10 tensors (two norms, two convolutions, the embedding layer).
+_TENSORS_PER_BLOCK = 10
+
+
+def _check_block_count(init_kwargs: dict, state_dict: dict, what: str) -> None:
+    """An ADMEncoder has at least depth x levels residual blocks: arguments asking for more than the
+    file's tensors could fill are refused before the architecture is built at all (even on the meta
+    device, millions of blocks would take long)."""
+    depth = init_kwargs.get("depth", 2)
+    mult = init_kwargs.get("channel_mult")
+    if not is_int(depth) or (mult is not None and type(mult) not in (list, tuple)):
+        raise UserError(one_line(f"{what}: init_kwargs have depth {brief(depth, 60)} and channel_mult "
+                                 f"{brief(mult, 60)}; a whole number and a list are expected"))
+    blocks = depth * (len(mult) if mult else 1)
+    if blocks * _TENSORS_PER_BLOCK > len(state_dict):
+        raise UserError(f"{what}: init_kwargs ask for at least {blocks} residual blocks, more than the file's "
+                        f"{len(state_dict)} tensors can fill")
+
+
+def _build_encoder(init_kwargs: Any, state_dict: Any, what: str) -> ADMEncoder:
+    """An ADMEncoder from constructor arguments and weights read from a file, both checked first; the
+    architecture is built on the meta device and compared with the weights before it is allocated."""
+    init_kwargs = checked_kwargs(init_kwargs, f"{what}: init_kwargs")
+    state_dict = checked_state_dict(state_dict, what)
+    _check_block_count(init_kwargs, state_dict, what)
+    return build_with_weights("ADMEncoder", init_kwargs, state_dict, what, build=lambda kw: ADMEncoder(**kw))
 
 
 def read_torch_file(path: Path, what: str) -> Any:
-    """`torch.load(path, weights_only=True)` on the CPU; a damaged file is a UserError naming it."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt archives raise many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} {path} cannot be read (truncated or not a torch file): {first}") from None
+    """`torch.load(path, weights_only=True)` on the CPU, size-capped; a damaged file is a UserError naming it."""
+    return load_torch_file(path, what)
+
+
+def _input_weight(obj: dict, what: str) -> torch.Tensor:
+    """The first convolution's weight of a bare ADM state dict (its shape gives width and channels)."""
+    w = obj.get("input_blocks.0.0.weight")
+    if w is None:
+        raise UserError(f"{what} is not an ADM network (no input_blocks.0.0.weight)")
+    if w.ndim != 4:
+        raise UserError(f"{what}: input_blocks.0.0.weight has shape {list(w.shape)}, not a convolution's 4 dimensions")
+    return w
 
 
 def _is_bare_state_dict(obj: Any) -> bool:
@@ -185,13 +212,12 @@ def load_feature_extractor(path: str | os.PathLike, image_size: int | None = Non
     obj = read_torch_file(path, "ADM classifier checkpoint")
     what = f"ADM classifier checkpoint {path}"
     if isinstance(obj, dict) and obj.get("format") == ENCODER_FORMAT:
+        checked_dict(obj, what, ("init_kwargs", "state_dict"))
         model = _build_encoder(obj["init_kwargs"], obj["state_dict"], what)
     elif _is_bare_state_dict(obj):
         if image_size is None:
             raise UserError(f"{what} is a bare state dict; its image size must be given")
-        w = obj.get("input_blocks.0.0.weight")
-        if w is None:
-            raise UserError(f"{what} is not an ADM classifier (no input_blocks.0.0.weight)")
+        w = _input_weight(obj, what)
         kwargs = dg_classifier_kwargs(int(image_size), int(w.shape[1]))
         kwargs["width"] = int(w.shape[0])
         model = _build_encoder(kwargs, obj, what)
@@ -221,6 +247,58 @@ def save_discriminator(path: str | os.PathLike, disc: GuidedDiscriminator, extra
         torch.save(payload, tmp)
 
 
+def _plain_meta(obj: dict, what: str) -> dict:
+    """The `meta` of our files: a dict of plain values (it goes into sample sets' JSON meta)."""
+    meta = obj.get("meta")
+    if meta is None:
+        return {}
+    checked_dict(meta, f"{what}: meta")
+    try:
+        return json.loads(json.dumps(meta))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UserError(one_line(f"{what}: meta holds a value other than plain data ({describe_failure(exc)})")) from None
+
+
+def _our_discriminator(obj: dict, what: str, feature_extractor: str | os.PathLike | None,
+                       image_size: int | None, in_channels: int | None) -> tuple[ADMEncoder, ADMEncoder, dict]:
+    """(feature extractor, head, meta) of a file written by `save_discriminator`, checked part by part."""
+    checked_dict(obj, what, ("head",))
+    rec = checked_dict(obj["head"], f"{what}: head", ("init_kwargs", "state_dict"))
+    head = _build_encoder(rec["init_kwargs"], rec["state_dict"], f"{what}: head")
+    meta = _plain_meta(obj, what)
+    if "feature_extractor" in obj and feature_extractor is None:
+        rec = checked_dict(obj["feature_extractor"], f"{what}: feature_extractor", ("init_kwargs", "state_dict"))
+        return _build_encoder(rec["init_kwargs"], rec["state_dict"], f"{what}: feature_extractor"), head, meta
+    ext_path = feature_extractor or obj.get("feature_extractor_path")
+    if ext_path is None:
+        raise UserError(f"{what} names no feature extractor; pass --feature-extractor")
+    if not isinstance(ext_path, (str, os.PathLike)):
+        raise UserError(f"{what}: feature_extractor_path is a {type(ext_path).__name__}, not a path")
+    kw = obj.get("feature_extractor_kwargs")
+    kw = {} if kw is None else checked_dict(kw, f"{what}: feature_extractor_kwargs")
+    for key in ("image_size", "in_channels"):
+        if kw.get(key) is not None and not (is_int(kw[key]) and kw[key] > 0):
+            raise UserError(one_line(f"{what}: feature_extractor_kwargs has {key} {brief(kw[key], 60)}, "
+                                     f"not a positive whole number"))
+    ext = load_feature_extractor(ext_path, image_size or kw.get("image_size"), in_channels or kw.get("in_channels"))
+    meta["feature_extractor_path"] = str(ext_path)
+    return ext, head, meta
+
+
+def _dg_head(obj: dict, what: str) -> ADMEncoder:
+    """DG's released head (a bare state dict) in DG's configuration, read off its weights."""
+    w = _input_weight(obj, what)
+    depth = len({k.split(".")[1] for k in obj if k.startswith("input_blocks.")}) - 1
+    cond = "label_emb.weight" in obj
+    kw = dg_discriminator_kwargs(int(w.shape[1]), cond, width=int(w.shape[0]), depth=depth)
+    if cond:
+        if obj["label_emb.weight"].ndim != 2:
+            raise UserError(f"{what}: label_emb.weight has shape {list(obj['label_emb.weight'].shape)}, "
+                            f"not an embedding's 2 dimensions")
+        kw["num_class"] = int(obj["label_emb.weight"].shape[0])
+    return _build_encoder(kw, obj, what)
+
+
 def load_discriminator(path: str | os.PathLike, feature_extractor: str | os.PathLike | None = None,
                        image_size: int | None = None, in_channels: int | None = None,
                        device: str | torch.device = "cpu") -> tuple[GuidedDiscriminator, dict]:
@@ -236,39 +314,21 @@ def load_discriminator(path: str | os.PathLike, feature_extractor: str | os.Path
                         + ", ".join(f"{k} at {v}" for k, v in DG_DISCRIMINATOR_URLS.items()) + ")")
     obj = read_torch_file(path, "discriminator")
     what = f"discriminator {path}"
-    meta: dict = {}
     if isinstance(obj, dict) and obj.get("format") == DISCRIMINATOR_FORMAT:
-        head = _build_encoder(obj["head"]["init_kwargs"], obj["head"]["state_dict"], what)
-        meta = dict(obj.get("meta") or {})
-        if "feature_extractor" in obj and feature_extractor is None:
-            ext = _build_encoder(obj["feature_extractor"]["init_kwargs"], obj["feature_extractor"]["state_dict"],
-                                 f"{what} (feature extractor)")
-        else:
-            ext_path = feature_extractor or obj.get("feature_extractor_path")
-            if ext_path is None:
-                raise UserError(f"{what} names no feature extractor; pass --feature-extractor")
-            kw = obj.get("feature_extractor_kwargs") or {}
-            ext = load_feature_extractor(ext_path, image_size or kw.get("image_size"),
-                                         in_channels or kw.get("in_channels"))
-            meta["feature_extractor_path"] = str(ext_path)
+        ext, head, meta = _our_discriminator(obj, what, feature_extractor, image_size, in_channels)
     elif _is_bare_state_dict(obj):
-        if "input_blocks.0.0.weight" not in obj:
-            raise UserError(f"{what} is not an ADM discriminator head (no input_blocks.0.0.weight)")
+        _input_weight(obj, what)
         if feature_extractor is None:
             raise UserError(f"{what} is a bare DG discriminator head; pass its ADM classifier with --feature-extractor "
                             f"(DG publishes 32x32_classifier.pt at {DG_CLASSIFIER_URL})")
-        w = obj["input_blocks.0.0.weight"]
-        depth = len({k.split(".")[1] for k in obj if k.startswith("input_blocks.")}) - 1
-        kw = dg_discriminator_kwargs(int(w.shape[1]), "label_emb.weight" in obj, width=int(w.shape[0]), depth=depth)
-        if "label_emb.weight" in obj:
-            kw["num_class"] = int(obj["label_emb.weight"].shape[0])
-        head = _build_encoder(kw, obj, what)
+        head = _dg_head(obj, what)
         ext = load_feature_extractor(feature_extractor, image_size, in_channels)
         meta = {"source": f"dg:{path}", "feature_extractor_path": str(feature_extractor), "cond": bool(head.condition)}
     else:
         raise UserError(f"{what} is neither an aot discriminator file nor a DG discriminator state dict")
-    if ext.feature_channels != head.in_channels:
-        raise UserError(f"{what}: the head expects {head.in_channels} feature channels, the feature extractor "
-                        f"gives {ext.feature_channels}")
+    if ext.feature_channels != head.in_channels or ext.feature_resolution != head.image_size:
+        raise UserError(f"{what}: the head expects {head.in_channels} feature channels of {head.image_size}x"
+                        f"{head.image_size}, the feature extractor gives {ext.feature_channels} of "
+                        f"{ext.feature_resolution}x{ext.feature_resolution}")
     disc = GuidedDiscriminator(ext, head).to(device).eval().requires_grad_(False)
     return disc, meta

@@ -9,9 +9,9 @@ aot.generate's seed-deterministic, resumable shards; its key is `dg{aot|plain}-h
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,59 +179,39 @@ def load_guided_models(network: str | os.PathLike, discriminator: str | os.PathL
     return net, ckpt_meta, disc, disc_meta
 
 
-def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike, seeds: str | Sequence[int],
-             out: str | os.PathLike,
+def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
              feature_extractor: str | os.PathLike | None = None,  # ADM classifier for DG's bare heads
-             solver: str = "heun",              # EDM's Heun sampler (DG's EDM-G++ has no other)
-             num_steps: int = 18,               # time steps N
-             rho: float = 7.0,                  # time-step exponent
-             sigma_min: float = 0.002,          # lowest noise level
-             sigma_max: float = 80.0,           # highest noise level
-             S_churn: float = 0.0,              # stochasticity (0: deterministic)
-             S_min: float = 0.0,                # noise levels at which churn applies: [S_min, S_max]
-             S_max: float = math.inf,
-             S_noise: float = 1.0,              # scale of the added noise
              dg_weight_1st_order: float = 2.0,  # guidance weight of the Euler step
              dg_weight_2nd_order: float = 0.0,  # guidance weight of the Heun correction
              time_min: float = 0.01,            # guidance only at VP times in [time_min, time_max]
              time_max: float = 1.0,
              boosting: bool = False,            # DG's boosting of low log-ratio samples
-             batch: int = 256,                  # maximum batch size
-             class_labels: str | int = "random",  # 'random' (one per seed) or a class index
-             shard_size: int = 1000,            # seeds per resumable shard
-             grid: str | os.PathLike | None = None,  # PNG grid of the first 64 images
-             model_name: str | None = None,     # model name in the meta (default: the checkpoint's)
-             device: str | torch.device | None = None,  # cuda, cuda:N, cpu or auto/None
-             ) -> dict | None:
-    """Generate the guided sample set `out` (npz) for `seeds` from the network file `network` (ours,
-    or an EDM pickle) and `discriminator` (a file of `aot.dg.train`, or DG's head); returns its meta.
+             **settings: Any) -> dict | None:
+    """Generate the guided sample set `settings['out']` for `settings['seeds']` from the network file
+    `network` (ours, or an EDM pickle) and `discriminator` (a file of `aot.dg.train`, or DG's head);
+    the sampler and output settings are those of `aot.generate.generation_request` (Heun only: DG's
+    EDM-G++ has no other). Returns the set's meta.
 
     The sampler key `dg{aot|plain}-heun-...` and `sampler.guidance` go into the meta. A SIGTERM or
     SIGUSR1 ends the job at once with EXIT_PREEMPTED; the finished shards stay for a rerun.
     """
     from ..generate import (
-        check_output_settings,
-        check_sampler_settings,
-        check_seeds,
+        SAMPLER_SETTINGS,
+        generation_request,
         model_meta,
-        parse_class_labels,
+        request_sampler_meta,
         resolve_device,
         run_generation,
-        sampler_meta,
     )
-    from ..keys import parse_int_list
 
-    if solver != "heun":
-        raise UserError(f"--solver {solver}: Discriminator Guidance runs EDM's Heun sampler only (heun)")
-    check_sampler_settings(solver=solver, num_steps=num_steps, rho=rho, sigma_min=sigma_min, sigma_max=sigma_max,
-                           S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
+    if settings.get("solver", "heun") != "heun":
+        raise UserError(f"--solver {settings['solver']}: Discriminator Guidance runs EDM's Heun sampler only (heun)")
     if not time_min <= time_max:
         raise UserError(f"--time-min ({time_min}) must not exceed --time-max ({time_max})")
-    check_output_settings(out=out, grid=grid, batch=batch, shard_size=shard_size, model_name=model_name)
-    seeds = check_seeds(parse_int_list(seeds, "--seeds"))
-    class_labels = parse_class_labels(class_labels)
-    device = resolve_device(device)
-    net, ckpt_meta, disc, disc_meta = load_guided_models(network, discriminator, feature_extractor, class_labels)
+    req = generation_request(**settings)
+    device = resolve_device(req["device"])
+    net, ckpt_meta, disc, disc_meta = load_guided_models(network, discriminator, feature_extractor,
+                                                         req["class_labels"])
     with Preemption(raise_on_signal=True):
         net, disc = net.to(device), disc.to(device)
         aot = bool(disc_meta.get("aot", False))
@@ -239,19 +219,19 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike, se
                     "dg_weight_1st_order": float(dg_weight_1st_order),
                     "dg_weight_2nd_order": float(dg_weight_2nd_order),
                     "time_min": float(time_min), "time_max": float(time_max), "boosting": bool(boosting)}
-        smeta = sampler_meta("heun", num_steps, rho, sigma_min, sigma_max, S_churn, S_min, S_max, S_noise,
-                             class_labels, guidance=guidance)
-        smeta["key"] = sampler_key("heun", num_steps, rho, S_churn, guidance="aot" if aot else "plain")
-        meta = {"model": model_meta(network, ckpt_meta, net, name=model_name), "sampler": smeta, "batch": batch,
-                "shard_size": shard_size, "device": str(device),
+        smeta = request_sampler_meta(req, guidance=guidance)
+        smeta["key"] = sampler_key("heun", req["num_steps"], req["rho"], req["S_churn"],
+                                   guidance="aot" if aot else "plain")
+        meta = {"model": model_meta(network, ckpt_meta, net, name=req["model_name"]), "sampler": smeta,
+                "batch": req["batch"], "shard_size": req["shard_size"], "device": str(device),
                 "discriminator": {"path": str(discriminator),
                                   **{k: v for k, v in disc_meta.items() if k != "stats"}}}
-        sampler_kwargs = dict(discriminator=disc, num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                              rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
+        sampler_kwargs = dict(discriminator=disc, **{k: req[k] for k in SAMPLER_SETTINGS},
                               dg_weight_1st_order=dg_weight_1st_order, dg_weight_2nd_order=dg_weight_2nd_order,
                               time_min=time_min, time_max=time_max, boosting=bool(boosting))
-        print(f"generating {len(seeds)} images with {smeta['key']} (NFE {smeta['nfe']}, DG weights "
+        print(f"generating {len(req['seeds'])} images with {smeta['key']} (NFE {smeta['nfe']}, DG weights "
               f"{dg_weight_1st_order}/{dg_weight_2nd_order}) from {network} on {device}", flush=True)
-        return run_generation(net, out, seeds, sampler_fn=dg_sampler, sampler_kwargs=sampler_kwargs, batch=batch,
-                              device=device, class_labels=class_labels, shard_size=shard_size, meta=meta,
-                              fingerprint_extra={"discriminator": str(discriminator)}, grid=grid)
+        return run_generation(net, req["out"], req["seeds"], sampler_fn=dg_sampler, sampler_kwargs=sampler_kwargs,
+                              batch=req["batch"], device=device, class_labels=req["class_labels"],
+                              shard_size=req["shard_size"], meta=meta,
+                              fingerprint_extra={"discriminator": str(discriminator)}, grid=req["grid"])

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..checkpoints import checked_dict, checked_state_dict
 from ..errors import EXIT_PREEMPTED, UserError
 from ..files import atomic_path, write_json_atomic, write_text_atomic
+from ..pickles import describe_failure, is_int, one_line
 from ..runtime import Preemption, environment_info
 from .adm import ADMEncoder
 from .discriminator import (
@@ -255,20 +257,55 @@ class _Trainer:
                 "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(), "stats": stats}
 
     def restore(self, state_path: Path, options: dict) -> tuple[list[dict], int]:
-        """Load a training state written with the same settings; returns (stats, epochs done)."""
+        """Load a training state written with the same settings; returns (stats, epochs done).
+        Every part is checked first: a damaged or foreign state is a one-line UserError."""
         st = read_torch_file(state_path, "training state")
+        what = f"training state {state_path}"
         if not isinstance(st, dict) or st.get("format") != TRAIN_STATE_FORMAT:
             raise UserError(f"{state_path} is not a discriminator training state")
+        keys = ("options", "head", "optimizer", "generator", "stats", "epoch") + (("extractor",) if self.scratch else ())
+        checked_dict(st, what, keys)
+        saved = checked_dict(st["options"], f"{what}: options")
         for key in RESUME_KEYS:
-            if st["options"].get(key) != options.get(key):
-                raise UserError(f"cannot resume from {state_path}: {key} was {st['options'].get(key)!r}, "
-                                f"now {options.get(key)!r}")
-        self.disc.head.load_state_dict(st["head"])
+            if saved.get(key) != options.get(key):
+                raise UserError(one_line(f"cannot resume from {state_path}: {key} was {saved.get(key)!r}, "
+                                         f"now {options.get(key)!r}"))
+        stats, epoch = _checked_progress(st["stats"], st["epoch"], what)
+        parts = [(self.disc.head, checked_state_dict(st["head"], f"{what}: head"))]
         if self.scratch:
-            self.disc.feature_extractor.load_state_dict(st["extractor"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.gen.set_state(st["generator"])
-        return list(st["stats"]), int(st["epoch"])
+            parts.append((self.disc.feature_extractor, checked_state_dict(st["extractor"], f"{what}: extractor")))
+        try:
+            for module, state in parts:
+                module.load_state_dict(state)
+            self.optimizer.load_state_dict(checked_dict(st["optimizer"], f"{what}: optimizer"))
+            _check_optimizer_shapes(self.optimizer)
+            self.gen.set_state(st["generator"])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+            raise UserError(one_line(f"{what} does not fit this run: {describe_failure(exc)}")) from None
+        return stats, epoch
+
+
+def _checked_progress(stats: object, epoch: object, what: str) -> tuple[list[dict], int]:
+    """A training state's epoch count and per-epoch stats (plain JSON records, one per epoch)."""
+    if not is_int(epoch) or epoch < 0:
+        raise UserError(one_line(f"{what}: epoch is {epoch!r:.60}, not a whole number of epochs"))
+    try:
+        plain = json.loads(json.dumps(stats))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UserError(one_line(f"{what}: stats hold a value other than plain data ({describe_failure(exc)})")) from None
+    if type(plain) is not list or len(plain) != epoch or not all(type(s) is dict for s in plain):
+        raise UserError(f"{what}: stats are not one record per finished epoch ({epoch})")
+    return plain, epoch
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Adam's moments restored from a file must have their parameters' shapes (torch does not check)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
+                    raise ValueError(f"optimizer state {name} has shape {list(value.shape)}, "
+                                     f"its parameter {list(param.shape)}")
 
 
 def _epoch_line(rec: dict, epochs: int) -> str:
