@@ -562,15 +562,6 @@ def edm_network_meta(net: torch.nn.Module, source: str, model: str | None = None
             "source": f"edm-pickle:{source}", **extra}
 
 
-def convert_edm_pickle(path: str | os.PathLike, out: str | os.PathLike, model: str | None = None,
-                       source: str | None = None, **extra: Any) -> dict:
-    """EDM snapshot pickle -> our network file; returns the meta written."""
-    net = load_edm_pickle(path)["ema"]
-    meta = edm_network_meta(net, source or str(path), model or Path(path).stem, **extra)
-    save_network(out, net, **meta)
-    return meta
-
-
 def is_network_file(path: str | os.PathLike) -> bool:
     """True for our zip-based network files, False for anything else (e.g. an EDM pickle)."""
     return zipfile.is_zipfile(path)

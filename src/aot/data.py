@@ -124,7 +124,8 @@ class ImageFolderDataset:
             try:
                 self._all_fnames = set(self._get_zipfile().namelist())
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise UserError(f"dataset {self._path} is not a readable zip archive (truncated or corrupt: {exc})") from None
+                raise UserError(
+                    f"dataset {self._path} is not a readable zip archive (truncated or corrupt: {exc})") from None
         else:
             raise UserError(f"dataset {self._path} does not exist")
 
@@ -236,7 +237,8 @@ class ImageFolderDataset:
         try:
             labels = dict(labels)
         except (TypeError, ValueError):
-            raise UserError(f"dataset {self._path}: {LABELS_FILE} 'labels' is not a list of [file, label] pairs") from None
+            raise UserError(
+                f"dataset {self._path}: {LABELS_FILE} 'labels' is not a list of [file, label] pairs") from None
         missing = [f for f in self._image_fnames if f not in labels]
         if missing:
             raise UserError(f"dataset {self._path}: {LABELS_FILE} has no label for {missing[0]} "
@@ -245,7 +247,8 @@ class ImageFolderDataset:
             arr = np.array([labels[f] for f in self._image_fnames])
             arr = arr.astype({1: np.int64, 2: np.float32}[arr.ndim])
         except (KeyError, ValueError, TypeError):
-            raise UserError(f"dataset {self._path}: {LABELS_FILE} labels are neither class indices nor vectors") from None
+            raise UserError(
+                f"dataset {self._path}: {LABELS_FILE} labels are neither class indices nor vectors") from None
         if arr.dtype == np.int64 and arr.size and arr.min() < 0:
             raise UserError(f"dataset {self._path}: {LABELS_FILE} has a negative class label ({arr.min()})")
         return arr

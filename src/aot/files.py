@@ -134,13 +134,6 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise UserError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
-def require_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what} {path} does not exist")
-    return path
-
-
 def read_npz_arrays(path: str | os.PathLike, what: str) -> dict:
     """Every array of an existing .npz file (pickles refused); a UserError naming `what` and the
     file when it is not a readable npz."""

@@ -297,19 +297,19 @@ def load_feature_net(path: str | os.PathLike, device: str | torch.device = "cpu"
     path = Path(path)
     if not path.is_file():
         raise UserError(f"feature network {path} does not exist (make it with: python -m aot fid train-features)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"feature network {path} cannot be read: {first}") from None
+    from .checkpoints import build_with_weights, checked_dict, checked_kwargs, checked_state_dict, load_torch_file
+
+    payload = load_torch_file(path, "feature network")
     if not isinstance(payload, dict) or payload.get("format") != FEATNET_FORMAT:
         raise UserError(f"{path} is not an aot feature network (format {FEATNET_FORMAT!r} expected)")
-    try:
-        net = FeatureNet(**payload["init_kwargs"])
-        net.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise UserError(f"feature network {path} does not match its architecture: {str(exc).splitlines()[0]}") from None
-    return net.eval().requires_grad_(False).to(device), dict(payload.get("meta") or {})
+    what = f"feature network {path}"
+    checked_dict(payload, what, ("init_kwargs", "state_dict"))
+    kwargs = checked_kwargs(payload["init_kwargs"], f"{what}: init_kwargs")
+    state = checked_state_dict(payload["state_dict"], what)
+    net = build_with_weights("FeatureNet", kwargs, state, what, build=lambda kw: FeatureNet(**kw))
+    meta = payload.get("meta")
+    meta = {} if meta is None else dict(checked_dict(meta, f"{what}: meta"))
+    return net.eval().requires_grad_(False).to(device), meta
 
 
 def offline_feature_fn(net: FeatureNet) -> FeatureFn:

@@ -39,6 +39,7 @@ import torch
 from .checkpoints import checked_dict, checked_kwargs, load_torch_file, save_network
 from .errors import EXIT_PREEMPTED, UserError
 from .files import atomic_path, write_json_atomic
+from .pickles import byte_limit
 from .runtime import Preemption
 
 ARCHS = {
@@ -298,8 +299,6 @@ STATE_SIZE_FACTOR = 8
 def load_training_state(path: Path) -> dict:
     """training-state.pt, read with torch's weights-only loader (optimizer and random states are
     tensors and plain values) and checked for the entries a resume reads."""
-    from .pickles import byte_limit
-
     state = load_torch_file(path, "training state", max_bytes=STATE_SIZE_FACTOR * byte_limit())
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UserError(f"training state {path} is not an aot training state")

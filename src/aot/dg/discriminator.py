@@ -157,13 +157,14 @@ def _check_block_count(init_kwargs: dict, state_dict: dict, what: str) -> None:
     device, millions of blocks would take long)."""
     depth = init_kwargs.get("depth", 2)
     mult = init_kwargs.get("channel_mult")
-    if not is_int(depth) or (mult is not None and type(mult) not in (list, tuple)):
-        raise UserError(one_line(f"{what}: init_kwargs have depth {brief(depth, 60)} and channel_mult "
-                                 f"{brief(mult, 60)}; a whole number and a list are expected"))
+    if not is_int(depth):
+        raise UserError(one_line(f"{what}: init_kwargs have depth {brief(depth, 60)}, not a whole number"))
+    if mult is not None and type(mult) not in (list, tuple):
+        raise UserError(one_line(f"{what}: init_kwargs have channel_mult {brief(mult, 60)}, not a list"))
     blocks = depth * (len(mult) if mult else 1)
     if blocks * _TENSORS_PER_BLOCK > len(state_dict):
-        raise UserError(f"{what}: init_kwargs ask for at least {blocks} residual blocks, more than the file's "
-                        f"{len(state_dict)} tensors can fill")
+        raise UserError(f"{what}: an ADMEncoder of depth {depth} has at least {blocks} residual blocks, more than "
+                        f"the file's {len(state_dict)} tensors can fill")
 
 
 def _build_encoder(init_kwargs: Any, state_dict: Any, what: str) -> ADMEncoder:
@@ -256,7 +257,8 @@ def _plain_meta(obj: dict, what: str) -> dict:
     try:
         return json.loads(json.dumps(meta))
     except (TypeError, ValueError, RecursionError) as exc:
-        raise UserError(one_line(f"{what}: meta holds a value other than plain data ({describe_failure(exc)})")) from None
+        raise UserError(one_line(f"{what}: meta holds a value other than plain data "
+                                 f"({describe_failure(exc)})")) from None
 
 
 def _our_discriminator(obj: dict, what: str, feature_extractor: str | os.PathLike | None,

@@ -263,7 +263,8 @@ class _Trainer:
         what = f"training state {state_path}"
         if not isinstance(st, dict) or st.get("format") != TRAIN_STATE_FORMAT:
             raise UserError(f"{state_path} is not a discriminator training state")
-        keys = ("options", "head", "optimizer", "generator", "stats", "epoch") + (("extractor",) if self.scratch else ())
+        keys = ("options", "head", "optimizer", "generator", "stats", "epoch")
+        keys += ("extractor",) if self.scratch else ()
         checked_dict(st, what, keys)
         saved = checked_dict(st["options"], f"{what}: options")
         for key in RESUME_KEYS:
@@ -292,7 +293,8 @@ def _checked_progress(stats: object, epoch: object, what: str) -> tuple[list[dic
     try:
         plain = json.loads(json.dumps(stats))
     except (TypeError, ValueError, RecursionError) as exc:
-        raise UserError(one_line(f"{what}: stats hold a value other than plain data ({describe_failure(exc)})")) from None
+        raise UserError(one_line(f"{what}: stats hold a value other than plain data "
+                                 f"({describe_failure(exc)})")) from None
     if type(plain) is not list or len(plain) != epoch or not all(type(s) is dict for s in plain):
         raise UserError(f"{what}: stats are not one record per finished epoch ({epoch})")
     return plain, epoch
