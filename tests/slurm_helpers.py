@@ -8,7 +8,7 @@ Slurm is a failure.
     from slurm_helpers import require_slurm, run_snakemake_on_slurm, assert_all_jobs_on_slurm
 
     require_slurm()
-    proc = run_snakemake_on_slurm(tmp_path, REPO / "Snakefile", REPO / "config/tiny.yaml", ["all"])
+    proc = run_snakemake_on_slurm(tmp_path, REPO / "Snakefile", REPO / "tests/configs/tiny.yaml", ["all"])
     assert proc.returncode == 0, proc.stdout
     jobs = assert_all_jobs_on_slurm(tmp_path, local_rules={"all"})
 """
