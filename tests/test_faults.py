@@ -247,28 +247,22 @@ def read_only_folder(path: Path):
     a read-only system mount (/proc/sys in containers)."""
     path.mkdir(parents=True, exist_ok=True)
     tried = []
-    why = _run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)])
-    if why is None:
+    for setup, undo, label in (
+        (["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], ["umount", "-l", str(path)],
+         "read-only tmpfs mount"),
+        (["chattr", "+i", str(path)], ["chattr", "-i", str(path)], "immutable folder (chattr +i)"),
+    ):
+        why = _run(setup)
+        if why is not None:
+            tried.append(why)
+            continue
         try:
             if _read_only(path):
-                yield path, "read-only tmpfs mount"
+                yield path, label
                 return
-            tried.append("read-only tmpfs: still writable")
+            tried.append(f"{label}: still writable")
         finally:
-            _run(["umount", "-l", str(path)])
-    else:
-        tried.append(why)
-    why = _run(["chattr", "+i", str(path)])
-    if why is None:
-        try:
-            if _read_only(path):
-                yield path, "immutable folder (chattr +i)"
-                return
-            tried.append("chattr +i: still writable")
-        finally:
-            _run(["chattr", "-i", str(path)])
-    else:
-        tried.append(why)
+            _run(undo)
     path.chmod(0o555)
     try:
         if _read_only(path):

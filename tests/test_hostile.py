@@ -28,16 +28,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_checkpoints import NCSN, SMALL, _net  # the small networks of the checkpoint tests
 
 from aot import checkpoints
 from aot.checkpoints import load_edm_pickle, read_edm_pickle_raw, save_edm_pickle, save_network
 from aot.errors import UserError
 from aot.networks import EDMPrecond, VEPrecond, VPPrecond
 
-SMALL = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,
-             attn_resolutions=[8], model_type="SongUNet")
-NCSN = dict(embedding_type="fourier", encoder_type="residual", decoder_type="standard", channel_mult_noise=2,
-            resample_filter=[1, 3, 3, 1])
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -240,16 +237,6 @@ def _one_line_refusal(res: subprocess.CompletedProcess, fragment: str) -> str:
 
 def _weights_digest(net: torch.nn.Module) -> str:
     return hashlib.sha256(b"".join(v.numpy().tobytes() for v in net.state_dict().values())).hexdigest()
-
-
-def _net(cls=EDMPrecond, seed=0, **kw):
-    torch.manual_seed(seed)
-    net = cls(**{**SMALL, **kw})
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
