@@ -275,6 +275,34 @@ def test_resume_with_another_dataset_is_refused(digits, straight_run, tmp_path):
     assert res.returncode == 2 and "another network or dataset" in res.stderr
 
 
+@pytest.mark.parametrize("part", ["net", "optimizer", "rng"])
+def test_resume_from_a_state_that_does_not_fit_is_refused(digits, straight_run, tmp_path, part, record_fault):
+    """A training state whose keys are right but whose contents do not fit the run (a weight of another
+    shape, an optimizer of another network, a broken random state): one line, exit 2, state kept."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(straight_run, out)
+    state = torch.load(out / "training-state.pt", weights_only=False)
+    if part == "net":
+        first = next(iter(state["net"]))
+        state["net"][first] = torch.zeros(1)
+    elif part == "optimizer":
+        state["optimizer"]["param_groups"][0]["params"] = [0]
+    else:
+        state["ranks"][0]["rng"]["torch_cpu"] = torch.zeros(3, dtype=torch.uint8)
+    torch.save(state, out / "training-state.pt")
+    before = (out / "training-state.pt").read_bytes()
+    final = (out / "network-final.pt").read_bytes()  # of the finished 0.512 kimg run
+    res = run(train_cmd(out, digits, "--aot", kimg=1.024))
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert res.returncode == 2 and len(errors) == 1, res.stderr[-3000:]
+    assert "does not fit this run" in errors[0] and "Traceback" not in res.stderr
+    assert (out / "training-state.pt").read_bytes() == before
+    assert (out / "network-final.pt").read_bytes() == final
+    record_fault("bad input", f"training state whose {part} does not fit the run", f"exit 2: `{errors[0][:100]}`")
+
+
 def test_saves_and_exits_before_the_slurm_time_limit(digits, tmp_path, record_fault):
     """Where Slurm's signal cannot reach training (cgroup clusters), the job's end time from
     `squeue` makes it save its state and exit 75 `--slurm-margin` seconds before the limit."""

@@ -447,19 +447,20 @@ class Training:
 
     def _resume(self, state: dict) -> None:
         """Network, EMA, optimizer, counters, this rank's pool position and random streams."""
-        self.net.load_state_dict(state["net"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.cur_nimg = int(state["cur_nimg"])
-        self.cur_tick = int(state["cur_tick"])
-        rank_state = state["ranks"][self.dist.rank]
         try:
+            self.net.load_state_dict(state["net"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.cur_nimg = int(state["cur_nimg"])
+            self.cur_tick = int(state["cur_tick"])
+            rank_state = state["ranks"][self.dist.rank]
             self.pool.load_state_dict(rank_state["pool"])
-        except ValueError as exc:
-            raise UserError(f"training state {self.state_path} does not fit this run ({exc}); "
+            self.sigma_gen.set_state(rank_state["sigma_gen"])
+            _set_rng_state(rank_state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            why = " ".join(str(exc).split())[:300]
+            raise UserError(f"training state {self.state_path} does not fit this run ({why}); "
                             f"use the same settings or a new --outdir") from None
-        self.sigma_gen.set_state(rank_state["sigma_gen"])
-        _set_rng_state(rank_state["rng"])
         self.dist.print(f"Resuming from {self.state_path} at {self.cur_nimg / 1000:.3f} kimg")
 
     def _options(self, dataset) -> dict:
