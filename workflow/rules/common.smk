@@ -198,26 +198,6 @@ def check_config():
             "fid.reference: precomputed statistics exist for CIFAR-10 only; "
             "use reference: dataset"
         )
-    if DG["enabled"]:
-        for key in (
-            "feature_extractor",
-            "collect_images",
-            "batch",
-            "epochs",
-            "pool_size",
-        ):
-            if key not in DG:
-                fail(f"dg.{key} is required when dg.enabled is true")
-        if DG["collect_images"] > FID["num_images"]:
-            fail(
-                f"dg.collect_images {DG['collect_images']} exceeds fid.num_images "
-                f"{FID['num_images']}: the discriminator is trained on the model's first "
-                "sample set, never on a regenerated one"
-            )
-        if DG["time_min"] >= DG["time_max"]:
-            fail(
-                f"dg.time_min {DG['time_min']} must be below dg.time_max {DG['time_max']}"
-            )
 
 
 _SCHEMA = load_yaml(workflow.source_path(SCHEMA))
@@ -262,9 +242,6 @@ SOLVER = SAMPLING["solver"]
 FID = config["fid"]
 DG = config["dg"]
 DIAGNOSTICS = config["diagnostics"]
-DG_CLASSIFIER_FOLDER = (
-    "https://drive.google.com/drive/folders/1gb68C13-QOt8yA6ZnnS6G5pVIlPO7j_y"
-)
 
 
 def flags(settings):
@@ -299,11 +276,6 @@ def resources_for(rule):
 def key_for(num_steps, rho):
     """The key of a sample set made with the run's solver and S_churn."""
     return sampler_key(SOLVER, num_steps, rho, SAMPLING["S_churn"])
-
-
-def guided_key(key, mode):
-    """The key of the sample set made like `key` with DG's discriminator of the given mode."""
-    return sampler_key(**{**parse_key(key), "guidance": mode})
 
 
 def default_key():
@@ -343,66 +315,6 @@ def sampler_settings(key):
         "sigma_min": SAMPLING["sigma_min"],
         "sigma_max": SAMPLING["sigma_max"],
     }
-
-
-def table12_fids(part):
-    edm, aot = config["tables"][part]["edm"], config["tables"][part]["aot"]
-    sets = [(edm, default_key()), (aot, default_key()), (aot, best_key(aot))]
-    return sorted({p for m, k in sets for p in fid_set(m, k)})
-
-
-def dg_models(part):
-    """(model, sampler key, discriminator mode) of Table 3's guided rows for one part."""
-    edm, aot = config["tables"][part]["edm"], config["tables"][part]["aot"]
-    return [
-        (edm, default_key(), "plain"),
-        (aot, best_key(aot), "plain"),
-        (aot, best_key(aot), "aot"),
-    ]
-
-
-def table3_fids():
-    out = set()
-    for part in ("uncond", "cond"):
-        edm, aot = config["tables"][part]["edm"], config["tables"][part]["aot"]
-        out.update(fid_set(edm, default_key()))
-        out.update(fid_set(aot, best_key(aot)))
-        if DG["enabled"]:
-            for model, key, mode in dg_models(part):
-                out.update(fid_set(model, guided_key(key, mode)))
-    return sorted(out)
-
-
-def table4_fids():
-    t4 = SAMPLING["table4"]
-    return sorted(
-        {
-            p
-            for row in t4["rows"]
-            for rho in t4["rho"]
-            for p in fid_set(row["model"], key_for(row["num_steps"], rho))
-        }
-    )
-
-
-def table5_fids(models=None):
-    t5 = SAMPLING["table5"]
-    models = (
-        t5["models"] if models is None else [m for m in t5["models"] if m in models]
-    )
-    return sorted(
-        {
-            p
-            for m in models
-            for nfe in t5["nfe"]
-            for rho in t5["rho"]
-            for p in fid_set(m, key_for(steps_for_nfe(nfe, SOLVER), rho))
-        }
-    )
-
-
-def part_models(part):
-    return [config["tables"][part]["edm"], config["tables"][part]["aot"]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -526,119 +438,6 @@ def diagnostics_flags(wildcards):
     )
 
 
-# ------------------------------------------------------------------------------------------------
-# Discriminator guidance
-
-
-def dg_base_key(model):
-    """The sample set a model's discriminator trains on: the Table 3 sampler's first repeat."""
-    part = "cond" if MODELS[model]["cond"] else "uncond"
-    return best_key(model) if model == config["tables"][part]["aot"] else default_key()
-
-
-def dg_classifier():
-    """DG's ADM classifier file, or None when the feature extractor is trained from scratch."""
-    if DG["enabled"] and DG["feature_extractor"] != "scratch":
-        return DG["feature_extractor"]
-    return None
-
-
-def dg_feature_inputs():
-    return {"feature_extractor": dg_classifier()} if dg_classifier() else {}
-
-
-def dg_train_flags(wildcards):
-    cond = MODELS[wildcards.model]["cond"]
-    return flags(
-        {
-            "cond": cond,
-            "aot": wildcards.mode == "aot",
-            "pool_size": DG["pool_size"]["cond" if cond else "uncond"],
-            "feature_extractor": DG["feature_extractor"],
-            "num_images": DG["collect_images"],
-            "batch": DG["batch"],
-            "epochs": DG["epochs"],
-            "lr": DG["lr"],
-            "weight_decay": DG["weight_decay"],
-            "device": DEVICE,
-        }
-    )
-
-
-def dg_generate_flags(wildcards):
-    return flags(
-        {
-            "model_name": wildcards.model,
-            "seeds": seeds_for(wildcards.rep),
-            **sampler_settings(wildcards.key),
-            **{
-                k: DG[k]
-                for k in (
-                    "dg_weight_1st_order",
-                    "dg_weight_2nd_order",
-                    "time_min",
-                    "time_max",
-                    "boosting",
-                )
-            },
-            "batch": config["generate"]["batch"],
-            "shard_size": config["generate"]["shard_size"],
-            "device": DEVICE,
-        }
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# Tables, figures and the report
-
-
-def table_files(i):
-    return [f"{R}/tables/table{i}.{ext}" for ext in ("csv", "md", "tex")]
-
-
-def table_outputs(i):
-    """Table i's files; the CSV goes into `snakemake --report` with its caption."""
-    csv, md, tex = table_files(i)
-    return [report(csv, caption=f"../report/table{i}.rst", category="Tables"), md, tex]
-
-
-def figure_files(name):
-    return [f"{R}/figures/{name}.png", f"{R}/figures/{name}.pdf"]
-
-
-def figure_outputs(name):
-    png, pdf = figure_files(name)
-    return [report(png, caption=f"../report/{name}.rst", category="Figures"), pdf]
-
-
-def out_prefix(wildcards, output):
-    """The output path without its extension: what `aot report` writes .csv/.md/.tex or .png/.pdf to."""
-    return os.path.splitext(output[0])[0]
-
-
-def report_flags(settings):
-    """Options of `aot report table|figure`: the given ones and Table 5's rho values."""
-    return flags({**settings, "rhos": [fmt(r) for r in SAMPLING["table5"]["rho"]]})
-
-
-def diagnostics_input(part, which):
-    """Trajectory diagnostics of a part at the first or the last configured step count."""
-    steps = DIAGNOSTICS["steps"][0] if which == "first" else DIAGNOSTICS["steps"][-1]
-    return [diagnostics_path(part, steps)]
-
-
-def samples_input(part):
-    """The first sample set of the part's EDM-AOT model at its best sampler (Figures 10, 11)."""
-    aot = config["tables"][part]["aot"]
-    return [sample_path(aot, best_key(aot), 0)]
-
-
-def curvature_inputs():
-    steps = DIAGNOSTICS["steps"]
-    paths = {diagnostics_path(p, s) for p in ("uncond", "cond") for s in steps}
-    return sorted(p.replace(".npz", ".json") for p in paths)
-
-
 def fetch_targets():
     """Everything that needs the internet: run `snakemake fetch` on a login node first."""
     out = []
@@ -651,3 +450,7 @@ def fetch_targets():
 
 
 check_config()
+
+
+include: "common_dg.smk"
+include: "common_report.smk"

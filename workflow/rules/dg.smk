@@ -4,6 +4,9 @@
 # (dg<mode>-<key>/rep<r>.npz, disjoint seeds as for every FID) are generated and measured.
 
 
+check_dg_config()
+
+
 if dg_classifier():
 
     localrules:

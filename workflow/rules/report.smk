@@ -2,6 +2,7 @@
 # results/<run>/README.md. Named targets: table1 ... table5, figure1 ... figure11, curvature,
 # tables, figures, report. `snakemake table4` builds Table 4 and only what it needs.
 
+
 # table number -> the FID results it is made from
 TABLES = {
     1: table12_fids("uncond"),
@@ -29,7 +30,6 @@ FIGURES = {
 ALL_TABLES = [f for i in TABLES for f in table_files(i)]
 ALL_FIGURES = [f for i in FIGURES for f in figure_files(f"figure{i}")]
 ALL_FIGURES += figure_files("curvature")
-
 
 for _i in TABLES:
 
