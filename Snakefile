@@ -32,6 +32,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/dg.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/pool_study.smk"
 
 
 localrules:

@@ -454,3 +454,4 @@ check_config()
 
 include: "common_dg.smk"
 include: "common_report.smk"
+include: "common_pool_study.smk"

@@ -1,0 +1,1 @@
+# The pool-size study (Table 6): a named target, not part of `all`.
