@@ -138,3 +138,43 @@ class Preemption:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# Requeue: a Slurm job that stopped for its time limit or a preemption goes back to the queue
+
+
+REQUEUE_ENV = "AOT_SLURM_REQUEUE"
+
+
+def requeue_slurm_job(log=None) -> bool:
+    """After a command exited with 75 (state saved, `aot.errors.EXIT_PREEMPTED`): put this Slurm
+    job back into the queue with `scontrol requeue`, so that it runs again under the same job ID and
+    resumes; Snakemake's executor sees the job pending again and keeps waiting for it. Nothing else
+    is ever resubmitted: a job that failed on bad input (exit 2) or a bug fails for good.
+
+    Only where the workflow asks for it (`AOT_SLURM_REQUEUE=<most requeues>` in the environment),
+    inside a Slurm job (`SLURM_JOB_ID`), from the first process (rank 0 under torchrun) and while
+    the job has been requeued fewer times than allowed (`SLURM_RESTART_COUNT`). Returns whether the
+    requeue was asked for.
+    """
+    import subprocess
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    limit, job = os.environ.get(REQUEUE_ENV), os.environ.get("SLURM_JOB_ID")
+    if not limit or not job or os.environ.get("RANK", "0") != "0":
+        return False
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if restarts >= int(limit):
+        log(f"Slurm job {job} was requeued {restarts} times already ({REQUEUE_ENV}={limit}); not again")
+        return False
+    try:
+        res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log(f"could not requeue Slurm job {job}: {exc}")
+        return False
+    if res.returncode != 0:
+        log(f"could not requeue Slurm job {job}: {res.stderr.strip() or res.stdout.strip()}")
+        return False
+    log(f"requeued Slurm job {job} (restart {restarts + 1} of at most {limit}): it resumes from the saved state")
+    return True

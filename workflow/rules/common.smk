@@ -4,8 +4,10 @@
 # several tables need is generated and measured once. Sample-set keys come from aot.keys, which
 # the library uses too.
 
+import ast
 import copy
 import json
+import math
 import os
 import re
 import shlex
@@ -24,6 +26,7 @@ from aot.keys import (
     MODEL_RE,
     SAMPLER_RE,
     fmt,
+    nfe,
     parse_key,
     sampler_key,
     seed_range,
@@ -250,23 +253,148 @@ def flags(settings):
 
 
 # ------------------------------------------------------------------------------------------------
-# Resources and threads: config["resources"][rule], defaults from the schema
+# Resources: config["resources"][rule] (defaults from the schema) and the wall time from the work
+#
+# One source of truth: a job's GPUs, nodes and CPUs are its resources, and the commands read them
+# from the job (`resources.gpu`, `resources.nodes`, `resources.cpus_per_task`), so a site profile's
+# or a command line's `--set-resources` reaches the sbatch line and the command alike.
+
+WALLTIME = config["walltime"]
+REQUEUE_ENV = "AOT_SLURM_REQUEUE"  # aot.runtime.requeue_slurm_job
+RESUMABLE = ("train", "train_discriminator", "generate", "generate_dg")
+GROUPED = ("generate", "generate_dg", "fid")  # rule group `sets`: one sample set's jobs
 
 
 def threads_for(rule):
     return config["resources"][rule]["cpus"]
 
 
+def minutes_for(work_s):
+    """Requested wall time in minutes for `work_s` seconds of work: the safety factor times (the
+    per-job start-up plus the work), at most the cluster's longest job (`walltime.max_minutes`).
+    """
+    total = WALLTIME["safety"] * (WALLTIME["startup_s"] + work_s)
+    return max(1, min(WALLTIME["max_minutes"], math.ceil(total / 60)))
+
+
+def runtime_for(rule):
+    """The `runtime` resource of a rule: `resources.<rule>.runtime` when the config fixes it,
+    otherwise minutes_for(the job's work), the work coming from WORK[rule](wildcards).
+    """
+    fixed = config["resources"][rule].get("runtime")
+    if fixed:
+        return fixed
+    work = WORK.get(rule, lambda wildcards: WALLTIME["other_s"])
+    return lambda wildcards: minutes_for(work(wildcards))
+
+
+def gpu_resources(r):
+    """`gpu` (sbatch --gpus=[model:]N) or, with `gres: true`, `gres` (--gres=gpu[:model]:N) for
+    clusters without --gpus; never both, which would double the request."""
+    if not r["gpus"]:
+        return {}
+    if r.get("gres"):
+        model = f"{r['gpu_model']}:" if r.get("gpu_model") else ""
+        return {"gres": f"gpu:{model}{r['gpus']}"}
+    out = {"gpu": r["gpus"]}
+    if r.get("gpu_model"):
+        out["gpu_model"] = r["gpu_model"]
+    return out
+
+
 def resources_for(rule):
     r = config["resources"][rule]
-    res = dict(mem_mb=r["mem_mb"], runtime=r["runtime"], cpus_per_task=r["cpus"])
-    if r["gpus"]:
-        res["gpu"] = r["gpus"]
+    res = dict(mem_mb=r["mem_mb"], cpus_per_task=r["cpus"], nodes=r["nodes"])
+    res["runtime"] = runtime_for(rule)
+    res.update(gpu_resources(r))
+    if rule in GROUPED and r["gpus"]:
+        res["gpu_slot"] = 1  # the members of a grouped Slurm job take its GPU in turn
     if r.get("partition"):
         res["slurm_partition"] = r["partition"]
     if r.get("account"):
         res["slurm_account"] = r["account"]
+    extra = slurm_extra_for(rule, r.get("slurm_extra"))
+    if extra:
+        res["slurm_extra"] = extra
     return res
+
+
+def slurm_extra_for(rule, extra):
+    """Extra sbatch options: the config's, plus, for jobs that save and resume, Slurm's warning
+    signal before the time limit (`--signal=TERM@<margin>`, unless the options name one).
+    """
+    options = shlex.split(extra or "")
+    if rule in RESUMABLE and not any(o.startswith("--signal") for o in options):
+        options.append(f"--signal=TERM@{WALLTIME['signal_s']}")
+    return shlex.join(options) if options else None
+
+
+def keep_signal_in_overrides():
+    """A `--set-resources <rule>:slurm_extra=...` replaces the rule's own slurm_extra: put the
+    time-limit signal of resumable rules back into it, and drop `gpu` where an override asks for
+    GPUs by `gres` (or the reverse), so that one request reaches sbatch."""
+    overrides = workflow.resource_settings._parsed_overwrite_resources
+    for rule, res in overrides.items():
+        if rule in RESUMABLE and "slurm_extra" in res:
+            given = res["slurm_extra"].raw  # as typed: a Python string expression
+            try:
+                given = ast.literal_eval(given)
+            except (ValueError, SyntaxError):
+                pass
+            res.update({"slurm_extra": slurm_extra_for(rule, str(given))})
+        if "gres" in res and "gpu" not in res:
+            res.update({"gpu": None, "gpu_model": None})
+        if "gpu" in res and "gres" not in res:
+            res.update({"gres": None})
+
+
+def gpus_of(resources):
+    """GPUs per node of a job from its resources: `gpu`, or the count in `gres` (gpu[:model]:N)."""
+    if resources.get("gpu"):
+        return int(resources["gpu"])
+    gres = str(resources.get("gres") or "")
+    if gres.startswith("gpu"):
+        last = gres.split(":")[-1]
+        return int(last) if last.isdigit() else 1
+    return 0
+
+
+def requeue_env(rule):
+    """`AOT_SLURM_REQUEUE=<n>`: how often a Slurm job of this rule that stopped with exit 75
+    (time limit, preemption; state saved) may put itself back into the queue (aot.runtime).
+    """
+    n = train_requeues() if rule == "train" else WALLTIME["requeues"]
+    return f"{REQUEUE_ENV}={n}"
+
+
+def procs_per_node(resources):
+    """Processes per node of a job that runs one process per GPU (training, generation)."""
+    return max(1, gpus_of(resources))
+
+
+def launcher(wildcards, resources):
+    """`python -m aot`, under torchrun with one process per GPU of the job (aot.launch), on every
+    node of the job."""
+    from aot.launch import train_command
+
+    nodes = int(resources.get("nodes") or 1)
+    return train_command(
+        python(),
+        nodes=nodes,
+        procs_per_node=procs_per_node(resources),
+        cpus_per_node=int(resources.get("cpus_per_task") or 1) if nodes > 1 else None,
+    )
+
+
+def rank_threads(wildcards, resources):
+    """`--threads` of one process: the job's CPUs (per node) shared by its processes per node."""
+    from aot.launch import threads_per_rank
+
+    cpus = int(resources.get("cpus_per_task") or 1)
+    return f"--threads {threads_per_rank(cpus, procs_per_node(resources))}"
+
+
+keep_signal_in_overrides()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,6 +430,30 @@ def fid_set(model, key):
 
 def seeds_for(rep):
     return seed_range(int(rep), FID["num_images"])
+
+
+REPEATS = list(range(FID["repeats"]))
+
+
+def set_seeds(offset=0):
+    """The seeds of all repeats of a sample set, from `offset`: one job makes the whole set and
+    `aot generate` splits them into the repeats (repeat r: seeds_for(r) when offset is 0).
+    """
+    return seed_range(0, FID["num_images"] * len(REPEATS), offset)
+
+
+def set_files(pattern):
+    """The files of all repeats of a set: `pattern` with {rep} filled in, other wildcards kept."""
+    return [pattern.replace("{rep}", str(r)) for r in REPEATS]
+
+
+def set_images():
+    return FID["num_images"] * len(REPEATS)
+
+
+def key_nfe(key):
+    k = parse_key(key)
+    return nfe(k["num_steps"], k["solver"])
 
 
 def sampler_settings(key):
@@ -366,14 +518,6 @@ def train_flags(wildcards):
     return " ".join(filter(None, [flags(settings), t["extra_args"]]))
 
 
-def train_launcher(wildcards):
-    """`python -m aot`, under torchrun with one process per GPU when training has several."""
-    gpus = config["resources"]["train"]["gpus"]
-    if gpus > 1:
-        return f"{python()} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m aot"
-    return AOT
-
-
 def edm_pickle_flags(wildcards):
     m = MODELS[wildcards.model]
     return flags({"sha256": m.get("sha256"), "model_name": wildcards.model})
@@ -383,7 +527,7 @@ def generate_flags(wildcards):
     return flags(
         {
             "model_name": wildcards.model,
-            "seeds": seeds_for(wildcards.rep),
+            "seeds": set_seeds(),
             **sampler_settings(wildcards.key),
             "batch": config["generate"]["batch"],
             "shard_size": config["generate"]["shard_size"],
@@ -447,6 +591,50 @@ def fetch_targets():
         out.append(f"{FID_CACHE}/assets.json")
     out += [network_path(m) for m in IMPORTED]
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The work of a job, in seconds on one GPU (walltime section): what its requested runtime follows
+
+
+def part_of(model):
+    return "cond" if MODELS[model]["cond"] else "uncond"
+
+
+def dg_setting(model, key):
+    """A DG setting for a model's part (dg.<part>.<key>, or dg.<key> where DG has one recipe)."""
+    part = DG.get(part_of(model))
+    return part[key] if isinstance(part, dict) and key in part else DG[key]
+
+
+def train_work_s(wildcards):
+    t = train_settings(wildcards.model)
+    r = config["resources"]["train"]
+    gpus = max(1, r["gpus"]) * r["nodes"]
+    return t["duration"] * 1000 * WALLTIME["train_kimg_s"] / gpus
+
+
+WORK = {
+    "train": train_work_s,
+    "generate": lambda wc: set_images()
+    * key_nfe(wc.key)
+    * WALLTIME["generate_image_nfe_s"],
+    "generate_dg": lambda wc: set_images()
+    * key_nfe(wc.key)
+    * WALLTIME["guidance_image_nfe_s"],
+    "fid": lambda wc: set_images() * WALLTIME["fid_image_s"],
+    "train_discriminator": lambda wc: 2
+    * dg_setting(wc.model, "collect_images")
+    * dg_setting(wc.model, "epochs")
+    * WALLTIME["discriminator_image_epoch_s"],
+}
+
+
+def train_requeues():
+    """Training longer than one job (walltime.max_minutes) resumes in requeued jobs."""
+    longest = max([train_work_s(type("W", (), {"model": m})) for m in TRAINED] or [0])
+    per_job = WALLTIME["max_minutes"] * 60 / WALLTIME["safety"] - WALLTIME["startup_s"]
+    return max(WALLTIME["requeues"], math.ceil(longest / max(per_job, 1)) + 1)
 
 
 check_config()

@@ -1,7 +1,8 @@
 # Stage 4: measurements. FID with clean-fid in legacy_tensorflow mode (the TF-Inception numbers of
 # EDM and the paper) against CIFAR-10 training statistics, or, offline, the Frechet distance in the
 # feature space of a classifier trained here on the dataset (labelled as such everywhere).
-# One FID job and one JSON per sample set. Trajectory diagnostics for Figures 2, 3, 6-9.
+# One FID job per sample set measures all its repeats (one JSON each) and loads Inception once.
+# Trajectory diagnostics for Figures 2, 3, 6-9.
 
 
 localrules:
@@ -43,7 +44,7 @@ rule train_features:
         args=flags({"device": DEVICE}),
     shell:
         "{params.aot} fid train-features --data {input.data:q} --out {output:q} {params.args} "
-        "--threads {threads} > {log:q} 2>&1"
+        "--threads {resources.cpus_per_task} > {log:q} 2>&1"
 
 
 rule reference_stats:
@@ -65,23 +66,25 @@ rule reference_stats:
         aot=AOT,
         args=reference_flags,
     shell:
-        "{params.aot} fid reference --data {input.data:q} {params.args} --threads {threads} "
+        "{params.aot} fid reference --data {input.data:q} {params.args} --threads {resources.cpus_per_task} "
         "--out {output:q} > {log:q} 2>&1"
 
 
 rule fid:
     input:
         **fid_feature_inputs(),
-        samples=f"{R}/samples/{{model}}/{{key}}/rep{{rep}}.npz",
+        samples=set_files(f"{R}/samples/{{model}}/{{key}}/rep{{rep}}.npz"),
         ref=reference_path(),
     output:
-        f"{R}/fid/{{model}}/{{key}}/rep{{rep}}.json",
+        set_files(f"{R}/fid/{{model}}/{{key}}/rep{{rep}}.json"),
     log:
-        f"{LOGS}/fid/{{model}}/{{key}}-rep{{rep}}.log",
+        f"{LOGS}/fid/{{model}}/{{key}}.log",
     benchmark:
-        f"{BENCH}/fid/{{model}}/{{key}}-rep{{rep}}.tsv"
+        f"{BENCH}/fid/{{model}}/{{key}}.tsv"
     wildcard_constraints:
         key=KEY_RE,
+    group:
+        "sets"
     conda:
         ENV
     threads: threads_for("fid")
@@ -90,10 +93,11 @@ rule fid:
     params:
         aot=AOT,
         args=fid_flags,
+        repeats=REPEATS,
     shell:
         "{params.aot} fid measure --samples {input.samples:q} --ref {input.ref:q} "
-        "--repeat {wildcards.rep} {params.args} --threads {threads} --out {output:q} "
-        "> {log:q} 2>&1"
+        "--repeat {params.repeats} {params.args} --threads {resources.cpus_per_task} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule diagnostics:
@@ -119,4 +123,4 @@ rule diagnostics:
         args=diagnostics_flags,
     shell:
         "{params.aot} diagnostics --network {input.edm:q} --network {input.aot:q} {params.args} "
-        "--threads {threads} --out {output.npz:q} > {log:q} 2>&1"
+        "--threads {resources.cpus_per_task} --out {output.npz:q} > {log:q} 2>&1"

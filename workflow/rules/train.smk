@@ -1,7 +1,8 @@
 # Stage 2: one network per model, trained here (EDM or EDM-AOT) or imported from an official EDM
 # pickle. Either way the rest of the pipeline reads our network file, models/<name>/network-final.pt.
 # Training resumes from models/<name>/training-state.pt: a job killed by Slurm's time limit (with
-# --signal, it saves its state and exits 75) is retried and continues where it stopped.
+# --signal or its own reading of the job's end time, it saves its state and exits 75) puts itself
+# back into the Slurm queue (aot.runtime.requeue_slurm_job) and continues where it stopped.
 
 
 rule train:
@@ -21,12 +22,14 @@ rule train:
     resources:
         **resources_for("train"),
     params:
-        aot=train_launcher,
+        aot=launcher,
+        env=lambda wildcards: requeue_env("train"),
         outdir=lambda wildcards, output: os.path.dirname(output.network),
         args=train_flags,
+        threads=rank_threads,
     shell:
-        "{params.aot} train --outdir {params.outdir:q} --data {input.data:q} {params.args} "
-        "--threads {threads} >> {log:q} 2>&1"
+        "{params.env} {params.aot} train --outdir {params.outdir:q} --data {input.data:q} "
+        "{params.args} {params.threads} >> {log:q} 2>&1"
 
 
 localrules:

@@ -14,6 +14,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import EXIT_PREEMPTED
 from .options import ArgParser, cli_main
 
 # command -> module under aot.cli
@@ -40,4 +41,12 @@ def build_parser() -> ArgParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> Any:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SystemExit as exc:
+        if exc.code == EXIT_PREEMPTED:
+            # stopped for a time limit or a preemption, state saved: back into the queue (Slurm)
+            from ..runtime import requeue_slurm_job
+
+            requeue_slurm_job()
+        raise
