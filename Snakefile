@@ -18,6 +18,35 @@ min_version("9.0")
 include: "workflow/rules/common.smk"
 
 
+# --- Container (docs/software.md) ---------------------------------------------------------------
+# With `--software-deployment-method apptainer` every job runs in the image that the config's
+# `container:` names (built from envs/Dockerfile or envs/aot.def); without that flag the image is
+# not used, and without `container:` (the default) jobs stay in the venv or the conda environment.
+from snakemake.settings.types import DeploymentMethod
+
+if (
+    DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+    and not config.get("container")
+):
+    fail(
+        "container: --software-deployment-method apptainer needs the jobs' image; set "
+        "container: docker://... or the path of a .sif file (docs/software.md)"
+    )
+
+
+container: config.get("container")
+
+
+# --- end of container block ---------------------------------------------------------------------
+
+
+# `group_slot`: one per job of the group `sets`; the cluster profile gives each Slurm submission
+# one (`resources: [group_slot=1]`), so the members of a grouped job run one after the other on
+# its GPU and node (profiles/slurm/config.yaml).
+resource_scopes:
+    group_slot="local",
+
+
 wildcard_constraints:
     model=MODEL_RE,
     key=KEY_RE,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the one-node Slurm started by .ci/slurm-up.sh (slurmd, slurmctld, munged).
+# Stop the Slurm started by .ci/slurm-up.sh (every slurmd, slurmctld, munged).
 # Safe to call when nothing runs. Jobs still queued or running are cancelled.
 set -uo pipefail
 
@@ -26,7 +26,12 @@ stop_pidfile() {  # name pidfile
 if command -v scancel >/dev/null && [ -f "$STATE/slurmctld.pid" ]; then
     scancel --user="$(id -un)" >/dev/null 2>&1 || true
 fi
-stop_pidfile slurmd "$STATE/slurmd.pid"
+# one slurmd per node (slurmd-<node>.pid), and slurmd.pid of the former one-node layout
+for pidf in "$STATE"/slurmd.pid "$STATE"/slurmd-*.pid; do
+    [ -e "$pidf" ] || continue
+    node="${pidf##*/slurmd}"; node="${node#-}"; node="${node%.pid}"
+    stop_pidfile "slurmd${node:+ -N $node}" "$pidf"
+done
 stop_pidfile slurmctld "$STATE/slurmctld.pid"
 
 MUNGE_PID=/run/munge/munged.pid

@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# Start a one-node Slurm cluster on this host (Debian/Ubuntu, run as root).
+# Start a small Slurm cluster on this host (Debian/Ubuntu, run as root):
+#   * node <hostname> in partition `debug` (the default partition), for one-node jobs;
+#   * nodes n1 and n2 in partition `multi`, for multi-node jobs (`sbatch -p multi -N 2`).
+# All are slurmd daemons on this host (Debian's Slurm is built with
+# --enable-multiple-slurmd): `slurmd -N <hostname>` on SlurmdPort (6818),
+# `slurmd -N n1` on port 17001, `slurmd -N n2` on 17002. Stopping one of them
+# (kill "$(cat /var/spool/slurm-ci/slurmd-n2.pid)") takes one node away.
 #
 #   .ci/slurm-up.sh          # install if needed, configure, start, wait until idle
 #   .ci/slurm-down.sh        # stop the daemons again
 #
 # Idempotent: a second call with the daemons already up and the same
-# configuration only checks that the node is idle.
+# configuration only checks that the nodes are idle (and starts a slurmd that is
+# not running). A changed configuration restarts slurmctld and the slurmds;
+# running jobs survive that (their slurmstepd processes stay).
 #
 # Environment (all optional):
-#   SLURM_CI_PARTITION   partition name                       (default: debug)
+#   SLURM_CI_PARTITION   partition of the one-node jobs         (default: debug)
+#   SLURM_CI_MULTI_PARTITION  partition of the nodes n1..nK     (default: multi)
+#   SLURM_CI_MULTI_NODES K, the number of nodes n1..nK on ports 17001.. (default: 2;
+#                        0 leaves the multi-node partition out)
 #   SLURM_CI_CPUS        CPUs advertised for the node          (default: nproc)
 #                        more than nproc oversubscribes the cores, which helps a
 #                        CI run of many short, mostly idle jobs
 #   SLURM_CI_MEM_MB      RealMemory in MB                      (default: 80% of RAM,
 #                                                               at least 1 GiB left free)
+#                        n1..nK advertise the same CPUs and this memory divided by K
+#                        (they share the host with the one-node partition, which
+#                        oversubscribes it when both partitions are busy)
 #   SLURM_CI_TIMEOUT     seconds to wait for the node to become idle (default: 90)
 #   SLURM_CI_STATE       state/spool/log root                  (default: /var/spool/slurm-ci)
 #   SLURM_CI_PROCTRACK   linuxproc (default; works in containers without cgroups)
@@ -29,6 +43,8 @@
 set -euo pipefail
 
 PARTITION="${SLURM_CI_PARTITION:-debug}"
+MULTI_PARTITION="${SLURM_CI_MULTI_PARTITION:-multi}"
+MULTI_NODES="${SLURM_CI_MULTI_NODES:-2}"
 TIMEOUT="${SLURM_CI_TIMEOUT:-90}"
 PROCTRACK="${SLURM_CI_PROCTRACK:-linuxproc}"
 STATE="${SLURM_CI_STATE:-/var/spool/slurm-ci}"
@@ -39,7 +55,7 @@ CONF="$CONF_DIR/slurm.conf"
 say() { echo "slurm-up: $*"; }
 die() {
     echo "slurm-up: error: $*" >&2
-    for f in "$LOGDIR/slurmctld.log" "$LOGDIR/slurmd.log" "$LOGDIR/munged.log"; do
+    for f in "$LOGDIR/slurmctld.log" "$LOGDIR"/slurmd-*.log "$LOGDIR/munged.log"; do
         if [ -s "$f" ]; then
             echo "----- tail of $f -----" >&2
             tail -n 30 "$f" >&2
@@ -49,6 +65,10 @@ die() {
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root (installs packages and starts daemons)"
+case "$MULTI_NODES" in
+    ''|*[!0-9]*) die "SLURM_CI_MULTI_NODES must be a number of nodes (0-99), not '$MULTI_NODES'" ;;
+esac
+[ "$MULTI_NODES" -le 99 ] || die "SLURM_CI_MULTI_NODES must be at most 99, not $MULTI_NODES"
 
 # ---------------------------------------------------------------- packages
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
@@ -73,18 +93,28 @@ else
     if [ "$MEM_MB" -lt 256 ]; then MEM_MB=256; fi
 fi
 DEF_MEM_PER_CPU=$(( MEM_MB / CPUS ))
+MULTI=()
+MULTI_MEM_MB=0
+if [ "$MULTI_NODES" -gt 0 ]; then
+    MULTI_MEM_MB=$(( MEM_MB / MULTI_NODES ))
+    if [ "$MULTI_MEM_MB" -lt 256 ]; then MULTI_MEM_MB=256; fi
+    for i in $(seq 1 "$MULTI_NODES"); do MULTI+=("n$i"); done
+fi
+NODES=("$HOST" "${MULTI[@]}")
 # The host's real core layout; when CPUS differs slurmd must accept the
 # configured value instead of the detected one.
 OVERRIDES=""
 if [ "$CPUS" != "$NCPU" ]; then OVERRIDES="SlurmdParameters=config_overrides"; fi
 
-mkdir -p "$STATE/ctld" "$STATE/d" "$LOGDIR" "$CONF_DIR"
+mkdir -p "$STATE/ctld" "$LOGDIR" "$CONF_DIR"
+for node in "${NODES[@]}"; do mkdir -p "$STATE/d/$node"; done
 
 # ---------------------------------------------------------------- slurm.conf
 NEW_CONF="$(mktemp)"
 trap 'rm -f "$NEW_CONF"' EXIT
 cat >"$NEW_CONF" <<EOF
-# One-node Slurm for CI and local testing (written by .ci/slurm-up.sh).
+# Slurm for CI and local testing on one host (written by .ci/slurm-up.sh): node $HOST
+# (partition $PARTITION) and $MULTI_NODES more node(s) n1.. (partition $MULTI_PARTITION), one slurmd each.
 ClusterName=aotci
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
@@ -95,11 +125,12 @@ MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
 StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/d
+# %n: the node name, so that the slurmd daemons on this host keep apart
+SlurmdSpoolDir=$STATE/d/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$LOGDIR/slurmctld.log
-SlurmdLogFile=$LOGDIR/slurmd.log
+SlurmdLogFile=$LOGDIR/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # linuxproc: track processes by parentage (cgroups are often unavailable in containers)
@@ -123,6 +154,14 @@ $OVERRIDES
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+if [ "$MULTI_NODES" -gt 0 ]; then
+    for i in $(seq 1 "$MULTI_NODES"); do
+        echo "NodeName=n$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$(( 17000 + i ))" \
+            "CPUs=$CPUS RealMemory=$MULTI_MEM_MB State=UNKNOWN"
+    done >>"$NEW_CONF"
+    echo "PartitionName=$MULTI_PARTITION Nodes=n[1-$MULTI_NODES] Default=NO MaxTime=INFINITE" \
+        "State=UP OverSubscribe=NO" >>"$NEW_CONF"
+fi
 
 CONF_CHANGED=0
 case "$PROCTRACK" in
@@ -143,7 +182,8 @@ esac
 if ! cmp -s "$NEW_CONF" "$CONF"; then
     install -m 0644 "$NEW_CONF" "$CONF"
     CONF_CHANGED=1
-    say "wrote $CONF (node $HOST, CPUs=$CPUS, RealMemory=${MEM_MB}MB, partition $PARTITION)"
+    say "wrote $CONF (node $HOST, CPUs=$CPUS, RealMemory=${MEM_MB}MB, partition $PARTITION;" \
+        "nodes ${MULTI[*]:-none}, RealMemory=${MULTI_MEM_MB}MB each, partition $MULTI_PARTITION)"
 fi
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -177,12 +217,14 @@ fi
 
 # ---------------------------------------------------------------- daemons
 if [ "$CONF_CHANGED" = 1 ]; then
-    # configuration changed: restart whatever runs with the old one
-    for pidf in "$STATE/slurmd.pid" "$STATE/slurmctld.pid"; do
+    # configuration changed: restart whatever runs with the old one (every slurmd, also those
+    # of an earlier layout: slurmd.pid of the one-node set-up, nodes no longer configured)
+    for pidf in "$STATE"/slurmd.pid "$STATE"/slurmd-*.pid "$STATE/slurmctld.pid"; do
         if alive "$pidf"; then
             kill "$(cat "$pidf")" || true
             for _ in $(seq 1 40); do alive "$pidf" || break; sleep 0.25; done
         fi
+        case "$pidf" in */slurmd*) rm -f "$pidf" ;; esac
     done
 fi
 if ! alive "$STATE/slurmctld.pid"; then
@@ -190,35 +232,42 @@ if ! alive "$STATE/slurmctld.pid"; then
     /usr/sbin/slurmctld -f "$CONF" >>"$LOGDIR/slurmctld.out" 2>&1 \
         || die "slurmctld failed to start"
 fi
-if ! alive "$STATE/slurmd.pid"; then
-    say "starting slurmd (log: $LOGDIR/slurmd.log)"
-    /usr/sbin/slurmd -f "$CONF" >>"$LOGDIR/slurmd.out" 2>&1 \
-        || die "slurmd failed to start"
-fi
+for node in "${NODES[@]}"; do
+    if ! alive "$STATE/slurmd-$node.pid"; then
+        say "starting slurmd -N $node (log: $LOGDIR/slurmd-$node.log)"
+        /usr/sbin/slurmd -f "$CONF" -N "$node" >>"$LOGDIR/slurmd-$node.out" 2>&1 \
+            || die "slurmd -N $node failed to start"
+    fi
+done
 
 # ---------------------------------------------------------------- wait for idle
+node_state() {  # the node's state without the flag suffixes sinfo appends (idle* = not responding, ...)
+    sinfo -h -n "$1" -o '%T' 2>/dev/null | head -n1 | tr -d '*~#!%$@^+-' || true
+}
 deadline=$(( $(date +%s) + TIMEOUT ))
-resumed=0
-while :; do
-    state="$(sinfo -h -n "$HOST" -o '%T' 2>/dev/null | head -n1 || true)"
-    # drop the flag suffixes sinfo appends (idle* = not responding, drain~ = powered off, ...)
-    state="$(printf '%s' "$state" | tr -d '*~#!%$@^+-')"
-    case "$state" in
-        idle|mixed|allocated|completing)
-            break ;;
-        down*|drain*|fail*|unknown*|"")
-            # came up down/drained (e.g. after an unclean stop): put it back
-            if [ -n "$state" ] && [ "$resumed" -lt 3 ] && [[ "$state" != unknown* ]]; then
-                scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
-                resumed=$(( resumed + 1 ))
-            fi ;;
-    esac
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-        sinfo -N -l >&2 || true
-        scontrol show node "$HOST" 2>&1 | grep -E 'State|Reason' >&2 || true
-        die "node $HOST not idle after ${TIMEOUT}s (state: '${state:-no answer from slurmctld}')"
-    fi
-    sleep 1
+declare -A resumed
+for node in "${NODES[@]}"; do
+    resumed[$node]=0
+    while :; do
+        state="$(node_state "$node")"
+        case "$state" in
+            idle|mixed|allocated|completing)
+                break ;;
+            down*|drain*|fail*|unknown*|"")
+                # came up down/drained (e.g. after an unclean stop, or a stopped slurmd): put it back
+                if [ -n "$state" ] && [ "${resumed[$node]}" -lt 3 ] && [[ "$state" != unknown* ]]; then
+                    scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true
+                    resumed[$node]=$(( resumed[$node] + 1 ))
+                fi ;;
+        esac
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            sinfo -N -l >&2 || true
+            scontrol show node "$node" 2>&1 | grep -E 'State|Reason' >&2 || true
+            die "node $node not idle after ${TIMEOUT}s (state: '${state:-no answer from slurmctld}')"
+        fi
+        sleep 1
+    done
+    say "node $node is $state"
 done
-say "node $HOST is $state; partition $PARTITION ready"
+say "partition $PARTITION ready${MULTI[0]:+; partition $MULTI_PARTITION (${MULTI[*]}) ready}"
 sinfo

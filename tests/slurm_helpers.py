@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,11 +31,14 @@ CI_OVERLAY = REPO / "profiles" / "slurm-ci"
 
 # Lines the Slurm executor plugin (2.8) writes to Snakemake's main log.
 _SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.\s*$")
+# a group job (Snakemake's --group-components) is submitted under a UUID, after its members
+_SUBMITTED_GROUP = re.compile(r"^Job ([0-9a-f-]{36}) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.\s*$")
+_GROUP_HEADER = re.compile(r"^\[.*\] Group job (\S+) ")
 _SUBMITTED_ARRAY = re.compile(
     r"^Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
     r"The individual task IDs are (\d+)-(\d+)\.")
 # Job headers in the same log: "rule NAME:" / "localrule NAME:" followed by "    jobid: N".
-_RULE_HEADER = re.compile(r"^(local)?rule (\S+):\s*$")
+_RULE_HEADER = re.compile(r"^(?:\s*\[.*\]\s*)?\s*(local)?rule (\S+):\s*$")
 _JOBID = re.compile(r"^\s+jobid: (\d+)\s*$")
 # With show-failed-logs the main log quotes a failed job's own log between two rules of "=";
 # the job headers inside that quote belong to the job's inner Snakemake, not to this run.
@@ -173,6 +177,24 @@ def job_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     return run_env
 
 
+def recording_sbatch(bindir: str | os.PathLike, calls: str | os.PathLike,
+                     env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment whose `sbatch` appends its arguments (one line per call) to `calls` and then
+    runs the real sbatch: the submissions of a run, exactly as the executor plugin made them."""
+    real = shutil.which("sbatch")
+    if real is None:
+        raise RuntimeError("no sbatch on PATH")
+    bindir = Path(bindir)
+    bindir.mkdir(parents=True, exist_ok=True)
+    wrapper = bindir / "sbatch"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(calls))}\n'
+                       f'exec {shlex.quote(real)} "$@"\n')
+    wrapper.chmod(0o755)
+    run_env = dict(os.environ if env is None else env)
+    run_env["PATH"] = os.pathsep.join([str(bindir), run_env.get("PATH", "")])
+    return run_env
+
+
 def run_snakemake_on_slurm(workdir: str | os.PathLike, snakefile: str | os.PathLike | None = None,
                            configfile: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                            targets: Iterable[str] = (), extra_args: Iterable[str] = (),
@@ -218,15 +240,25 @@ def main_logs(workdir: str | os.PathLike) -> list[Path]:
 
 
 def jobs_from_log(log: str | os.PathLike) -> list[SlurmJob]:
-    """Every job started in one Snakemake invocation, with its Slurm job id (None if local)."""
+    """Every job started in one Snakemake invocation, with its Slurm job id (None if local).
+    The members of a group job get the group's Slurm id; groups are matched to their submissions
+    in the order the log prints them."""
     log = Path(log)
     rules: dict[int, tuple[str, bool]] = {}
     slurm: dict[int, str] = {}
     order: list[int] = []
     pending: tuple[str, bool] | None = None
+    groups: list[list[int]] = []  # members of the group jobs printed and not yet submitted
+    in_group = False
     for line in _own_lines(log):
+        if _GROUP_HEADER.match(line):
+            groups.append([])
+            in_group = True
+            continue
         m = _RULE_HEADER.match(line)
         if m:
+            if not line.startswith(" "):
+                in_group = False
             pending = (m.group(2), m.group(1) is not None)
             continue
         m = _JOBID.match(line)
@@ -235,11 +267,18 @@ def jobs_from_log(log: str | os.PathLike) -> list[SlurmJob]:
             if jid not in rules:
                 order.append(jid)
             rules[jid] = pending
+            if in_group and groups:
+                groups[-1].append(jid)
             pending = None
             continue
         m = _SUBMITTED.match(line)
         if m:
             slurm[int(m.group(1))] = m.group(2)
+            continue
+        m = _SUBMITTED_GROUP.match(line)
+        if m and groups:
+            for jid in groups.pop(0):
+                slurm[jid] = m.group(2)
             continue
         m = _SUBMITTED_ARRAY.match(line)
         if m:
@@ -262,6 +301,9 @@ def slurm_job_ids_from_logs(workdir: str | os.PathLike) -> dict[str, str]:
     ids: dict[str, str] = {}
     for log in main_logs(workdir):
         rules = {job.snakemake_jobid: job.rule for job in jobs_from_log(log)}
+        for job in jobs_from_log(log):
+            if job.slurm_jobid is not None and "_" not in job.slurm_jobid:
+                ids.setdefault(job.slurm_jobid, job.rule)
         for line in _own_lines(log):
             m = _SUBMITTED.match(line)
             if m:

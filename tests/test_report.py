@@ -21,6 +21,7 @@ SHARED_PAPER = REPO.parent / "shared" / "paper"  # ../shared/paper from the repo
 DG_AOT = {"method": "dg", "aot": True, "discriminator": "d.pt", "dg_weight_1st_order": 2.0,
           "dg_weight_2nd_order": 0.0, "time_min": 0.01, "time_max": 1.0, "boosting": False}
 DG_PLAIN = {**DG_AOT, "aot": False}
+RETRAINED = report.RETRAINED_EDM  # the label of an EDM baseline trained here (model.source "trained")
 
 
 def fid_json(model: str, aot: bool, cond: bool, fid: float, repeat: int = 0, steps: int = 18,
@@ -146,8 +147,11 @@ def test_table1_cells_and_files(tmp_path):
     paper = paper_csv("table1_uncond.csv")
     # every paper row is there, with the paper's value
     for _, p in paper.iterrows():
-        assert row(df, "model", p["model"])["fid_paper"] == pytest.approx(p["fid"])
-    edm = row(df, "model", "EDM")
+        labels = [report.PUBLISHED_EDM, RETRAINED] if p["model"] == "EDM" else [p["model"]]
+        for label in labels:
+            assert row(df, "model", label)["fid_paper"] == pytest.approx(p["fid"])
+    assert row(df, "model", report.PUBLISHED_EDM)["status"].startswith("not run")
+    edm = row(df, "model", RETRAINED)
     assert edm["status"] == "measured" and edm["n"] == 3
     assert edm["fid"] == pytest.approx(2.00) and edm["fid_mean"] == pytest.approx(2.05)
     assert edm["diff"] == pytest.approx(2.00 - 1.97)
@@ -171,9 +175,11 @@ def test_table2_uses_conditional_models_and_marks_unmeasured_rows():
     res = three("edm-cond", False, True, [1.85, 1.80, 1.83])
     full, disp, meta = report.make_table(2, res)
     paper = paper_csv("table2_cond.csv")
-    assert list(full["model"]) == list(paper["model"])
-    assert list(full["fid_paper"]) == pytest.approx(list(paper["fid"]))
-    assert row(full, "model", "EDM")["fid"] == pytest.approx(1.80)
+    expand = {"EDM": [report.PUBLISHED_EDM, RETRAINED]}
+    assert list(full["model"]) == [m for p in paper["model"] for m in expand.get(p, [p])]
+    assert list(full["fid_paper"]) == pytest.approx([f for p, f in zip(paper["model"], paper["fid"])
+                                                     for _ in expand.get(p, [p])])
+    assert row(full, "model", RETRAINED)["fid"] == pytest.approx(1.80)
     missing = row(full, "model", "EDM-AOT (rho=72, 15 steps)")
     assert missing["status"] == "not measured" and math.isnan(missing["fid"])
     assert row(full, "model", "PFGM++")["status"] == "quoted"
@@ -190,21 +196,25 @@ def test_table3_rows_and_cell_choice():
            + three("aot-cond", True, True, [1.6, 1.58, 1.59], steps=15, rho=72, guidance=DG_AOT))
     full, disp, _ = report.make_table(3, res)
     paper = paper_csv("table3_dg.csv")
-    assert list(full["model"]) == list(paper["model"])
+    expand = {"EDM w/o DG": [f"{report.PUBLISHED_EDM} w/o DG", f"{RETRAINED} w/o DG"],
+              "EDM+DG": [f"{report.PUBLISHED_EDM} + DG", f"{RETRAINED} + DG"]}
+    assert list(full["model"]) == [m for p in paper["model"] for m in expand.get(p, [p])]
     for c in ("uncond", "cond"):
-        assert list(full[f"fid_{c}_paper"]) == pytest.approx(list(paper[f"fid_{c}"]))
+        assert list(full[f"fid_{c}_paper"]) == pytest.approx(
+            [f for p, f in zip(paper["model"], paper[f"fid_{c}"]) for _ in expand.get(p, [p])])
     get = lambda label, c: row(full, "model", label)[f"fid_{c}"]  # noqa: E731
-    assert get("EDM w/o DG", "uncond") == pytest.approx(2.0)
-    assert get("EDM+DG", "uncond") == pytest.approx(1.8)
+    assert get(f"{RETRAINED} w/o DG", "uncond") == pytest.approx(2.0)
+    assert get(f"{RETRAINED} + DG", "uncond") == pytest.approx(1.8)
+    assert math.isnan(get(f"{report.PUBLISHED_EDM} + DG", "uncond"))
     aot_plain = row(full, "model", "EDM-AOT w/o DG")
     assert aot_plain["fid_uncond"] == pytest.approx(1.9)  # the guided runs' sampler, not the default
     assert aot_plain["sampler_uncond"] == "heun-n14-rho90"
     assert get("EDM-AOT + DG w/o AOT", "uncond") == pytest.approx(1.70)
     assert get("EDM-AOT + DG w/ AOT", "uncond") == pytest.approx(1.67)
     assert get("EDM-AOT + DG w/ AOT", "cond") == pytest.approx(1.58)
-    assert math.isnan(get("EDM w/o DG", "cond"))
+    assert math.isnan(get(f"{RETRAINED} w/o DG", "cond"))
     assert row(full, "model", "EDM-AOT + DG w/ AOT")["diff_uncond"] == pytest.approx(1.67 - 1.68)
-    assert row(disp, "Model", "EDM+DG")["uncond: FID (ours)"] == "1.80"
+    assert row(disp, "Model", f"{RETRAINED} + DG")["uncond: FID (ours)"] == "1.80"
 
 
 def test_table4_cells_and_empty_paper_cells():
@@ -217,10 +227,12 @@ def test_table4_cells_and_empty_paper_cells():
     def cell(setting, stat, col):
         return row(full[full["stat"] == stat], "setting", setting)[col]
 
-    assert cell("EDM, 18 steps, uncond", "ours", "rho=9") == pytest.approx(1.96)
-    assert cell("EDM, 18 steps, uncond", "n", "rho=9") == 3
-    assert cell("EDM, 18 steps, uncond", "paper", "rho=9") == pytest.approx(1.94)
-    assert cell("EDM, 18 steps, uncond", "diff", "rho=9") == pytest.approx(0.02)
+    edm18 = f"{RETRAINED}, 18 steps, uncond"  # beside the paper's "EDM, 18 steps, uncond"
+    assert cell(edm18, "ours", "rho=9") == pytest.approx(1.96)
+    assert cell(edm18, "n", "rho=9") == 3
+    assert cell(edm18, "paper", "rho=9") == pytest.approx(1.94)
+    assert cell(edm18, "diff", "rho=9") == pytest.approx(0.02)
+    assert "EDM, 18 steps, uncond" not in set(full["setting"])
     assert cell("EDM-AOT, 8 steps, uncond", "ours", "rho=27") == pytest.approx(3.1)
     assert cell("EDM-AOT, 8 steps, uncond", "paper", "rho=27") == pytest.approx(3.06)
     # the paper's empty cell stays empty; our measured value is still there
@@ -229,7 +241,7 @@ def test_table4_cells_and_empty_paper_cells():
     assert math.isnan(cell("EDM-AOT, 18 steps, uncond", "diff", "rho=16"))
     for setting, p in paper.iterrows():
         for col, v in p.items():
-            got = cell(setting, "paper", col)
+            got = cell(edm18 if setting == "EDM, 18 steps, uncond" else setting, "paper", col)
             assert (math.isnan(got) and pd.isna(v)) or got == pytest.approx(v)
     # missing measurement: empty cell, the paper value alone
     assert math.isnan(cell("EDM, 8 steps, uncond", "ours", "rho=9"))
@@ -247,7 +259,7 @@ def test_table5_best_over_rho_set(tmp_path):
     best = full[full["stat"] == "best rho"].set_index("setting")
     assert ours.loc["EDM-AOT, uncond", "nfe=27"] == pytest.approx(2.2)
     assert best.loc["EDM-AOT, uncond", "nfe=27"] == 27
-    assert ours.loc["EDM, cond", "nfe=15"] == pytest.approx(4.0)
+    assert ours.loc[f"{RETRAINED}, cond", "nfe=15"] == pytest.approx(4.0)
     paper = full[full["stat"] == "paper"].set_index("setting")
     assert paper.loc["EDM-AOT, uncond", "nfe=27"] == pytest.approx(1.88)
     assert math.isnan(ours.loc["EDM, uncond", "nfe=27"])

@@ -52,15 +52,19 @@ def test_cluster_profile_settings():
     prof = _load(REPO / "profiles" / "slurm" / "config.yaml")
     assert prof["executor"] == "slurm"
     assert isinstance(prof["jobs"], int) and prof["jobs"] >= 1
-    assert prof["retries"] >= 1
+    # no Snakemake retries: a job that stopped with exit 75 requeues itself in Slurm, and a
+    # failed one (exit 2: bad input) is never resubmitted
+    assert not prof.get("retries")
     assert prof["rerun-incomplete"] is True and prof["keep-going"] is True
     assert prof["latency-wait"] >= 30
     # job states from squeue: works where accounting (sacct) is off
     assert prof["slurm-status-command"] == "squeue"
-    # Slurm must not requeue behind Snakemake's back
-    assert prof.get("slurm-no-requeue") is True and not prof.get("slurm-requeue")
+    # requeueable jobs: Slurm requeues after node failures and preemptions, and so do the jobs
+    assert prof.get("slurm-requeue") is True and not prof.get("slurm-no-requeue")
+    # sample sets go three to a Slurm job, one member at a time
+    assert prof["group-components"] == ["sets=3", "guided=3"] and prof["resources"] == ["group_slot=1"]
     resources = dict(item.split("=", 1) for item in prof["default-resources"])
-    assert int(resources["runtime"]) > 0 and int(resources["mem_mb"]) > 0
+    assert int(resources["mem_mb"]) > 0 and "runtime" not in resources  # runtimes: from the work
     # account and partition are placeholders for the user, not a made-up value
     assert "slurm_account" not in resources and "slurm_partition" not in resources
     text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
@@ -77,24 +81,18 @@ PLUGIN_MANAGED_OPTIONS = re.compile(
 
 def test_workflow_profile_resources():
     prof = _load(REPO / "profiles" / "default" / "config.yaml")
-    # default-resources here would silently drop account/partition of the user's profile
-    assert "default-resources" not in prof
-    assert prof["retries"] >= 1
-    per_rule = prof["set-resources"]
+    # default-resources here would silently drop account/partition of the user's profile, and
+    # set-resources would override what the config decides
+    assert "default-resources" not in prof and "set-resources" not in prof
+    assert prof["retries"] == 0
+    # the time-limit signal comes with the resumable rules' own resources (tests/test_job_shape.py)
     rules = _workflow_rules()
-    assert "train" in rules
-    assert set(per_rule) <= rules, f"set-resources for rules the workflow lacks: {set(per_rule) - rules}"
-    for rule, res in per_rule.items():
-        # the run's config owns these (rules read config["resources"]); set-resources would win
-        owned_by_config = {"gpu", "gpus", "gres", "gpu_model", "mem_mb", "mem_mb_per_cpu", "runtime",
-                           "cpus_per_task", "cpus_per_gpu", "slurm_partition"}
-        assert not owned_by_config & set(res), (rule, owned_by_config & set(res))
-        extra = _unquote(str(res.get("slurm_extra", "")))
-        assert not PLUGIN_MANAGED_OPTIONS.search(extra), f"{rule}: slurm_extra {extra!r}"
-    # training saves on SIGTERM sent before the time limit (steps only, not the batch shell)
-    signal = _unquote(per_rule["train"]["slurm_extra"])
-    assert re.fullmatch(r"--signal=TERM@\d+", signal), signal
-    assert 60 <= int(signal.split("@")[1]) <= 900
+    assert {"train", "generate", "fid", "generate_dg", "train_discriminator"} <= rules
+    # sbatch options in the configs' slurm_extra are only those the plugin does not manage
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        for rule, res in ((_load(path) or {}).get("resources") or {}).items():
+            extra = str((res or {}).get("slurm_extra", ""))
+            assert not PLUGIN_MANAGED_OPTIONS.search(extra), f"{path.name}: {rule}: {extra!r}"
 
 
 def test_ci_overlay():
@@ -253,28 +251,31 @@ def test_every_job_goes_through_sbatch(slurm, tmp_path):
 
 TRAINER = """\
 import os, signal, sys, time
+from aot.cli import run_command  # what `python -m aot` runs: exit 75 asks Slurm to requeue the job
 out, events, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def log(msg):
     with open(events, "a") as f:
         f.write(f"{os.environ.get('SLURM_JOB_ID')} {msg}\\n")
-stop = []
-for s in (signal.SIGTERM, signal.SIGUSR1):
-    signal.signal(s, lambda signum, frame: stop.append(signum))
-state = out + ".state"
-step = int(open(state).read()) if os.path.exists(state) else 0
-log(f"start {step}")
-while step < total:
-    time.sleep(0.5)
-    step += 1
-    if stop:
-        with open(state + ".tmp", "w") as f:
-            f.write(str(step))
-        os.replace(state + ".tmp", state)
-        log(f"saved {step} after {signal.Signals(stop[0]).name}")
-        sys.exit(75)
-with open(out, "w") as f:
-    f.write(f"steps {step}\\n")
-log(f"done {step}")
+def train(args):
+    stop = []
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, lambda signum, frame: stop.append(signum))
+    state = out + ".state"
+    step = int(open(state).read()) if os.path.exists(state) else 0
+    log(f"start {step}")
+    while step < total:
+        time.sleep(0.5)
+        step += 1
+        if stop:
+            with open(state + ".tmp", "w") as f:
+                f.write(str(step))
+            os.replace(state + ".tmp", state)
+            log(f"saved {step} after {signal.Signals(stop[0]).name}")
+            sys.exit(75)
+    with open(out, "w") as f:
+        f.write(f"steps {step}\\n")
+    log(f"done {step}")
+run_command(train, None)
 """
 
 TRAIN_SNAKEFILE = """\
@@ -285,16 +286,18 @@ rule all:
 
 rule train:
     output: "trained.txt"
-    shell: "exec python trainer.py {output} events.log 30"
+    shell: "AOT_SLURM_REQUEUE=2 exec python trainer.py {output} events.log 30"
 """
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path, record_fault):
+def test_signalled_training_saves_and_requeues_itself(slurm, tmp_path, record_fault):
     """What `--signal=TERM@300` does before the time limit: SIGTERM to the job's steps.
 
-    The job saves and exits 75; Snakemake re-submits it (retries) and the new attempt resumes.
+    The job saves and exits 75 and puts itself back into the Slurm queue (`scontrol requeue`,
+    aot.runtime.requeue_slurm_job); the same job ID runs again, resumes and completes. One sbatch,
+    no Snakemake retry.
     """
     if not sh.step_signals_reach_rule_commands():
         skip_or_fail("ProctrackType=proctrack/cgroup: Slurm signals only the Snakemake inside the "
@@ -302,9 +305,9 @@ def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path, record_
     (tmp_path / "trainer.py").write_text(TRAINER)
     (tmp_path / "Snakefile").write_text(TRAIN_SNAKEFILE)
     events = tmp_path / "events.log"
-    cmd = sh.snakemake_command(tmp_path / "Snakefile", targets=["all"], workdir=tmp_path,
-                               extra_args=["--retries", "2"])
+    cmd = sh.snakemake_command(tmp_path / "Snakefile", targets=["all"], workdir=tmp_path)
     env = sh.job_environment()
+    env["PYTHONPATH"] = str(REPO / "src")
     with open(tmp_path / "snakemake.out", "w") as out:
         run = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
@@ -328,30 +331,79 @@ def test_signalled_training_saves_and_the_retry_resumes(slurm, tmp_path, record_
     assert lines[1][0] == first and lines[1][1].startswith("saved ") and lines[1][1].endswith("SIGTERM")
     saved = int(lines[1][1].split()[1])
     assert 0 < saved < 30
-    second = lines[2][0]
-    assert second != first and lines[2][1] == f"start {saved}"
-    assert lines[3] == [second, "done 30"]
+    assert lines[2] == [first, f"start {saved}"]  # the same Slurm job, requeued
+    assert lines[3] == [first, "done 30"]
     assert (tmp_path / "trained.txt").read_text() == "steps 30\n"
 
     ids = sh.slurm_job_ids_from_logs(tmp_path)
-    assert ids == {first: "train", second: "train"}
-    assert sh.slurm_job_states(ids) == {first: "FAILED", second: "COMPLETED"}
+    assert ids == {first: "train"}  # submitted once
+    assert sh.slurm_job_states(ids) == {first: "COMPLETED"}
+    assert "Trying to restart" not in output
     sh.assert_all_jobs_on_slurm(tmp_path, local_rules={"all"})
     record_fault("interruption", "Slurm job signalled (`scancel --signal=TERM`, as `--signal=TERM@300` does)",
-                 f"saved at step {saved} of 30, exit 75; Snakemake re-submitted it and the retry resumed")
+                 f"saved at step {saved} of 30, exit 75; the job requeued itself (`scontrol requeue`) and "
+                 "resumed under the same job ID")
+
+
+BAD_INPUT_SNAKEFILE = """\
+localrules: all
+
+rule all:
+    input: "out.txt"
+
+rule bad:
+    output: "out.txt"
+    shell: "AOT_SLURM_REQUEUE=2 python -m aot generate --network missing.pt --seeds 0-9 --out {output}"
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_bad_input_is_not_resubmitted(slurm, tmp_path, record_fault):
+    """A job that fails on bad input (exit 2) fails once: one sbatch, no requeue, no retry."""
+    (tmp_path / "Snakefile").write_text(BAD_INPUT_SNAKEFILE)
+    proc = sh.run_snakemake_on_slurm(tmp_path, tmp_path / "Snakefile", targets=["all"], timeout=600)
+    assert proc.returncode != 0
+    ids = sh.slurm_job_ids_from_logs(tmp_path)
+    assert list(ids.values()) == ["bad"], ids
+    assert sh.slurm_job_states(ids) == {next(iter(ids)): "FAILED"}
+    assert "Trying to restart" not in proc.stdout
+    log = sh.slurm_log_files(tmp_path)[next(iter(ids))].read_text()
+    assert "error: " in log and "missing.pt" in log and "requeue" not in log
+    assert not (tmp_path / "out.txt").exists()
+    record_fault("bad input", "a rule's command fails with exit 2 inside a Slurm job",
+                 "submitted once; not requeued, not retried; no output")
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_tiny_pipeline_on_slurm_matches_the_local_run(slurm, tiny_run, tmp_path):
     """The real DAG (tests/configs/tiny.yaml) through `--profile profiles/slurm` + the CI overlay:
-    every job but the local rules is a Slurm job, and the measurements equal the local run's."""
+    every job but the local rules is a Slurm job, sample sets go three to a submission (their
+    sbatch asks for the sum of the members' wall times), and the measurements equal the local
+    run's."""
     from conftest import RUN, TINY, expected_artefacts
 
-    proc = sh.run_snakemake_on_slurm(tmp_path, REPO / "Snakefile", TINY, ["all"], timeout=2700)
+    calls = tmp_path / "sbatch-calls.txt"
+    env = sh.recording_sbatch(tmp_path / "bin", calls)
+    proc = sh.run_snakemake_on_slurm(tmp_path, REPO / "Snakefile", TINY, ["all"], timeout=2700, env=env)
     assert proc.returncode == 0, proc.stdout[-6000:]
-    jobs = sh.assert_all_jobs_on_slurm(tmp_path, local_rules={"all", "run_config", "tables", "figures"})
-    assert sum(1 for j in jobs if j.slurm_jobid) >= 100
+    local = {"all", "run_config", "tables", "figures", "curvature", "report",
+             *(f"table{i}" for i in range(1, 7)), *(f"figure{i}" for i in range(1, 12))}
+    jobs = sh.assert_all_jobs_on_slurm(tmp_path, local_rules=local)
+    submitted = [j for j in jobs if j.slurm_jobid]
+    ids = {j.slurm_jobid for j in submitted}
+    sbatch = calls.read_text().splitlines()
+    assert len(sbatch) == len(ids)  # one sbatch per Slurm job: nothing resubmitted
+    plain = sum(j.rule == "generate" for j in submitted)
+    guided = sum(j.rule == "generate_dg" for j in submitted)
+    grouped = {j.slurm_jobid for j in submitted if j.rule in ("generate", "generate_dg", "fid", "fid_dg")}
+    # three sets (generation + FID) per submission, guided sets apart
+    assert len(grouped) == -(-plain // 3) + -(-guided // 3)
+    assert all("--nodes=1" in line and re.search(r" -t \d+ ", line) for line in sbatch)
+    train = [line for line in sbatch if "--comment rule_train" in line]
+    assert train and all("--signal=TERM@" in line for line in train)
+    print(f"tiny on Slurm: {len(jobs)} Snakemake jobs, {len(sbatch)} sbatch submissions")
     missing = [str(p) for p in expected_artefacts(tmp_path) if not p.is_file()]
     assert not missing, missing
     local = sorted((tiny_run / "results" / RUN / "fid").rglob("rep*.json"))

@@ -42,6 +42,32 @@ from .pickles import InertRecord, InertUnpickler, brief, byte_limit, describe_fa
 
 NETWORK_FORMAT = "aot-network/1"
 
+# Published networks by file name: (what, where to get it). EDM's README links its CIFAR-10 pickles
+# (direct URLs); the EDM-AOT authors' README links theirs (EDM-format pickles) on Google Drive, which
+# has no stable direct URL: those are downloaded by hand and placed by path under these names.
+EDM_PRETRAINED = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained"
+PUBLISHED_NETWORKS = {
+    **{f"edm-cifar10-32x32-{c}-{v}.pkl": (f"EDM's {c} {v.upper()} CIFAR-10 network",
+                                          f"{EDM_PRETRAINED}/edm-cifar10-32x32-{c}-{v}.pkl")
+       for c in ("uncond", "cond") for v in ("vp", "ve")},
+    "edm-aot-cifar10-32x32-uncond.pkl": (
+        "the EDM-AOT authors' unconditional CIFAR-10 network (README of github.com/large-scale-kim/EDM-AOT)",
+        "https://drive.google.com/file/d/1y-79-IKw15BaCHJRznC8fUKQ9lQR2I_M/view"),
+    "edm-aot-cifar10-32x32-cond.pkl": (
+        "the EDM-AOT authors' class-conditional CIFAR-10 network (README of github.com/large-scale-kim/EDM-AOT)",
+        "https://drive.google.com/file/d/1KOSnBal7Mf1wVLwOiKgOachxcwfsDmum/view"),
+}
+
+
+def missing_pickle_message(path: str | os.PathLike) -> str:
+    """One line for an EDM pickle that is not where a config places it: where to get the file."""
+    path = Path(path)
+    known = PUBLISHED_NETWORKS.get(path.name)
+    if known is None:
+        return f"EDM pickle {path} does not exist (place the file there, or give its URL)"
+    what, where = known
+    return f"EDM pickle {path} does not exist: download {what} from {where} and place it at {path}"
+
 
 def network_record(net: torch.nn.Module) -> dict:
     """Class name and constructor arguments of a network built by `aot.networks`."""
@@ -645,7 +671,8 @@ def save_edm_pickle(path: str | os.PathLike, net: torch.nn.Module, **extra: Any)
 # Import and export (`python -m aot checkpoints ...`).
 
 
-def import_edm(source: str, out: str | os.PathLike, sha256: str | None = None, model_name: str | None = None) -> dict:
+def import_edm(source: str, out: str | os.PathLike, sha256: str | None = None, model_name: str | None = None,
+               aot: bool = False) -> dict:
     """Fetch (URL) or read (path) an EDM snapshot pickle, verify it and write our network file.
 
     A URL is downloaded next to `out` (never to a shared temporary folder) and removed afterwards;
@@ -664,19 +691,19 @@ def import_edm(source: str, out: str | os.PathLike, sha256: str | None = None, m
         with tempfile.TemporaryDirectory(prefix=".import-edm.", dir=out.parent) as tmp:
             local = Path(tmp) / "snapshot.pkl"
             digest = download(source, local, sha256=sha256)
-            return _convert(local, out, source, name, digest)
+            return _convert(local, out, source, name, digest, aot)
     local = Path(source)
     if not local.is_file():
-        raise UserError(f"EDM pickle {local} does not exist")
+        raise UserError(missing_pickle_message(local))
     digest = sha256_file(local)
     if sha256 and digest != sha256:
         raise UserError(f"checksum mismatch for {local}: expected sha256 {sha256}, got {digest}")
-    return _convert(local, out, source, name, digest)
+    return _convert(local, out, source, name, digest, aot)
 
 
-def _convert(local: Path, out: Path, source: str, name: str, digest: str) -> dict:
+def _convert(local: Path, out: Path, source: str, name: str, digest: str, aot: bool = False) -> dict:
     net = load_edm_pickle(local)["ema"]
-    meta = edm_network_meta(net, source, name, sha256=digest)
+    meta = edm_network_meta(net, source, name, sha256=digest, aot=bool(aot))
     save_network(out, net, **meta)
     return meta
 

@@ -12,6 +12,8 @@ Command line (aot.cli.data):
     python -m aot data download --url URL [--md5 HEX | --sha256 HEX] --dest FILE
     python -m aot data digits --resolution 8 --dest out.zip
     python -m aot data info PATH
+    python -m aot data check PATH [--resolution R] [--channels C] [--labels | --no-labels] [--classes K]
+    python -m aot data import --source PATH --dest DEST [--copy] [same checks as `check`]
 """
 
 from __future__ import annotations
@@ -667,17 +669,112 @@ def _check_dest(dest: str | os.PathLike) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# A dataset made elsewhere (EDM's dataset_tool.py, or ours)
+
+# A class-wise assignment (Algorithm 2) pairs the images of each class with noise among themselves:
+# with N pairs per pool and K classes a class has N / K images in a pool on average. Below this
+# many, the class-wise problems are smaller than one of the paper's per-GPU minibatches (B = 32;
+# the paper's conditional CIFAR-10 setting has 2048 / 10 = 205), and the pairing comes close to
+# EDM's independent noise.
+MIN_IMAGES_PER_CLASS = 32
+
+
+def check_dataset(path: str | os.PathLike, *, resolution: int | None = None, channels: int | None = None,
+                  labels: bool | None = None, classes: int | None = None) -> dict:
+    """Open an EDM-format zip or folder, check every image header and the labels against what the
+    run expects, and return `dataset_info`'s summary. `labels=True`: class labels are required
+    (a conditional model); `False`: they are ignored; None: either. Failures are one-line UserErrors."""
+    where = f"dataset {path}"
+    if not Path(path).exists():
+        raise UserError(f"{where} does not exist")
+    ds = ImageFolderDataset(path, use_labels=labels is not False, require_labels=bool(labels),
+                            resolution=resolution)
+    try:
+        if channels is not None and ds.num_channels != channels:
+            raise UserError(f"{where} has {ds.num_channels}-channel images, expected {channels}")
+        if ds.num_channels not in (1, 3):
+            raise UserError(f"{where} has {ds.num_channels}-channel images; EDM's format holds 1 (grayscale) "
+                            "or 3 (RGB)")
+        info = _summary(ds, path)
+    finally:
+        ds.close()
+    if labels and not info["integer_labels"]:
+        raise UserError(f"{where}: {LABELS_FILE} holds label vectors, but a conditional model needs class indices")
+    if classes is not None and labels is not False and info["labels"] and info["label_dim"] != classes:
+        raise UserError(f"{where} has {info['label_dim']} classes, expected {classes}")
+    return info
+
+
+def class_pool_warning(pool_size: int, classes: int, what: str = "") -> str | None:
+    """A warning when class-wise pools of `pool_size` pairs hold fewer than MIN_IMAGES_PER_CLASS
+    images of a class on average, else None."""
+    if classes <= 1 or pool_size / classes >= MIN_IMAGES_PER_CLASS:
+        return None
+    return (f"{what}pool_size N={pool_size} over {classes} classes gives {pool_size / classes:.1f} images per "
+            f"class and pool on average (class-wise pairing, Algorithm 2); below {MIN_IMAGES_PER_CLASS} the "
+            f"pairing is close to EDM's independent noise: N >= {MIN_IMAGES_PER_CLASS * classes} is advised")
+
+
+def import_dataset(source: str | os.PathLike, dest: str | os.PathLike, *, copy: bool = False,
+                   **expect: Any) -> dict:
+    """Check `source` (check_dataset) and make it the run's dataset at `dest`.
+
+    By default `dest` becomes a symbolic link to the absolute path of `source` (a zip or a folder):
+    nothing is copied, so a multi-terabyte dataset is used in place. `copy=True` writes a stored zip
+    archive instead: a byte copy of a zip source, or the image files and dataset.json of a folder
+    source, packed unchanged. `dest` is replaced atomically; the summary is returned.
+    """
+    dest = Path(dest)
+    if str(dest) in ("", "."):
+        raise UserError("--dest must not be empty")
+    info = check_dataset(source, **expect)
+    source = Path(os.path.abspath(source))
+    if source == Path(os.path.abspath(dest)):
+        raise UserError(f"--source and --dest are the same path ({source})")
+    if not copy:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp-link"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(source, tmp, target_is_directory=source.is_dir())
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            tmp.unlink()
+            raise UserError(f"cannot place the link {dest}: {exc.strerror}") from None
+    elif source.is_dir():
+        exts = _image_extensions()
+        names = sorted(os.path.relpath(os.path.join(root, f), source).replace("\\", "/")
+                       for root, _dirs, files in os.walk(source) for f in files)
+        names = [f for f in names if f == LABELS_FILE or _file_ext(f) in exts]
+        with atomic_path(dest, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for name in names:
+                zf.write(source / name, name)
+    else:
+        with atomic_path(dest, suffix=".zip") as tmp, open(source, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 16 << 20)
+    return {**info, "dest": str(dest), "mode": "copy" if copy else "link"}
+
+
+# --------------------------------------------------------------------------------------------
 # Information
+
+
+def _summary(ds: ImageFolderDataset, path: str | os.PathLike) -> dict:
+    info: dict[str, Any] = {
+        "path": str(path), "name": ds.name, "resolution": ds.resolution, "channels": ds.num_channels,
+        "count": len(ds), "labels": ds.has_labels, "label_dim": ds.label_dim if ds.has_labels else 0,
+        "integer_labels": bool(ds.has_labels and ds.has_onehot_labels),
+    }
+    if info["integer_labels"]:
+        counts = np.bincount(ds._get_raw_labels(), minlength=ds.label_dim)
+        info["class_counts"] = [int(c) for c in counts]
+    return info
 
 
 def dataset_info(path: str | os.PathLike) -> dict:
     ds = ImageFolderDataset(path, use_labels=True)
-    info: dict[str, Any] = {
-        "path": str(path), "name": ds.name, "resolution": ds.resolution, "channels": ds.num_channels,
-        "count": len(ds), "labels": ds.has_labels, "label_dim": ds.label_dim if ds.has_labels else 0,
-    }
-    if ds.has_labels and ds.has_onehot_labels:
-        counts = np.bincount(ds._get_raw_labels(), minlength=ds.label_dim)
-        info["class_counts"] = [int(c) for c in counts]
-    ds.close()
-    return info
+    try:
+        return _summary(ds, path)
+    finally:
+        ds.close()

@@ -6,6 +6,8 @@ the repeat aggregate (the Frechet distance and the feature networks are in aot.m
     python -m aot fid reference --data DS.zip --features inception|featnet.pt --out ref.npz
     python -m aot fid reference --precomputed cifar10 [--data DS.zip] --out ref.npz
     python -m aot fid measure --samples X.npz --ref ref.npz --repeat 0 --out X.json
+    python -m aot fid measure --samples rep0.npz rep1.npz rep2.npz --ref ref.npz \
+        --out rep0.json rep1.json rep2.json [--repeat 0 1 2]   # one loading of features and reference
     python -m aot fid aggregate rep0.json rep1.json rep2.json --out agg.json
 
 Inception values are clean-fid `legacy_tensorflow` FIDs. The assets clean-fid would download on first
@@ -32,6 +34,7 @@ from . import metrics
 from .errors import UserError, positive_int
 from .files import atomic_path, checksum_value, download, read_npz_arrays, sha256_file, write_json_atomic
 from .runtime import environment_info
+from .samples import sample_set_shape
 
 REF_FORMAT = "aot-fid-ref/1"
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -279,6 +282,7 @@ class FeatureSpace:
             self.net, self.meta = metrics.load_feature_net(path, device=device)
             self.name, self.mode = metrics.OFFLINE_NAME, metrics.OFFLINE_MODE
             self.path, self.sha256 = str(path), sha256_file(path)
+        self._feature_fn = None  # loaded on first use, then kept for every later set
 
     @property
     def rgb(self) -> bool:
@@ -295,11 +299,13 @@ class FeatureSpace:
         return {"name": self.name, "mode": self.mode, "path": self.path}
 
     def features(self, images_nchw: np.ndarray, batch: int, what: str) -> np.ndarray:
-        if self.net is None:
-            fn = metrics.inception_feature_fn(self.weights, self.device, sha256=self.weights_sha256)
-        else:
-            fn = metrics.offline_feature_fn(self.net)
-        return metrics.compute_features(images_nchw, fn, self.device, batch_size=batch, rgb=self.rgb, what=what)
+        if self._feature_fn is None:
+            if self.net is None:
+                self._feature_fn = metrics.inception_feature_fn(self.weights, self.device, sha256=self.weights_sha256)
+            else:
+                self._feature_fn = metrics.offline_feature_fn(self.net)
+        return metrics.compute_features(images_nchw, self._feature_fn, self.device, batch_size=batch, rgb=self.rgb,
+                                        what=what)
 
 
 def resolve_device(value: str | None) -> str:
@@ -400,12 +406,35 @@ def _precomputed_statistics(key: str, data, features: str, cache_dir) -> tuple[n
     return mu, sigma, record
 
 
-def measure(*, samples, ref, out, features: str | None = None, repeat: int = 0, cache_dir=None,
-            device: str | None = None, batch: int = 100) -> dict:
+def measure(*, samples, ref, out, features: str | None = None, repeat=None, cache_dir=None,
+            device: str | None = None, batch: int = 100) -> dict | list[dict]:
     """FID of the sample set `samples` against the reference statistics `ref` (in the reference's
-    feature space unless `features` says which); writes and returns the result record."""
+    feature space unless `features` says which); writes and returns the result record.
+
+    `samples` and `out` may be equal-length lists (the repeats of one model and sampler), `repeat`
+    then a list as long (default 0, 1, ...): the feature network and the reference are loaded once,
+    every set is checked before any is measured, each `out` gets the record a separate call with
+    its set writes, and the list of records is returned. No file is written unless all succeed.
+    """
     t0 = time.time()
-    out = Path(out)
+    several = not isinstance(samples, (str, os.PathLike))
+    sets = [samples] if not several else list(samples)
+    from .generate import output_list
+
+    outs = output_list(out)
+    if len(outs) != len(sets):
+        raise UserError(f"--samples names {len(sets)} sample set(s) but --out names {len(outs)} file(s); "
+                        "give one --out per sample set")
+    if repeat is None:
+        repeats = list(range(len(sets)))
+    else:
+        repeats = [repeat] if isinstance(repeat, (int, np.integer)) else list(repeat)
+        if len(repeats) != len(sets):
+            raise UserError(f"--samples names {len(sets)} sample set(s) but --repeat names {len(repeats)} "
+                            "index(es); give one --repeat per sample set")
+        bad = [r for r in repeats if int(r) < 0]
+        if bad:
+            raise UserError(f"--repeat must not be negative, got {bad[0]}")
     device = resolve_device(device)
     batch = positive_int("--batch", batch)
     reference_stats = load_reference(ref)
@@ -417,13 +446,40 @@ def measure(*, samples, ref, out, features: str | None = None, repeat: int = 0, 
     if space.sha256 and reference_stats["feature_sha256"] and space.sha256 != reference_stats["feature_sha256"]:
         raise UserError(f"feature network {features} is not the one reference {ref} was computed with "
                         f"({reference_stats['feature_path']})")
-    images, meta, seeds = load_samples(samples)
-    n, c, h, w = images.shape
+    if several:  # every set's images fit the reference before the first is measured
+        for path in sets:
+            n, h, w, c = sample_set_shape(path)
+            _check_sample_shape(path, (n, c, h, w), ref, reference_stats, space)
+    results = []
+    for path, rep in zip(sets, repeats):
+        results.append(_measure_one(path, rep, ref, reference_stats, space, device, batch, t0))
+        t0 = time.time()
+    for path_out, result in zip(outs, results):
+        write_json_atomic(path_out, result)
+    label = "FID" if space.name == metrics.INCEPTION_NAME else "Frechet distance (offline-classifier features)"
+    for path_out, result in zip(outs, results):
+        print(f"measure: {label} {result['fid']:.4f} ({result['num_images']} images, {result['time_s']:.1f} s) "
+              f"-> {path_out}", flush=True)
+    return results if several else results[0]
+
+
+def _check_sample_shape(samples, shape_nchw: tuple, ref, reference_stats: dict, space: FeatureSpace) -> None:
+    n, c, h, w = shape_nchw
+    if n < 2:
+        raise UserError(f"sample set {samples} holds {n} images; FID needs at least 2")
     res, channels = int(reference_stats["resolution"]), int(reference_stats["channels"])
     if (h, w) != (res, res) or c != channels:
         raise UserError(f"sample set {samples} has {c}x{h}x{w} images but reference {ref} is for "
                         f"{channels}x{res}x{res}")
     space.check_images(h, c, f"sample set {samples}")
+
+
+def _measure_one(samples, repeat: int, ref, reference_stats: dict, space: FeatureSpace, device: str, batch: int,
+                 t0: float) -> dict:
+    """The result record of one sample set (`time_s` counted from `t0`)."""
+    images, meta, seeds = load_samples(samples)
+    _check_sample_shape(samples, images.shape, ref, reference_stats, space)
+    n = images.shape[0]
     print(f"measure: {n} images from {samples} against {ref} ({space.name}) on {device}", flush=True)
     mu, sigma = metrics.feature_statistics(space.features(images, batch, "sample features"))
     if mu.shape != reference_stats["mu"].shape:
@@ -431,9 +487,8 @@ def measure(*, samples, ref, out, features: str | None = None, repeat: int = 0, 
                         f"the feature network gives {mu.shape[0]}")
     print(f"measure: Frechet distance of {mu.shape[0]}-dimensional statistics (matrix square root)", flush=True)
     fid = metrics.frechet_distance(mu, sigma, reference_stats["mu"], reference_stats["sigma"])
-    elapsed = time.time() - t0
     sampler = meta.get("sampler")
-    result = {
+    return {
         "kind": "fid",
         "model": meta.get("model"),
         "sampler": sampler,
@@ -445,14 +500,10 @@ def measure(*, samples, ref, out, features: str | None = None, repeat: int = 0, 
         "reference": {"name": str(reference_stats.get("name")), "path": str(ref),
                       "num_images": reference_stats["num_images"], "source": str(reference_stats.get("source"))},
         "fid": float(fid),
-        "time_s": float(elapsed),
+        "time_s": float(time.time() - t0),
         "samples": str(samples),
         "env": environment_info(),
     }
-    write_json_atomic(out, result)
-    label = "FID" if space.name == metrics.INCEPTION_NAME else "Frechet distance (offline-classifier features)"
-    print(f"measure: {label} {fid:.4f} ({n} images, {elapsed:.1f} s) -> {out}", flush=True)
-    return result
 
 
 def _seed_range(meta: dict, seeds: np.ndarray | None) -> list | None:

@@ -6,14 +6,20 @@ image for seed s does not depend on the batch size, the shard size or the number
 
 `generate_set(network=..., seeds=..., out=...)` makes a sample set (format: `aot.samples`) from a
 network file; `run_generation` does the same for a network in memory and any sampler (DG uses it).
+`out` may name several files (the FID repeats rep0.npz, rep1.npz, ...): the seeds are then split
+into that many equal, consecutive parts, the network is loaded once, and each file is exactly the
+set a separate run with its part of the seeds would write (`run_generation_sets`).
 Completed shards of `shard_size` seeds are kept; a killed run, rerun with the same settings,
-generates only what is missing. Under `torchrun`, ranks share the shards and rank 0 writes the set.
+generates only what is missing, and a finished set made with the same settings (its meta, without
+`time_s` and `env`, equal to the rerun's) is kept as it is. Under `torchrun`, ranks share the
+shards and rank 0 writes the sets.
 SIGTERM/SIGUSR1 (Slurm's time limit, preemption) end `generate_set` at once with exit code 75
 (`aot.errors.EXIT_PREEMPTED`); the handlers are those of the caller again when it returns.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -29,6 +35,7 @@ from .keys import parse_int_list
 from .runtime import Preemption, environment_info, progress
 from .samples import (
     generation_fingerprint,
+    load_samples,
     read_shards,
     save_grid,
     scan_shards,
@@ -111,6 +118,32 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
+def split_seeds(seeds: Sequence[int], parts: int) -> list[list[int]]:
+    """`seeds` in `parts` equal, consecutive parts (one per --out file); a UserError if they do not divide."""
+    seeds = list(seeds)
+    if parts < 1:
+        raise UserError("--out names no file")
+    if len(seeds) % parts:
+        raise UserError(f"--seeds names {len(seeds)} seeds, which do not split into {parts} equal parts "
+                        f"for the {parts} --out files")
+    n = len(seeds) // parts
+    return [seeds[i * n:(i + 1) * n] for i in range(parts)]
+
+
+def output_list(out: str | os.PathLike | Sequence[str | os.PathLike], option: str = "--out") -> list[Path]:
+    """One output path or several as a list of Paths; a UserError if none is given or one repeats."""
+    outs = [Path(out)] if isinstance(out, (str, os.PathLike)) else [Path(o) for o in out]
+    if not outs:
+        raise UserError(f"{option} names no file")
+    seen: dict[Path, Path] = {}
+    for o in outs:
+        key = Path(os.path.abspath(o))
+        if key in seen:
+            raise UserError(f"{option} names {o} more than once")
+        seen[key] = o
+    return outs
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] float NCHW -> uint8 NHWC numpy, exactly as EDM: (x * 127.5 + 128).clip(0, 255)."""
     return (images * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -191,35 +224,99 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
+def _broadcast(value: Any) -> Any:
+    """Rank 0's `value` on every rank (itself without torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+# Meta entries that record when and how long, not what: a finished set is kept when the rest agrees.
+TIMING_META = ("time_s", "env")
+
+
+def _finished_set(out: Path, seeds: Sequence[int], meta: dict) -> dict | None:
+    """The sample set already at `out` if it is the one these settings make (its meta without
+    TIMING_META equal to `meta`, its seeds `seeds`), else None."""
+    if not out.is_file():
+        return None
+    try:
+        rec = load_samples(out)
+    except UserError:
+        return None
+    stored = {k: v for k, v in rec["meta"].items() if k not in TIMING_META}
+    want = json.loads(json.dumps(meta, default=str))
+    if stored != want or rec["seeds"] is None or rec["seeds"].tolist() != list(seeds):
+        return None
+    if rec["labels"] is None or len(rec["images"]) != len(seeds) or len(rec["labels"]) != len(seeds):
+        return None
+    return rec
+
+
 def run_generation(net: torch.nn.Module, out: str | os.PathLike, seeds: Sequence[int], *,
-                   sampler_fn: Callable | None = None, sampler_kwargs: dict | None = None,
-                   batch: int = 256, device: torch.device | str | None = None,
-                   class_labels: str | int = "random", shard_size: int = 1000, meta: dict | None = None,
-                   fingerprint_extra: Any = None, grid: str | os.PathLike | None = None,
-                   after_shard: Callable[[int], None] | None = None,
-                   log: Callable[[str], None] | None = None) -> dict | None:
+                   after_shard: Callable[[int], None] | None = None, **kwargs: Any) -> dict | None:
     """Generate `seeds` into `out` (npz) through resumable shards; returns the final meta dict.
 
-    `meta` (model, sampler, ...) is stored in the npz with `seeds`, `num_images`, `time_s` (summed
-    over all runs that contributed shards) and `env` added. `fingerprint_extra` names anything else
-    that determines the images (e.g. a discriminator path); modules inside `sampler_kwargs` are
-    fingerprinted by their weights. `after_shard(k)` is called after shard k is on disk (tests use it
-    to simulate a kill). Under torch.distributed, ranks split the pending shards and rank 0 writes
-    `out`; other ranks return None.
+    `meta` (model, sampler, ...) is stored in the npz with `seeds`, `num_images`, `fingerprint`
+    (aot.samples.generation_fingerprint), `time_s` (summed over all runs that contributed shards) and
+    `env` added. `fingerprint_extra` names anything else that determines the images (e.g. a
+    discriminator path); modules inside `sampler_kwargs` are fingerprinted by their weights.
+    `after_shard(k)` is called after shard k is on disk (tests use it to simulate a kill). Under
+    torch.distributed, ranks split the pending shards and rank 0 writes `out`; other ranks return
+    None. Other keywords as `run_generation_sets`.
     """
+    hook = None if after_shard is None else (lambda _out, k: after_shard(k))
+    return run_generation_sets(net, [(out, seeds)], after_shard=hook, **kwargs)[0]
+
+
+def run_generation_sets(net: torch.nn.Module, sets: Sequence[tuple[str | os.PathLike, Sequence[int]]], *,
+                        sampler_fn: Callable | None = None, sampler_kwargs: dict | None = None,
+                        batch: int = 256, device: torch.device | str | None = None,
+                        class_labels: str | int = "random", shard_size: int = 1000, meta: dict | None = None,
+                        fingerprint_extra: Any = None, grid: str | os.PathLike | None = None,
+                        after_shard: Callable[[Path, int], None] | None = None,
+                        log: Callable[[str], None] | None = None) -> list[dict | None]:
+    """`run_generation` for several sample sets `sets` = [(out, seeds), ...], one after the other with
+    the same network and sampler: each file is the one `run_generation(net, out, seeds)` writes.
+    The grid shows the first set. `after_shard(out, k)` follows shard k of set `out`. Returns the
+    sets' metas (None on ranks > 0)."""
     log = log or (lambda s: print(s, flush=True))
     sampler_fn = sampler_fn or get_sampler("heun")
     sampler_kwargs = dict(sampler_kwargs or {})
-    seeds = check_seeds(seeds)
+    sets = [(Path(out), check_seeds(seeds)) for out, seeds in sets]
+    output_list([out for out, _ in sets])
     if shard_size <= 0 or batch <= 0:
         raise UserError(f"--shard-size and --batch must be positive (got {shard_size}, {batch})")
     check_class_labels(net, class_labels)
-    out = Path(out)
     device = resolve_device(device)
+    fingerprint = generation_fingerprint(net, sampler_fn, sampler_kwargs, class_labels, fingerprint_extra)
+    return [_generate_one(net, out, seeds, fingerprint, sampler_fn=sampler_fn, sampler_kwargs=sampler_kwargs,
+                          batch=batch, device=device, class_labels=class_labels, shard_size=shard_size, meta=meta,
+                          grid=grid if i == 0 else None, after_shard=after_shard, log=log)
+            for i, (out, seeds) in enumerate(sets)]
+
+
+def _generate_one(net: torch.nn.Module, out: Path, seeds: list[int], fingerprint: str, *, sampler_fn: Callable,
+                  sampler_kwargs: dict, batch: int, device: torch.device, class_labels: str | int, shard_size: int,
+                  meta: dict | None, grid: str | os.PathLike | None,
+                  after_shard: Callable[[Path, int], None] | None, log: Callable[[str], None]) -> dict | None:
+    """One sample set of `run_generation_sets` (settings checked there)."""
     rank, world = _dist_info()
+    set_meta = dict(meta or {})
+    set_meta.update({"seeds": [int(seeds[0]), int(seeds[-1])], "num_images": int(len(seeds)),
+                     "fingerprint": fingerprint})
+    finished = _finished_set(out, seeds, set_meta) if rank == 0 else None
+    if _broadcast(finished is not None):
+        if rank != 0:
+            return None
+        if grid is not None:
+            save_grid(grid, finished["images"])
+        log(f"kept {out}: made earlier with these settings ({len(seeds)} images; delete it to make it again)")
+        return finished["meta"]
 
     chunks = [seeds[i:i + shard_size] for i in range(0, len(seeds), shard_size)]
-    fingerprint = generation_fingerprint(net, sampler_fn, sampler_kwargs, class_labels, fingerprint_extra)
     sdir = shards_dir(out)
     if rank == 0:
         done = scan_shards(sdir, fingerprint, chunks, log)
@@ -245,16 +342,14 @@ def run_generation(net: torch.nn.Module, out: str | os.PathLike, seeds: Sequence
                                              class_labels, progress=_bar_callback(bar))
             write_shard(sdir, k, images, labels, chunks[k], fingerprint, time.monotonic() - t0)
             if after_shard is not None:
-                after_shard(k)
+                after_shard(out, k)
     _barrier()
     if rank != 0:
         return None
 
     # Merge (rank 0): every shard must be present and valid.
     images, labels, seeds_arr, time_s = read_shards(out, chunks, fingerprint)
-    final_meta = dict(meta or {})
-    final_meta.update({"seeds": [int(seeds[0]), int(seeds[-1])], "num_images": int(len(seeds)),
-                       "time_s": time_s, "env": environment_info()})
+    final_meta = dict(set_meta, time_s=time_s, env=environment_info())
     if grid is not None:
         save_grid(grid, images)
     write_sample_set(out, images, labels, seeds_arr, final_meta)
@@ -360,7 +455,7 @@ def _init_distributed(device: str | None) -> str | None:
 SAMPLER_SETTINGS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")
 
 
-def generation_request(*, seeds: str | Sequence[int], out: str | os.PathLike,
+def generation_request(*, seeds: str | Sequence[int], out: str | os.PathLike | Sequence[str | os.PathLike],
                        solver: str = "heun",            # ODE solver: heun (EDM, NFE 2N - 1) or euler (NFE N)
                        num_steps: int = 18,             # time steps N
                        rho: float = 7.0,                # time-step exponent
@@ -373,19 +468,36 @@ def generation_request(*, seeds: str | Sequence[int], out: str | os.PathLike,
                        batch: int = 256,                # maximum batch size
                        class_labels: str | int = "random",  # 'random' (one per seed, EDM's default) or a class
                        shard_size: int = 1000,          # seeds per resumable shard
-                       grid: str | os.PathLike | None = None,  # PNG grid of the first 64 images
+                       grid: str | os.PathLike | None = None,  # PNG grid of the first 64 images (first set)
                        model_name: str | None = None,   # model name in the meta (default: the checkpoint's)
                        device: str | torch.device | None = "auto",  # cuda, cuda:N, cpu or auto
                        ) -> dict:
-    """The checked settings of one sample set, for `generate_set` and guided generation (aot.dg):
-    UserErrors for anything EDM's sampler or the output cannot take, before anything is loaded."""
+    """The checked settings of one sample set, or of several (`out` a list: the seeds split into
+    equal, consecutive parts), for `generate_set` and guided generation (aot.dg): UserErrors for
+    anything EDM's sampler or the output cannot take, before anything is loaded. `sets` pairs each
+    output file with its seeds."""
     check_sampler_settings(solver=solver, num_steps=num_steps, rho=rho, sigma_min=sigma_min, sigma_max=sigma_max,
                            S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
-    check_output_settings(out=out, grid=grid, batch=batch, shard_size=shard_size, model_name=model_name)
-    return dict(seeds=check_seeds(parse_int_list(seeds, "--seeds")), out=out, solver=solver, num_steps=num_steps,
+    outs = output_list(out)
+    for o in outs:
+        check_output_settings(out=o, grid=grid, batch=batch, shard_size=shard_size, model_name=model_name)
+    all_seeds = check_seeds(parse_int_list(seeds, "--seeds"))
+    sets = list(zip(outs, split_seeds(all_seeds, len(outs))))
+    return dict(seeds=all_seeds, out=out, sets=sets, solver=solver, num_steps=num_steps,
                 rho=rho, sigma_min=sigma_min, sigma_max=sigma_max, S_churn=S_churn, S_min=S_min, S_max=S_max,
                 S_noise=S_noise, batch=batch, class_labels=parse_class_labels(class_labels), shard_size=shard_size,
                 grid=grid, model_name=model_name, device=device)
+
+
+def request_result(req: dict, metas: list[dict | None]) -> dict | list[dict | None] | None:
+    """What `generate_set` returns: the meta of the one set when `out` was one path, else the list."""
+    return metas[0] if isinstance(req["out"], (str, os.PathLike)) else metas
+
+
+def sets_note(req: dict) -> str:
+    """' in K sets of M' for a request of several sets, else ''."""
+    sets = req["sets"]
+    return f" in {len(sets)} sets of {len(sets[0][1])}" if len(sets) > 1 else ""
 
 
 def request_sampler_meta(req: dict, guidance: dict | None = None) -> dict:
@@ -401,12 +513,13 @@ def generate_set(*, network: str | os.PathLike,
                  **settings: Any) -> dict | None:
     """Generate the sample set `settings['out']` for `settings['seeds']` from the network file
     `network` (ours, or an EDM pickle); settings as `generation_request`. Returns its meta (None on
-    ranks > 0)."""
+    ranks > 0). With `out` a list of files, the seeds are split into equal, consecutive parts, one
+    set per file, all from the one loaded network; returns the list of metas."""
     req = generation_request(**settings)
     if compile and not fast:
         raise UserError("--compile goes with --fast")
     resolve_device(req["device"])
-    out, seeds, class_labels = req["out"], req["seeds"], req["class_labels"]
+    seeds, class_labels = req["seeds"], req["class_labels"]
 
     from .checkpoints import load_any_network
 
@@ -427,12 +540,13 @@ def generate_set(*, network: str | os.PathLike,
                 "batch": req["batch"], "shard_size": req["shard_size"], "device": str(device),
                 "precision": "bf16-autocast" + ("+compile" if compile else "") if fast else "fp32",
             }
-            print(f"generating {len(seeds)} images with {meta['sampler']['key']} (NFE {meta['sampler']['nfe']}) "
-                  f"from {network} on {device}", flush=True)
-            return run_generation(net, out, seeds, sampler_fn=get_sampler(req["solver"]), sampler_kwargs=sampler_kwargs,
-                                  batch=req["batch"], device=device, class_labels=class_labels,
-                                  shard_size=req["shard_size"], meta=meta, grid=req["grid"],
-                                  fingerprint_extra={"precision": meta["precision"]})
+            print(f"generating {len(seeds)} images{sets_note(req)} with {meta['sampler']['key']} "
+                  f"(NFE {meta['sampler']['nfe']}) from {network} on {device}", flush=True)
+            metas = run_generation_sets(net, req["sets"], sampler_fn=get_sampler(req["solver"]),
+                                        sampler_kwargs=sampler_kwargs, batch=req["batch"], device=device,
+                                        class_labels=class_labels, shard_size=req["shard_size"], meta=meta,
+                                        grid=req["grid"], fingerprint_extra={"precision": meta["precision"]})
+            return request_result(req, metas)
         finally:
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()

@@ -543,7 +543,8 @@ class _Precond(torch.nn.Module):
 
     def _precondition(self, x, c_skip, c_out, c_in, c_noise, class_labels, dtype, model_kwargs):
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        if F_x.dtype != dtype:
+        autocast = torch.is_autocast_enabled(x.device.type)  # under autocast (bf16 training) F_x is the autocast dtype
+        if F_x.dtype != dtype and not (autocast and F_x.dtype == torch.get_autocast_dtype(x.device.type)):
             raise RuntimeError(f"model returned {F_x.dtype}, expected {dtype}")
         return c_skip * x + c_out * F_x.to(torch.float32)
 

@@ -2,7 +2,8 @@
 
 A sample set `X.npz` holds `images` uint8 [N, H, W, C], `labels` int64 [N] (-1 when unconditional),
 `seeds` int64 [N] (image i was made from seed seeds[i], as in EDM's generate.py) and `meta`, a JSON
-string (model, sampler, seeds, num_images, time_s, env). `load_samples` is its one reader.
+string (model, sampler, seeds, num_images, fingerprint, time_s, env; `fingerprint` as below).
+`load_samples` is its one reader; `sample_set_shape` reads only the shape of its images.
 
 While a set is being made, finished pieces live in `X.npz.shards/shard-000000.npz`, ... (images,
 labels, seeds, the generation fingerprint and the sampling time of that shard). A shard counts only
@@ -20,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -204,10 +206,7 @@ def load_samples(path: str | os.PathLike) -> dict:
         raise
     except Exception as exc:
         raise UserError(f"sample set {path} cannot be read ({type(exc).__name__}: {exc})") from None
-    images = rec["images"]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise UserError(f"sample set {path}: 'images' must be uint8 [N, H, W, C] with C in (1, 3), "
-                        f"got {images.dtype} {tuple(images.shape)}")
+    _check_images(path, rec["images"].dtype, rec["images"].shape)
     meta: dict = {}
     if meta_raw is not None:
         try:
@@ -216,3 +215,37 @@ def load_samples(path: str | os.PathLike) -> dict:
             raise UserError(f"sample set {path}: 'meta' is not a JSON string: {exc}") from None
     rec["meta"] = meta
     return rec
+
+
+def _check_images(path: Path, dtype: np.dtype, shape: tuple) -> None:
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
+        raise UserError(f"sample set {path}: 'images' must be uint8 [N, H, W, C] with C in (1, 3), "
+                        f"got {dtype} {tuple(shape)}")
+
+
+def sample_set_shape(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    """The shape [N, H, W, C] of a sample set's images from the array's header alone (nothing else is
+    read), with the errors of `load_samples`: a job over several sets checks them all before it works."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sample set {path} does not exist")
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if "images.npy" not in names:
+                keys = ", ".join(n[:-4] if n.endswith(".npy") else n for n in names)
+                raise UserError(f"sample set {path} has no 'images' array (keys: {keys})")
+            with zf.open("images.npy") as f:
+                version = np.lib.format.read_magic(f)
+                if version in readers:
+                    shape, _, dtype = readers[version](f)
+                else:  # a newer header format: numpy reads the array itself
+                    images = np.load(f, allow_pickle=False)
+                    shape, dtype = images.shape, images.dtype
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"sample set {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    _check_images(path, dtype, shape)
+    return tuple(int(v) for v in shape)

@@ -556,17 +556,15 @@ class Training:
                 torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
         self.optimizer.step()
 
-        # EMA with EDM's ramped half-life.
-        self.cur_nimg += opts.batch
-        ema_halflife_nimg = opts.ema * 1e6
-        if opts.ema_rampup:
-            ema_halflife_nimg = min(ema_halflife_nimg, self.cur_nimg * opts.ema_rampup)
-        ema_beta = 0.5 ** (opts.batch / max(ema_halflife_nimg, 1e-8))
+        # EMA with EDM's ramped half-life, from the image count before this step (as EDM's
+        # training_loop.py: the first step copies the weights), then the count moves on.
+        ema_beta = ema_beta_for(self.cur_nimg, opts.batch, opts.ema, opts.ema_rampup)
         with torch.no_grad():
             for p_ema, p_net in zip(self.ema.parameters(), self.net.parameters()):
                 p_ema.copy_(p_net.detach().lerp(p_ema, ema_beta))
             for b_ema, b_net in zip(self.ema.buffers(), self.net.buffers()):
                 b_ema.copy_(b_net)
+        self.cur_nimg += opts.batch
 
     def end_tick(self) -> None:
         """Progress line and stats.jsonl record of the tick that just ended."""
@@ -631,6 +629,16 @@ class Training:
         kimg = self.cur_nimg / 1000
         name = "network-final.pt" if final else f"network-snapshot-{int(kimg):06d}.pt"
         save_network(self.outdir / name, self.ema, **self.meta, kimg=kimg)
+
+
+def ema_beta_for(cur_nimg: float, batch: int, ema: float, ema_rampup: float | None) -> float:
+    """EDM's EMA decay of one optimizer step: half-life `ema` Mimg, ramped to at most
+    `cur_nimg * ema_rampup` images where `cur_nimg` counts the images before this step (0 at the
+    first step, whose EMA is then the network itself); `ema_rampup` 0 or None: no ramp-up."""
+    halflife_nimg = ema * 1e6
+    if ema_rampup:
+        halflife_nimg = min(halflife_nimg, cur_nimg * ema_rampup)
+    return 0.5 ** (batch / max(halflife_nimg, 1e-8))
 
 
 def summarize_pools(pool_stats: list[dict], tick_time: float | None = None) -> dict:

@@ -163,7 +163,7 @@ def check_config():
                     f"models[{m['name']}]: batch {t['batch']} is not a multiple of "
                     f"batch_gpu {b} x {gpus} GPU(s)"
                 )
-    for part in ("uncond", "cond"):
+    for part in PARTS:
         for role in ("edm", "aot"):
             name = config["tables"][part][role]
             if name not in MODELS:
@@ -213,15 +213,28 @@ set_defaults(config, _SCHEMA)
 # Globals
 
 
+# Where Snakemake deploys the jobs' software (conda: envs/aot.yaml; apptainer: the config's
+# `container:` image), that environment holds the pinned third-party stack and the jobs import the
+# aot package from this checkout's src/ through PYTHONPATH. Snakemake builds a conda environment
+# from a copy of its file in .snakemake/conda/, where a relative `pip: -e ../` names the wrong
+# folder; taking the package from the workflow's own source runs exactly the code the rules were
+# written for (as the venv route does), needs no rebuild when the code changes, and lets one
+# environment or image serve every checkout (docs/software.md).
+SRC = os.path.join(os.path.abspath(workflow.basedir), "src")
+
+
 def python():
-    """The interpreter of the commands: the conda environment's `python` when Snakemake deploys
-    envs/aot.yaml, otherwise the one running Snakemake (so an unactivated venv works too).
+    """The interpreter of the commands: under `--software-deployment-method conda` or `apptainer`,
+    the deployed environment's `python` with PYTHONPATH set to this checkout's src/ (`env` keeps
+    the prefix valid behind srun); otherwise the one running Snakemake (so an unactivated venv
+    works too).
     """
     try:
         from snakemake.settings.types import DeploymentMethod
 
-        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-            return "python"
+        methods = workflow.deployment_settings.deployment_method
+        if DeploymentMethod.CONDA in methods or DeploymentMethod.APPTAINER in methods:
+            return f"env PYTHONPATH={shlex.quote(SRC)} python"
     except (ImportError, AttributeError):
         pass
     return shlex.quote(sys.executable)
@@ -238,6 +251,7 @@ DATASET = f"{R}/data/dataset.zip"
 DEVICE = config["device"]
 ENV = "../../envs/aot.yaml"
 MODELS = {m["name"]: m for m in config["models"]}
+PARTS = [p for p in ("uncond", "cond") if p in config["tables"]]  # the tables' parts
 TRAINED = [m["name"] for m in config["models"] if m["source"] == "train"]
 IMPORTED = [m["name"] for m in config["models"] if m["source"] == "edm-pickle"]
 SAMPLING = config["sampling"]
@@ -262,11 +276,15 @@ def flags(settings):
 WALLTIME = config["walltime"]
 REQUEUE_ENV = "AOT_SLURM_REQUEUE"  # aot.runtime.requeue_slurm_job
 RESUMABLE = ("train", "train_discriminator", "generate", "generate_dg")
-GROUPED = ("generate", "generate_dg", "fid")  # rule group `sets`: one sample set's jobs
+GROUPED = (
+    "generate",
+    "generate_dg",
+    "fid",
+)  # groups `sets` and `guided`, a sample set's jobs
 
 
-def threads_for(rule):
-    return config["resources"][rule]["cpus"]
+def threads_for(name):
+    return config["resources"][name]["cpus"]
 
 
 def minutes_for(work_s):
@@ -277,14 +295,16 @@ def minutes_for(work_s):
     return max(1, min(WALLTIME["max_minutes"], math.ceil(total / 60)))
 
 
-def runtime_for(rule):
+def runtime_for(name):
     """The `runtime` resource of a rule: `resources.<rule>.runtime` when the config fixes it,
     otherwise minutes_for(the job's work), the work coming from WORK[rule](wildcards).
     """
-    fixed = config["resources"][rule].get("runtime")
+    fixed = config["resources"][name].get("runtime")
     if fixed:
         return fixed
-    work = WORK.get(rule, lambda wildcards: WALLTIME["other_s"])
+    work = WORK.get(name, lambda wildcards: WALLTIME["other_s"])
+    if name in GROUPED:
+        return lambda wildcards: check_grouping() or minutes_for(work(wildcards))
     return lambda wildcards: minutes_for(work(wildcards))
 
 
@@ -302,29 +322,40 @@ def gpu_resources(r):
     return out
 
 
-def resources_for(rule):
-    r = config["resources"][rule]
+def resources_for(name):
+    r = config["resources"][name]
     res = dict(mem_mb=r["mem_mb"], cpus_per_task=r["cpus"], nodes=r["nodes"])
-    res["runtime"] = runtime_for(rule)
+    res["runtime"] = runtime_for(name)
     res.update(gpu_resources(r))
-    if rule in GROUPED and r["gpus"]:
-        res["gpu_slot"] = 1  # the members of a grouped Slurm job take its GPU in turn
+    if r["nodes"] > 1:
+        # one task per node; `mpi` makes the Slurm job step run the rule's shell in the batch step
+        # (not inside `srun -n1`), so the launcher's srun reaches every node (aot.launch)
+        res.update(mpi="srun", tasks=r["nodes"], tasks_per_gpu=0)
+        # --gpus=k would be k GPUs for the whole job; --gres=gpu:k is per node
+        if r["gpus"]:
+            res.pop("gpu", None)
+            res.pop("gpu_model", None)
+            model = f"{r['gpu_model']}:" if r.get("gpu_model") else ""
+            res["gres"] = f"gpu:{model}{r['gpus']}"
+    if name in GROUPED:
+        # the members of a grouped Slurm job run one after the other
+        res["group_slot"] = 1
     if r.get("partition"):
         res["slurm_partition"] = r["partition"]
     if r.get("account"):
         res["slurm_account"] = r["account"]
-    extra = slurm_extra_for(rule, r.get("slurm_extra"))
+    extra = slurm_extra_for(name, r.get("slurm_extra"))
     if extra:
         res["slurm_extra"] = extra
     return res
 
 
-def slurm_extra_for(rule, extra):
+def slurm_extra_for(name, extra):
     """Extra sbatch options: the config's, plus, for jobs that save and resume, Slurm's warning
     signal before the time limit (`--signal=TERM@<margin>`, unless the options name one).
     """
     options = shlex.split(extra or "")
-    if rule in RESUMABLE and not any(o.startswith("--signal") for o in options):
+    if name in RESUMABLE and not any(o.startswith("--signal") for o in options):
         options.append(f"--signal=TERM@{WALLTIME['signal_s']}")
     return shlex.join(options) if options else None
 
@@ -334,14 +365,14 @@ def keep_signal_in_overrides():
     time-limit signal of resumable rules back into it, and drop `gpu` where an override asks for
     GPUs by `gres` (or the reverse), so that one request reaches sbatch."""
     overrides = workflow.resource_settings._parsed_overwrite_resources
-    for rule, res in overrides.items():
-        if rule in RESUMABLE and "slurm_extra" in res:
+    for name, res in overrides.items():
+        if name in RESUMABLE and "slurm_extra" in res:
             given = res["slurm_extra"].raw  # as typed: a Python string expression
             try:
                 given = ast.literal_eval(given)
             except (ValueError, SyntaxError):
                 pass
-            res.update({"slurm_extra": slurm_extra_for(rule, str(given))})
+            res.update({"slurm_extra": slurm_extra_for(name, str(given))})
         if "gres" in res and "gpu" not in res:
             res.update({"gpu": None, "gpu_model": None})
         if "gpu" in res and "gres" not in res:
@@ -359,11 +390,11 @@ def gpus_of(resources):
     return 0
 
 
-def requeue_env(rule):
+def requeue_env(name):
     """`AOT_SLURM_REQUEUE=<n>`: how often a Slurm job of this rule that stopped with exit 75
     (time limit, preemption; state saved) may put itself back into the queue (aot.runtime).
     """
-    n = train_requeues() if rule == "train" else WALLTIME["requeues"]
+    n = train_requeues() if name == "train" else WALLTIME["requeues"]
     return f"{REQUEUE_ENV}={n}"
 
 
@@ -392,6 +423,21 @@ def rank_threads(wildcards, resources):
 
     cpus = int(resources.get("cpus_per_task") or 1)
     return f"--threads {threads_per_rank(cpus, procs_per_node(resources))}"
+
+
+def check_grouping():
+    """Grouped jobs (`--group-components sets=K`) run their members one after the other only
+    with `--resources group_slot=1` (profiles/slurm); without it Snakemake would run them side by
+    side and add up their GPUs and nodes into one request, on a GPU they would all share.
+    """
+    components = workflow.group_settings.group_components
+    grouped = any(components.get(g, 1) > 1 for g in ("sets", "guided"))
+    slots = workflow.global_resources.get("group_slot")
+    if grouped and getattr(slots, "value", slots) != 1:
+        fail(
+            "--group-components sets=K (or guided=K) needs --resources group_slot=1 (as in profiles/slurm), "
+            "so that the members of a grouped job take its GPU in turn"
+        )
 
 
 keep_signal_in_overrides()
@@ -520,7 +566,9 @@ def train_flags(wildcards):
 
 def edm_pickle_flags(wildcards):
     m = MODELS[wildcards.model]
-    return flags({"sha256": m.get("sha256"), "model_name": wildcards.model})
+    return flags(
+        {"sha256": m.get("sha256"), "model_name": wildcards.model, "aot": m["aot"]}
+    )
 
 
 def generate_flags(wildcards):
@@ -590,6 +638,7 @@ def fetch_targets():
     if FID["features"] == "inception":
         out.append(f"{FID_CACHE}/assets.json")
     out += [network_path(m) for m in IMPORTED]
+    out += list(dg_placed_files())
     return out
 
 
@@ -633,7 +682,8 @@ WORK = {
 def train_requeues():
     """Training longer than one job (walltime.max_minutes) resumes in requeued jobs."""
     longest = max([train_work_s(type("W", (), {"model": m})) for m in TRAINED] or [0])
-    per_job = WALLTIME["max_minutes"] * 60 / WALLTIME["safety"] - WALLTIME["startup_s"]
+    # a training job runs until shortly before its limit, then saves and is requeued
+    per_job = WALLTIME["max_minutes"] * 60 - WALLTIME["startup_s"] - WALLTIME["signal_s"]
     return max(WALLTIME["requeues"], math.ceil(longest / max(per_job, 1)) + 1)
 
 

@@ -1,9 +1,23 @@
-# Input functions and settings of discriminator guidance (dg.smk).
+# Input functions and settings of discriminator guidance (dg.smk). DG has one recipe per part
+# (dg.uncond, dg.cond: the paper's pool sizes and DG's published recipes), chosen by the model's
+# `cond`. A discriminator is trained here unless dg.discriminators gives its file (DG's released
+# heads, placed by hand), which is then imported instead.
 
 
 DG_CLASSIFIER_FOLDER = (
     "https://drive.google.com/drive/folders/1gb68C13-QOt8yA6ZnnS6G5pVIlPO7j_y"
 )
+# Where DG's README publishes its discriminator heads (by file name).
+DG_DISCRIMINATOR_FOLDERS = {
+    "discriminator_60.pt": (
+        "cifar_uncond",
+        "https://drive.google.com/drive/folders/1Mf3F1yGfWT8bO0_iOBX-PWG3O-OLROE2",
+    ),
+    "discriminator_250.pt": (
+        "cifar_cond",
+        "https://drive.google.com/drive/folders/1P1u7cz7kY1BJDPVrPNiFcksy_HCHY_bI",
+    ),
+}
 
 
 def guided_key(key, mode):
@@ -11,10 +25,61 @@ def guided_key(key, mode):
     return sampler_key(**{**parse_key(key), "guidance": mode})
 
 
+def dg_part(model):
+    return "cond" if MODELS[model]["cond"] else "uncond"
+
+
+def dg_recipe(model):
+    """The DG settings of a model's part: dg.uncond or dg.cond."""
+    return DG[dg_part(model)]
+
+
 def dg_base_key(model):
     """The sample set a model's discriminator trains on: the Table 3 sampler's first repeat."""
-    part = "cond" if MODELS[model]["cond"] else "uncond"
+    part = dg_part(model)
     return best_key(model) if model == config["tables"][part]["aot"] else default_key()
+
+
+def guided_seeds():
+    """The seeds of all repeats of a guided sample set, 'a-b': the fid.repeats x fid.num_images
+    seeds right after those of the plain sample sets (seeds 0 to repeats x num_images - 1). A
+    discriminator trains on the first dg.collect_images images of repeat 0 of a plain set, so no
+    guided image starts from the noise of an image its discriminator has seen. Repeat r of a guided
+    set is the r-th of fid.repeats equal parts."""
+    n = FID["num_images"] * FID["repeats"]
+    return seed_range(0, n, offset=n)
+
+
+def guided_seeds_for(rep):
+    """The seeds of repeat `rep` of a guided sample set: the rep-th part of guided_seeds()."""
+    n = FID["num_images"]
+    return seed_range(int(rep), n, offset=n * FID["repeats"])
+
+
+def given_discriminator(model, mode):
+    """The discriminator file that dg.discriminators gives for (model, mode), or None."""
+    return DG["discriminators"].get(model, {}).get(mode)
+
+
+def given_discriminators():
+    """{(model, mode): path} of every discriminator file given in the config."""
+    return {
+        (model, mode): path
+        for model, modes in DG["discriminators"].items()
+        for mode, path in modes.items()
+    }
+
+
+def discriminator_pairs_regex(pairs, given):
+    """A constraint for the {model} wildcard of dg/{model}/{mode}/discriminator.pt that matches
+    only where (model, mode) is (given=True) or is not (given=False) one of `pairs`: the model name
+    followed by a lookahead on the mode that comes after it in the path."""
+    alternatives = "|".join(
+        re.escape(f"{model}/{mode}/") for model, mode in sorted(pairs)
+    )
+    if not pairs:
+        return "(?!)" if given else MODEL_RE
+    return f"(?{'=' if given else '!'}(?:{alternatives})){MODEL_RE}"
 
 
 def dg_classifier():
@@ -28,40 +93,95 @@ def dg_feature_inputs():
     return {"feature_extractor": dg_classifier()} if dg_classifier() else {}
 
 
-def dg_train_flags(wildcards):
-    cond = MODELS[wildcards.model]["cond"]
+def dg_placed_files():
+    """Files of DG placed by hand (the ADM classifier, given discriminators): {path: message}."""
+    out = {}
+    if dg_classifier():
+        out[dg_classifier()] = (
+            f"error: DG feature extractor {dg_classifier()} is missing: download "
+            "32x32_classifier.pt from the ADM_classifier folder of DG's checkpoints "
+            f"({DG_CLASSIFIER_FOLDER}) and place it at {dg_classifier()}, "
+            "or set dg.feature_extractor: scratch"
+        )
+    if DG["enabled"]:
+        for (model, mode), path in given_discriminators().items():
+            name = os.path.basename(path)
+            if name in DG_DISCRIMINATOR_FOLDERS:
+                folder, url = DG_DISCRIMINATOR_FOLDERS[name]
+                where = f"download {name} from DG's {folder} checkpoints ({url})"
+            else:
+                where = (
+                    "place the discriminator file of `aot dg train` or DG's train.py"
+                )
+            out[path] = (
+                f"error: discriminator {path} of model {model} ({mode}) is missing: {where} "
+                f"and place it at {path}, or remove dg.discriminators.{model}.{mode} to train one"
+            )
+    return out
+
+
+def dg_import_inputs(wildcards):
+    return {
+        "discriminator": given_discriminator(wildcards.model, wildcards.mode),
+        **dg_feature_inputs(),
+    }
+
+
+def dg_import_flags(wildcards):
     return flags(
         {
-            "cond": cond,
+            "feature_extractor": dg_classifier(),
+            "resolution": config["dataset"]["resolution"],
             "aot": wildcards.mode == "aot",
-            "pool_size": DG["pool_size"]["cond" if cond else "uncond"],
+            "cond": MODELS[wildcards.model]["cond"],
+        }
+    )
+
+
+def dg_train_flags(wildcards):
+    recipe = dg_recipe(wildcards.model)
+    return flags(
+        {
+            "cond": MODELS[wildcards.model]["cond"],
+            "aot": wildcards.mode == "aot",
+            "pool_size": recipe["pool_size"],
             "feature_extractor": DG["feature_extractor"],
             "num_images": DG["collect_images"],
-            "batch": DG["batch"],
-            "epochs": DG["epochs"],
-            "lr": DG["lr"],
-            "weight_decay": DG["weight_decay"],
+            "batch": recipe["batch"],
+            "epochs": recipe["epochs"],
+            "lr": recipe["lr"],
+            "weight_decay": recipe["weight_decay"],
             "device": DEVICE,
         }
     )
 
 
+def dg_sampler_settings(model):
+    """The guidance options of `aot dg generate` from the model's part."""
+    recipe = dg_recipe(model)
+    return {
+        k: recipe[k]
+        for k in (
+            "dg_weight_1st_order",
+            "dg_weight_2nd_order",
+            "time_min",
+            "time_max",
+            "boosting",
+        )
+    }
+
+
 def dg_generate_flags(wildcards):
+    """Options of `aot dg generate`: the seeds of the job's repeat (a per-repeat job) or of all
+    repeats (a job making the whole set), the sampler, and the guidance of the model's part.
+    """
+    rep = getattr(wildcards, "rep", None)
     return flags(
         {
             "model_name": wildcards.model,
-            "seeds": seeds_for(wildcards.rep),
+            "seeds": guided_seeds() if rep is None else guided_seeds_for(rep),
             **sampler_settings(wildcards.key),
-            **{
-                k: DG[k]
-                for k in (
-                    "dg_weight_1st_order",
-                    "dg_weight_2nd_order",
-                    "time_min",
-                    "time_max",
-                    "boosting",
-                )
-            },
+            **dg_sampler_settings(wildcards.model),
             "batch": config["generate"]["batch"],
             "shard_size": config["generate"]["shard_size"],
             "device": DEVICE,
@@ -70,24 +190,47 @@ def dg_generate_flags(wildcards):
 
 
 def check_dg_config():
-    """Cross-field checks of the dg section (see check_config)."""
-    if DG["enabled"]:
-        for key in (
-            "feature_extractor",
-            "collect_images",
-            "batch",
-            "epochs",
-            "pool_size",
-        ):
-            if key not in DG:
-                fail(f"dg.{key} is required when dg.enabled is true")
-        if DG["collect_images"] > FID["num_images"]:
+    """Cross-field checks of the dg section (see check_config), per part."""
+    if not DG["enabled"]:
+        return
+    for key in ("feature_extractor", "collect_images"):
+        if key not in DG:
+            fail(f"dg.{key} is required when dg.enabled is true")
+    if DG["collect_images"] > FID["num_images"]:
+        fail(
+            f"dg.collect_images {DG['collect_images']} exceeds fid.num_images "
+            f"{FID['num_images']}: the discriminator is trained on the model's first "
+            "sample set, never on a regenerated one"
+        )
+    parts = {dg_part(m) for m in MODELS}
+    for part in ("uncond", "cond"):
+        recipe = DG[part]
+        if recipe["time_min"] >= recipe["time_max"]:
             fail(
-                f"dg.collect_images {DG['collect_images']} exceeds fid.num_images "
-                f"{FID['num_images']}: the discriminator is trained on the model's first "
-                "sample set, never on a regenerated one"
+                f"dg.{part}.time_min {recipe['time_min']} must be below "
+                f"dg.{part}.time_max {recipe['time_max']}"
             )
-        if DG["time_min"] >= DG["time_max"]:
+        if part not in parts:
+            continue
+        n, b = recipe["pool_size"], recipe["batch"]
+        if n < b or n % b:
             fail(
-                f"dg.time_min {DG['time_min']} must be below dg.time_max {DG['time_max']}"
+                f"dg.{part}.pool_size N={n} must be a multiple of dg.{part}.batch {b} "
+                "(and at least as large): AOT serves each pool in whole batches"
             )
+    for model, modes in DG["discriminators"].items():
+        if model not in MODELS:
+            fail(
+                f"dg.discriminators: unknown model {model!r} (models: {', '.join(MODELS)})"
+            )
+        for mode, path in modes.items():
+            if not path:
+                fail(f"dg.discriminators.{model}.{mode}: empty path")
+            if (
+                os.path.basename(path) in DG_DISCRIMINATOR_FOLDERS
+                and not dg_classifier()
+            ):
+                fail(
+                    f"dg.discriminators.{model}.{mode}: DG's head {path} needs DG's ADM "
+                    "classifier: set dg.feature_extractor to 32x32_classifier.pt, not scratch"
+                )

@@ -1,17 +1,54 @@
 # Input functions and settings of the tables, figures and report (report.smk).
+# The paper's EDM rows are EDM's published networks; the tables show them beside EDM retrained
+# here (tables.<part>.edm) when tables.<part>.edm_published names an imported model.
+
+
+def published_model(part):
+    """The part's EDM published network (a model with source edm-pickle), or None."""
+    return config["tables"][part].get("edm_published")
+
+
+def check_published_config():
+    """tables.<part>.edm_published names an imported EDM network of the part (see check_config)."""
+    for part in PARTS:
+        name = published_model(part)
+        if name is None:
+            continue
+        if name not in MODELS:
+            fail(
+                f"tables.{part}.edm_published: unknown model {name!r} "
+                f"(models: {', '.join(MODELS)})"
+            )
+        m = MODELS[name]
+        if m["source"] != "edm-pickle" or m["aot"] or m["cond"] != (part == "cond"):
+            fail(
+                f"tables.{part}.edm_published: model {name!r} must be EDM's published network "
+                f"(source edm-pickle, aot false, cond {str(part == 'cond').lower()}); it has "
+                f"source {m['source']}, aot={m['aot']}, cond={m['cond']}"
+            )
+        if name == config["tables"][part]["edm"]:
+            fail(
+                f"tables.{part}.edm_published: {name!r} is also tables.{part}.edm, the EDM "
+                "retrained here; name two different models"
+            )
+
+
+def edm_models(part):
+    """The part's EDM baselines: the published network (if any) and the one retrained here."""
+    return [m for m in (published_model(part), config["tables"][part]["edm"]) if m]
 
 
 def table12_fids(part):
-    edm, aot = config["tables"][part]["edm"], config["tables"][part]["aot"]
-    sets = [(edm, default_key()), (aot, default_key()), (aot, best_key(aot))]
+    aot = config["tables"][part]["aot"]
+    sets = [(m, default_key()) for m in edm_models(part)]
+    sets += [(aot, default_key()), (aot, best_key(aot))]
     return sorted({p for m, k in sets for p in fid_set(m, k)})
 
 
 def dg_models(part):
     """(model, sampler key, discriminator mode) of Table 3's guided rows for one part."""
-    edm, aot = config["tables"][part]["edm"], config["tables"][part]["aot"]
-    return [
-        (edm, default_key(), "plain"),
+    aot = config["tables"][part]["aot"]
+    return [(m, default_key(), "plain") for m in edm_models(part)] + [
         (aot, best_key(aot), "plain"),
         (aot, best_key(aot), "aot"),
     ]
@@ -19,9 +56,10 @@ def dg_models(part):
 
 def table3_fids():
     out = set()
-    for part in ("uncond", "cond"):
-        edm, aot = config["tables"][part]["edm"], config["tables"][part]["aot"]
-        out.update(fid_set(edm, default_key()))
+    for part in PARTS:
+        aot = config["tables"][part]["aot"]
+        for edm in edm_models(part):
+            out.update(fid_set(edm, default_key()))
         out.update(fid_set(aot, best_key(aot)))
         if DG["enabled"]:
             for model, key, mode in dg_models(part):
@@ -58,7 +96,7 @@ def table5_fids(models=None):
 
 
 def part_models(part):
-    return [config["tables"][part]["edm"], config["tables"][part]["aot"]]
+    return [*edm_models(part), config["tables"][part]["aot"]]
 
 
 def table_files(i):
@@ -90,10 +128,29 @@ def report_flags(settings):
     return flags({**settings, "rhos": [fmt(r) for r in SAMPLING["table5"]["rho"]]})
 
 
+def table_flags(number):
+    """Options of `aot report table`: the run's dataset too (the paper's numbers are CIFAR-10's)."""
+    return report_flags({"table": number, "dataset": config["dataset"]["name"]})
+
+
 def diagnostics_input(part, which):
-    """Trajectory diagnostics of a part at the first or the last configured step count."""
+    """Trajectory diagnostics of a part at the first (the paper's 18) or the last (the paper's
+    Figure 6: 10) configured step count."""
     steps = DIAGNOSTICS["steps"][0] if which == "first" else DIAGNOSTICS["steps"][-1]
     return [diagnostics_path(part, steps)]
+
+
+def diagnostics_networks(wildcards):
+    """The networks of a part's trajectory diagnostics: EDM retrained here, EDM's published
+    network (when configured) and EDM-AOT, all from the same latents."""
+    part = config["tables"][wildcards.part]
+    names = [part["edm"], part.get("edm_published"), part["aot"]]
+    return [network_path(m) for m in names if m]
+
+
+def network_flags(wildcards, input):
+    """`--network PATH` for every input network of the diagnostics rule."""
+    return " ".join(f"--network {shlex.quote(p)}" for p in input.networks)
 
 
 def samples_input(part):
@@ -104,5 +161,5 @@ def samples_input(part):
 
 def curvature_inputs():
     steps = DIAGNOSTICS["steps"]
-    paths = {diagnostics_path(p, s) for p in ("uncond", "cond") for s in steps}
+    paths = {diagnostics_path(p, s) for p in PARTS for s in steps}
     return sorted(p.replace(".npz", ".json") for p in paths)

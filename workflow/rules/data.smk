@@ -1,8 +1,47 @@
 # Stage 1: the training set in EDM's dataset format (zip of PNGs + dataset.json), once per run.
-# Downloads are local rules: compute nodes often have no internet.
+# Downloads are local rules: compute nodes often have no internet. An existing EDM-format dataset
+# (`name: edm`) is checked and linked, not copied (a multi-terabyte ImageNet stays where it is):
+# the link is made on the login node; with `copy: true` a job writes a stored zip instead.
 
 
-if config["dataset"]["name"] == "cifar10":
+include: "common_data.smk"
+
+
+check_dataset_config()
+
+
+if config["dataset"]["name"] == "edm":
+    if edm_dataset_is_link():
+
+        localrules:
+            prepare_dataset,
+
+    rule prepare_dataset:
+        input:
+            edm_dataset_path(),
+        output:
+            (
+                directory(DATASET)
+                if edm_dataset_is_link() and edm_dataset_is_folder()
+                else DATASET
+            ),
+        log:
+            f"{LOGS}/prepare_dataset.log",
+        benchmark:
+            f"{BENCH}/prepare_dataset.tsv"
+        conda:
+            ENV
+        threads: threads_for("prepare_dataset")
+        resources:
+            **resources_for("prepare_dataset"),
+        params:
+            aot=AOT,
+            args=edm_import_flags(),
+        shell:
+            "{params.aot} data import --source {input:q} --dest {output:q} {params.args} "
+            "> {log:q} 2>&1"
+
+elif config["dataset"]["name"] == "cifar10":
 
     if cifar_source_is_url():
 

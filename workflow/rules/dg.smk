@@ -1,35 +1,60 @@
 # Stage 5: Discriminator Guidance (Table 3). The discriminator of a model is trained on the model's
 # first sample set at its Table 3 sampler setting (the generation job's output, never regenerated),
-# with independent perturbation noise ("plain") or AOT-paired noise ("aot"); then guided sample sets
-# (dg<mode>-<key>/rep<r>.npz, disjoint seeds as for every FID) are generated and measured.
+# with independent perturbation noise ("plain") or AOT-paired noise ("aot"), with the recipe of the
+# model's part (dg.uncond, dg.cond); or, where dg.discriminators gives a file (DG's released heads),
+# that file is imported instead. Guided sample sets (dg<mode>-<key>/rep<r>.npz) use the seeds of
+# guided_seeds(), disjoint from every plain set a discriminator trains on.
 
 
 check_dg_config()
 
 
-if dg_classifier():
+if dg_placed_files():
 
     localrules:
-        fetch_dg_classifier,
+        place_dg_file,
 
-    # DG publishes its ADM classifier in a Google Drive folder, which has no stable direct URL:
-    # place the file by hand (login node); this job stops with the instructions if it is absent.
-    rule fetch_dg_classifier:
+    # DG publishes its ADM classifier and discriminators in Google Drive folders, which have no
+    # stable direct URL: place the files by hand (login node); this job stops with the instructions
+    # if one is absent.
+    rule place_dg_file:
         output:
-            dg_classifier(),
+            "{placed}",
         log:
-            f"{LOGS}/fetch_dg_classifier.log",
+            f"{LOGS}/place_dg_file/{{placed}}.log",
+        wildcard_constraints:
+            placed=names_regex(dg_placed_files()),
         conda:
             ENV
         params:
-            message=lambda wildcards, output: (
-                f"error: DG feature extractor {output[0]} is missing: download "
-                "32x32_classifier.pt from the ADM_classifier folder of DG's checkpoints "
-                f"({DG_CLASSIFIER_FOLDER}) and place it at {output[0]}, "
-                "or set dg.feature_extractor: scratch"
-            ),
+            message=lambda wildcards: dg_placed_files()[wildcards.placed],
         shell:
             "echo {params.message:q} | tee {log:q} >&2; exit 1"
+
+
+localrules:
+    import_discriminator,
+
+
+# A given discriminator file (dg.discriminators) becomes the (model, mode)'s discriminator: DG's
+# bare head with DG's ADM classifier, checked and written in our format (no training).
+rule import_discriminator:
+    input:
+        unpack(dg_import_inputs),
+    output:
+        f"{R}/dg/{{model}}/{{mode}}/discriminator.pt",
+    log:
+        f"{LOGS}/import_discriminator/{{model}}-{{mode}}.log",
+    wildcard_constraints:
+        model=discriminator_pairs_regex(given_discriminators(), given=True),
+    conda:
+        ENV
+    params:
+        aot=AOT,
+        args=dg_import_flags,
+    shell:
+        "{params.aot} dg import {input.discriminator:q} --out {output:q} {params.args} "
+        "> {log:q} 2>&1"
 
 
 rule train_discriminator:
@@ -45,6 +70,8 @@ rule train_discriminator:
         f"{LOGS}/train_discriminator/{{model}}-{{mode}}.log",
     benchmark:
         f"{BENCH}/train_discriminator/{{model}}-{{mode}}.tsv"
+    wildcard_constraints:
+        model=discriminator_pairs_regex(given_discriminators(), given=False),
     conda:
         ENV
     threads: threads_for("train_discriminator")
@@ -65,13 +92,15 @@ rule generate_dg:
         network=lambda wildcards: network_path(wildcards.model),
         discriminator=f"{R}/dg/{{model}}/{{mode}}/discriminator.pt",
     output:
-        f"{R}/samples/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.npz",
+        set_files(f"{R}/samples/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.npz"),
     log:
-        f"{LOGS}/generate_dg/{{model}}/dg{{mode}}-{{key}}-rep{{rep}}.log",
+        f"{LOGS}/generate_dg/{{model}}/dg{{mode}}-{{key}}.log",
     benchmark:
-        f"{BENCH}/generate_dg/{{model}}/dg{{mode}}-{{key}}-rep{{rep}}.tsv"
+        f"{BENCH}/generate_dg/{{model}}/dg{{mode}}-{{key}}.tsv"
     wildcard_constraints:
         key=SAMPLER_RE,
+    group:
+        "guided"
     conda:
         ENV
     threads: threads_for("generate_dg")
@@ -79,8 +108,9 @@ rule generate_dg:
         **resources_for("generate_dg"),
     params:
         aot=AOT,
+        env=requeue_env("generate_dg"),
         args=dg_generate_flags,
     shell:
-        "{params.aot} dg generate --network {input.network:q} "
+        "{params.env} {params.aot} dg generate --network {input.network:q} "
         "--discriminator {input.discriminator:q} {params.args} --out {output:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "--threads {resources.cpus_per_task} > {log:q} 2>&1"

@@ -82,7 +82,7 @@ rule fid:
     benchmark:
         f"{BENCH}/fid/{{model}}/{{key}}.tsv"
     wildcard_constraints:
-        key=KEY_RE,
+        key=SAMPLER_RE,
     group:
         "sets"
     conda:
@@ -100,10 +100,21 @@ rule fid:
         "--out {output:q} > {log:q} 2>&1"
 
 
+# The FID of a guided set (DG) joins the guided set's group: guided sets depend on plain ones
+# (through the discriminator), so the two kinds are grouped apart, or a grouped job could wait
+# for itself.
+use rule fid as fid_dg with:
+    log:
+        f"{LOGS}/fid/{{model}}/{{key}}.log",
+    wildcard_constraints:
+        key=rf"dg({GUIDANCE_RE})-{SAMPLER_RE}",
+    group:
+        "guided"
+
+
 rule diagnostics:
     input:
-        edm=lambda wildcards: network_path(config["tables"][wildcards.part]["edm"]),
-        aot=lambda wildcards: network_path(config["tables"][wildcards.part]["aot"]),
+        networks=diagnostics_networks,
     output:
         npz=f"{R}/diagnostics/{{part}}-{{key}}.npz",
         json=f"{R}/diagnostics/{{part}}-{{key}}.json",
@@ -121,6 +132,7 @@ rule diagnostics:
     params:
         aot=AOT,
         args=diagnostics_flags,
+        networks=network_flags,
     shell:
-        "{params.aot} diagnostics --network {input.edm:q} --network {input.aot:q} {params.args} "
+        "{params.aot} diagnostics {params.networks} {params.args} "
         "--threads {resources.cpus_per_task} --out {output.npz:q} > {log:q} 2>&1"

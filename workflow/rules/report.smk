@@ -1,31 +1,52 @@
 # Stage 6: the paper's tables and figures from the per-job JSON results, and the run's report
 # results/<run>/README.md. Named targets: table1 ... table5, figure1 ... figure11, curvature,
-# tables, figures, report. `snakemake table4` builds Table 4 and only what it needs.
+# tables, figures, report. `snakemake table4` builds Table 4 and only what it needs. They take
+# seconds each, so on a cluster they run where Snakemake runs (localrule), never as Slurm jobs.
 
+
+check_published_config()
 
 # table number -> the FID results it is made from
 TABLES = {
-    1: table12_fids("uncond"),
-    2: table12_fids("cond"),
+    **({1: table12_fids("uncond")} if "uncond" in PARTS else {}),
+    **({2: table12_fids("cond")} if "cond" in PARTS else {}),
     3: table3_fids(),
     4: table4_fids(),
     5: table5_fids(),
 }
 
-# figure number -> (inputs, options of `aot report figure`)
+# figure number -> (inputs, options of `aot report figure`), as in the paper: Figure 3 the single
+# Euler step's estimate from sigma_max (step 0); Figure 6 unconditional at the last diagnostics
+# step count (10), Figures 2, 7 unconditional and 8 conditional at the first (18); Figure 5 marks
+# the fewest steps that reach the lowest FID (tolerance 0)
+# (a part left out of `tables` has none of its figures).
 FIGURES = {
-    1: (table5_fids(part_models("uncond")), {"paper_baselines": True}),
-    2: (diagnostics_input("uncond", "first"), {"kind": "strip"}),
-    3: (diagnostics_input("uncond", "first"), {"kind": "denoised-grid"}),
     4: (table4_fids(), {}),
-    5: (table5_fids(), {}),
-    6: (diagnostics_input("cond", "first"), {"kind": "strip"}),
-    7: (diagnostics_input("uncond", "last"), {"kind": "strip"}),
-    8: (diagnostics_input("cond", "last"), {"kind": "strip"}),
-    9: (diagnostics_input("cond", "first"), {"kind": "denoised-grid"}),
-    10: (samples_input("uncond"), {"kind": "samples"}),
-    11: (samples_input("cond"), {"kind": "samples"}),
+    5: (table5_fids(), {"tolerance": 0}),
 }
+if "uncond" in PARTS:
+    FIGURES.update(
+        {
+            1: (table5_fids(part_models("uncond")), {"paper_baselines": True}),
+            2: (diagnostics_input("uncond", "first"), {"kind": "strip"}),
+            3: (
+                diagnostics_input("uncond", "first"),
+                {"kind": "denoised-grid", "step": 0},
+            ),
+            6: (diagnostics_input("uncond", "last"), {"kind": "strip"}),
+            7: (diagnostics_input("uncond", "first"), {"kind": "strip"}),
+            10: (samples_input("uncond"), {"kind": "samples"}),
+        }
+    )
+if "cond" in PARTS:
+    FIGURES.update(
+        {
+            8: (diagnostics_input("cond", "first"), {"kind": "strip"}),
+            9: (diagnostics_input("cond", "first"), {"kind": "denoised-grid"}),
+            11: (samples_input("cond"), {"kind": "samples"}),
+        }
+    )
+FIGURES = dict(sorted(FIGURES.items()))
 
 ALL_TABLES = [f for i in TABLES for f in table_files(i)]
 ALL_FIGURES = [f for i in FIGURES for f in figure_files(f"figure{i}")]
@@ -44,6 +65,7 @@ for _i in TABLES:
             f"{LOGS}/report/table{_i}.log",
         benchmark:
             f"{BENCH}/report/table{_i}.tsv"
+        localrule: True
         conda:
             ENV
         threads: 1
@@ -51,7 +73,7 @@ for _i in TABLES:
             **resources_for("report"),
         params:
             aot=AOT,
-            args=report_flags({"table": _i}),
+            args=table_flags(_i),
             prefix=out_prefix,
         shell:
             "{params.aot} report table {params.args} --out-prefix {params.prefix:q} "
@@ -71,6 +93,7 @@ for _i in FIGURES:
             f"{LOGS}/report/figure{_i}.log",
         benchmark:
             f"{BENCH}/report/figure{_i}.tsv"
+        localrule: True
         conda:
             ENV
         threads: 1
@@ -94,6 +117,7 @@ rule curvature:
         f"{LOGS}/report/curvature.log",
     benchmark:
         f"{BENCH}/report/curvature.tsv"
+    localrule: True
     conda:
         ENV
     threads: 1
@@ -137,6 +161,7 @@ rule report:
         f"{LOGS}/report/readme.log",
     benchmark:
         f"{BENCH}/report/readme.tsv"
+    localrule: True
     conda:
         ENV
     threads: 1

@@ -41,11 +41,16 @@ def build_parser() -> ArgParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> Any:
     args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
+
+
+def run_command(func, args) -> Any:
+    """Run a command; when it stops with exit 75 (time limit or preemption, state saved), ask
+    Slurm to requeue the job (aot.runtime.requeue_slurm_job), which resumes it."""
     try:
-        return args.func(args)
+        return func(args)
     except SystemExit as exc:
         if exc.code == EXIT_PREEMPTED:
-            # stopped for a time limit or a preemption, state saved: back into the queue (Slurm)
             from ..runtime import requeue_slurm_job
 
             requeue_slurm_job()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .options import ArgParser
+from .options import ArgParser, bool_flag
 
 
 def add_parser(subparsers) -> None:
@@ -18,6 +18,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("out", metavar="OUT.pt")
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the pickle")
     p.add_argument("--model-name", default=None, help="model name recorded in the meta (default: file stem)")
+    bool_flag(p, "aot", False, "the network was trained with AOT (an EDM-AOT pickle); recorded in the meta")
     p.set_defaults(func=import_edm)
 
     p = sub.add_parser("export-edm", help="write our network file as an NVlabs/edm snapshot pickle")
@@ -33,7 +34,7 @@ def add_parser(subparsers) -> None:
 def import_edm(args) -> None:
     from ..checkpoints import import_edm
 
-    meta = import_edm(args.source, args.out, sha256=args.sha256, model_name=args.model_name)
+    meta = import_edm(args.source, args.out, sha256=args.sha256, model_name=args.model_name, aot=args.aot)
     print(json.dumps({"out": str(args.out), **meta}))
 
 

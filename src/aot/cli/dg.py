@@ -1,14 +1,20 @@
-"""`python -m aot dg train|generate`: Discriminator Guidance (aot.dg).
+"""`python -m aot dg train|import|generate`: Discriminator Guidance (aot.dg).
 
     python -m aot dg train --data DS.zip --samples GEN.npz --out DIR [--aot --pool-size N] [--cond]
         [--feature-extractor 32x32_classifier.pt|scratch] [--num-images N] [--batch 128] [--epochs 50]
         [--lr 3e-4] [--weight-decay 1e-7] [--seed 0] [--resume] [--device] [--threads]
       -> DIR/discriminator.pt, DIR/result.json, DIR/stats.jsonl, DIR/training-state.pt,
          DIR/discriminator-snapshot-XXXXXX.pt
+    python -m aot dg import discriminator_60.pt --out DIR/discriminator.pt
+        [--feature-extractor 32x32_classifier.pt --resolution 32] [--aot] [--cond]
+      -> a given discriminator (DG's released head, or a file of `dg train`) in our format, checked
     python -m aot dg generate --network NET.pt --discriminator DIR/discriminator.pt --seeds 0-49999
         --out X.npz [--steps 18 --rho 7 --dg-weight-1st-order 2 --dg-weight-2nd-order 0 --time-min 0.01
         --time-max 1 --boosting --batch --shard-size --class-labels --model-name --device --threads]
       -> a sample set npz as `aot generate` writes it, key `dg{aot|plain}-heun-n18-rho7`.
+    python -m aot dg generate ... --seeds 0-149999 --out rep0.npz rep1.npz rep2.npz
+      -> as `aot generate` with several --out files: the seeds split into equal, consecutive parts,
+         network and discriminator loaded once, each file as a separate run with its part writes it.
 """
 
 from __future__ import annotations
@@ -41,11 +47,37 @@ def cmd_train(args: argparse.Namespace) -> dict:
                  device=args.device)
 
 
-def cmd_generate(args: argparse.Namespace) -> dict | None:
+def cmd_import(args: argparse.Namespace) -> dict:
+    import json
+
+    from ..dg.discriminator import import_discriminator
+
+    meta = import_discriminator(args.discriminator, args.out, feature_extractor=args.feature_extractor,
+                                image_size=args.resolution, aot=args.aot, cond=args.cond)
+    print(json.dumps(meta, default=str), flush=True)
+    return meta
+
+
+def _add_import(sub) -> None:
+    i = sub.add_parser("import", help="use a given discriminator (DG's released head) instead of training one",
+                       description="Check a given discriminator file, DG's released head (read in DG's layout with "
+                                   "its ADM classifier) or a file of `aot dg train`, and write it in our format.")
+    i.add_argument("discriminator", metavar="DISCRIMINATOR.pt", help="DG's discriminator_60.pt / _250.pt, or ours")
+    i.add_argument("--out", required=True, help="output discriminator.pt")
+    i.add_argument("--feature-extractor", default=None, help="DG's ADM classifier (32x32_classifier.pt) for DG's heads")
+    i.add_argument("--resolution", type=_num("--resolution", int, positive=True), default=None,
+                   help="image size of the model (reads DG's bare classifier in its configuration)")
+    bool_flag(i, "aot", False, "the head was trained with AOT noise (DG's own heads: no)")
+    bool_flag(i, "cond", False, "the model is class-conditional (the head must be too)")
+    i.set_defaults(func=cmd_import)
+
+
+def cmd_generate(args: argparse.Namespace) -> dict | list[dict | None] | None:
     from ..dg.sampler import generate
 
     _set_threads(args.threads)
-    return generate(network=args.network, discriminator=args.discriminator, seeds=args.seeds, out=args.out,
+    out = args.out[0] if len(args.out) == 1 else args.out
+    return generate(network=args.network, discriminator=args.discriminator, seeds=args.seeds, out=out,
                     feature_extractor=args.feature_extractor, solver=args.solver, num_steps=args.num_steps,
                     rho=args.rho, sigma_min=args.sigma_min, sigma_max=args.sigma_max, S_churn=args.S_churn,
                     S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise,
@@ -88,13 +120,17 @@ def _add_train(sub) -> None:
 
 
 def _add_generate(sub) -> None:
-    g = sub.add_parser("generate", help="sample with Discriminator Guidance (EDM-G++) into a sample set npz")
+    g = sub.add_parser("generate", help="sample with Discriminator Guidance (EDM-G++) into a sample set npz",
+                       description="Sample with Discriminator Guidance (EDM-G++) into a sample set npz, or several: "
+                                   "with K --out files the seeds split into K equal, consecutive parts, one set "
+                                   "per file, each the one a separate run with its part writes.")
     g.add_argument("--network", required=True, help="network checkpoint (.pt of aot, or an EDM .pkl)")
     g.add_argument("--discriminator", required=True, help="discriminator.pt of `aot dg train`, or DG's head")
     g.add_argument("--feature-extractor", default=None,
                    help="ADM classifier for DG's bare heads (overrides the path stored in our files)")
     add_seeds(g)
-    g.add_argument("--out", required=True, help="output .npz")
+    g.add_argument("--out", required=True, nargs="+", metavar="X.npz",
+                   help="output .npz, or several (the seeds split equally among them, in order)")
     add_sampler(g)
     g.add_argument("--S-min", dest="S_min", type=_num("--S-min"), default=0.0)
     g.add_argument("--S-max", dest="S_max", type=_num("--S-max"), default=float("inf"))
@@ -108,7 +144,7 @@ def _add_generate(sub) -> None:
     g.add_argument("--batch", type=_num("--batch", int), default=256)
     g.add_argument("--class-labels", default="random", help="'random' (per seed) or a fixed class index")
     g.add_argument("--shard-size", type=_num("--shard-size", int), default=1000)
-    g.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images")
+    g.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images (of the first set)")
     add_device(g)
     g.set_defaults(func=cmd_generate)
 
@@ -118,4 +154,5 @@ def add_parser(subparsers) -> None:
                               description="Discriminator Guidance: train a discriminator, sample with it.")
     sub = p.add_subparsers(dest="dg_command", required=True, parser_class=ArgParser, metavar="COMMAND")
     _add_train(sub)
+    _add_import(sub)
     _add_generate(sub)

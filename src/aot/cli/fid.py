@@ -1,4 +1,11 @@
-"""`python -m aot fid fetch-assets|train-features|reference|measure|aggregate`: FID of sample sets (aot.fid)."""
+"""`python -m aot fid fetch-assets|train-features|reference|measure|aggregate`: FID of sample sets (aot.fid).
+
+    python -m aot fid measure --samples X.npz --ref ref.npz --out X.json [--repeat 0]
+    python -m aot fid measure --samples rep0.npz rep1.npz --ref ref.npz --out rep0.json rep1.json [--repeat 0 1]
+
+With several sample sets (one --out each; --repeat default 0, 1, ...) the feature network and the
+reference statistics are loaded once, and each JSON is the one a separate measurement writes.
+"""
 
 from __future__ import annotations
 
@@ -51,14 +58,18 @@ def add_parser(subparsers) -> None:
     _compute_options(p)
     p.set_defaults(func=reference)
 
-    p = sub.add_parser("measure", help="FID of one sample set against reference statistics")
-    p.add_argument("--samples", required=True)
+    p = sub.add_parser("measure", help="FID of sample sets against reference statistics",
+                       description="FID of a sample set against reference statistics, or of several (one --out "
+                                   "each): the feature network and the reference are loaded once, and each JSON "
+                                   "is the one a separate measurement of its set writes.")
+    p.add_argument("--samples", required=True, nargs="+", metavar="X.npz", help="sample set(s) (npz)")
     p.add_argument("--ref", required=True)
     p.add_argument("--features", default=None,
                    help="'inception' or a feature network file (default: the reference's)")
-    p.add_argument("--repeat", type=number_arg("--repeat", int, nonneg=True), default=0,
-                   help="index of this measurement in the repeat protocol")
-    p.add_argument("--out", required=True)
+    p.add_argument("--repeat", type=number_arg("--repeat", int, nonneg=True), nargs="+", default=None,
+                   help="index of each measurement in the repeat protocol, one per sample set "
+                        "(default: 0, 1, ...)")
+    p.add_argument("--out", required=True, nargs="+", metavar="X.json", help="result JSON, one per sample set")
     _compute_options(p)
     p.set_defaults(func=measure)
 
@@ -115,7 +126,14 @@ def measure(args) -> None:
     from .. import fid
 
     _set_threads(args)
-    fid.measure(samples=args.samples, ref=args.ref, out=args.out, features=args.features, repeat=args.repeat,
+    def one(values):  # one set: the single-set call
+        return values[0] if values is not None and len(values) == 1 else values
+
+    if len(args.samples) == 1 and len(args.out) == 1:
+        samples, out, repeat = args.samples[0], args.out[0], one(args.repeat)
+    else:
+        samples, out, repeat = args.samples, args.out, args.repeat
+    fid.measure(samples=samples, ref=args.ref, out=out, features=args.features, repeat=repeat,
                 cache_dir=args.cache_dir, device=args.device, batch=args.batch)
 
 

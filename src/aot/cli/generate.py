@@ -1,9 +1,14 @@
-"""`python -m aot generate`: a seed-deterministic sample set (npz) from a network (aot.generate).
+"""`python -m aot generate`: seed-deterministic sample sets (npz) from a network (aot.generate).
 
     python -m aot generate --network CKPT --seeds 0-49999 --out X.npz [--solver heun|euler --steps 18
         --rho 7 --sigma-min 0.002 --sigma-max 80 --S-churn 0 --S-min 0 --S-max inf --S-noise 1
         --batch 256 --class-labels random|INT --shard-size 1000 --grid grid.png --model-name NAME
         --device auto --threads N --fast --compile]
+    python -m aot generate --network CKPT --seeds 0-149999 --out rep0.npz rep1.npz rep2.npz [...]
+
+Several --out files split the seeds into equal, consecutive parts (0-49999, 50000-99999, ...), one
+set per file, with the network loaded once; each file is the one a separate run with its part of
+the seeds writes. A finished file made with the same settings is kept; --grid shows the first set.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ from .options import add_device, add_sampler, add_seeds, bool_flag, number_arg
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="generate a seed-deterministic sample set (npz)",
-                              description="Generate a seed-deterministic sample set (npz); finished shards "
-                                          "survive a kill and are kept by the rerun.")
+    p = subparsers.add_parser("generate", help="generate seed-deterministic sample sets (npz)",
+                              description="Generate a seed-deterministic sample set (npz), or several: with "
+                                          "K --out files the seeds split into K equal, consecutive parts, one "
+                                          "set per file, each the one a separate run with its part writes. "
+                                          "Finished shards survive a kill and are kept by the rerun, and so "
+                                          "are finished files made with the same settings.")
     p.add_argument("--network", required=True, help="network checkpoint (.pt of aot, or an EDM .pkl)")
     add_seeds(p)
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--out", required=True, nargs="+", metavar="X.npz",
+                   help="output .npz, or several (the seeds split equally among them, in order)")
     add_sampler(p)
     p.add_argument("--num-steps", dest="num_steps", type=number_arg("--steps", int), default=argparse.SUPPRESS,
                    help=argparse.SUPPRESS)  # the older spelling of --steps
@@ -29,7 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch", type=number_arg("--batch", int), default=256, help="maximum batch size")
     p.add_argument("--class-labels", default="random", help="'random' (per seed) or a fixed class index")
     p.add_argument("--shard-size", type=number_arg("--shard-size", int), default=1000)
-    p.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images")
+    p.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images (of the first set)")
     p.add_argument("--model-name", default=None, help="model name recorded in meta (default: the checkpoint's)")
     add_device(p)
     bool_flag(p, "fast", False, "bf16 autocast + channels_last (not bit-identical to EDM's fp32 sampling)")
@@ -37,14 +46,15 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> dict | None:
+def run(args: argparse.Namespace) -> dict | list[dict | None] | None:
     import torch
 
     from ..generate import generate_set
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    return generate_set(network=args.network, seeds=args.seeds, out=args.out, solver=args.solver,
+    out = args.out[0] if len(args.out) == 1 else args.out
+    return generate_set(network=args.network, seeds=args.seeds, out=out, solver=args.solver,
                         num_steps=args.num_steps, rho=args.rho, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                         S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise,
                         batch=args.batch, class_labels=args.class_labels, shard_size=args.shard_size,

@@ -8,7 +8,8 @@ the VP-SDE bookkeeping that maps EDM noise levels to VP times, and the files, ou
 * our discriminator file (`save_discriminator`): the head's DG state dict and constructor arguments,
   the feature extractor inline (when trained) or by path (DG's frozen ADM classifier);
 * DG's released files: the ADM classifier `32x32_classifier.pt` and the heads `discriminator_60.pt`
-  / `discriminator_250.pt` (bare state dicts, read in DG's configuration).
+  / `discriminator_250.pt` (bare state dicts, read in DG's configuration); `import_discriminator`
+  turns a given head into our file, so that a model is guided by it instead of a trained one.
 
 All of them load with `torch.load(..., weights_only=True)` (`aot.checkpoints.load_torch_file`) and
 are checked before anything is built: damaged, foreign or crafted files are one-line UserErrors, and
@@ -334,3 +335,43 @@ def load_discriminator(path: str | os.PathLike, feature_extractor: str | os.Path
                         f"{ext.feature_resolution}x{ext.feature_resolution}")
     disc = GuidedDiscriminator(ext, head).to(device).eval().requires_grad_(False)
     return disc, meta
+
+
+def import_discriminator(path: str | os.PathLike, out: str | os.PathLike, *,
+                         feature_extractor: str | os.PathLike | None = None, image_size: int | None = None,
+                         aot: bool = False, cond: bool = False) -> dict:
+    """A given discriminator file as the discriminator of a model, instead of training one; returns its meta.
+
+    DG's released heads (`discriminator_60.pt`, `discriminator_250.pt`: bare state dicts in DG's
+    layout) are read with DG's ADM classifier `feature_extractor` for `image_size` images and written
+    in our format (`save_discriminator`, the classifier by its resolved path, `aot` as given: how the
+    head was trained). Our own files (`aot dg train`) are checked and copied byte for byte. The head
+    must be conditional exactly when `cond` (the model is), and an own file's `aot` must be the given one.
+    """
+    from ..files import sha256_file
+
+    path, out = Path(path), Path(out)
+    if path.is_file():
+        obj = read_torch_file(path, "discriminator")
+        ours = isinstance(obj, dict) and obj.get("format") == DISCRIMINATOR_FORMAT
+        del obj
+    else:
+        ours = False  # load_discriminator names where DG's heads are published
+    disc, meta = load_discriminator(path, None if ours else feature_extractor, image_size)
+    what = f"discriminator {path}"
+    if disc.condition != bool(cond):
+        kind = {True: "class-conditional", False: "unconditional"}
+        raise UserError(f"{what} is {kind[disc.condition]}, the model is {kind[bool(cond)]}")
+    digest = sha256_file(path)
+    if not ours:
+        extractor = Path(feature_extractor).resolve()  # jobs may run in another folder
+        meta = {"kind": "dg-discriminator", "source": f"dg:{path}", "sha256": digest, "aot": bool(aot),
+                "cond": bool(cond), "train_seeds": None}
+        save_discriminator(out, disc, str(extractor), **meta)
+        return {"out": str(out), "feature_extractor_path": str(extractor), **meta}
+    if "aot" in meta and bool(meta["aot"]) != bool(aot):
+        raise UserError(f"{what} was trained with{'' if meta['aot'] else 'out'} AOT noise but is given as the "
+                        f"{'aot' if aot else 'plain'} discriminator")
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(path.read_bytes())
+    return {"out": str(out), "source": str(path), "sha256": digest, **meta}

@@ -5,6 +5,8 @@ log(d / (1 - d)) of the discriminator, evaluated at the VP time that matches the
 is added to the ODE direction, only inside [time_min, time_max], with DG's optional "boosting".
 With zero weights it is EDM's sampler exactly. `generate` writes a guided sample set through
 aot.generate's seed-deterministic, resumable shards; its key is `dg{aot|plain}-heun-n18-rho7`.
+With several output files it writes several sets (the seeds split into equal, consecutive parts)
+from one loading of the network and the discriminator, as `aot.generate.generate_set` does.
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
     """Generate the guided sample set `settings['out']` for `settings['seeds']` from the network file
     `network` (ours, or an EDM pickle) and `discriminator` (a file of `aot.dg.train`, or DG's head);
     the sampler and output settings are those of `aot.generate.generation_request` (Heun only: DG's
-    EDM-G++ has no other). Returns the set's meta.
+    EDM-G++ has no other). Returns the set's meta; with `settings['out']` a list of files, one set
+    per file from equal, consecutive parts of the seeds, and the list of their metas.
 
     The sampler key `dg{aot|plain}-heun-...` and `sampler.guidance` go into the meta. A SIGTERM or
     SIGUSR1 ends the job at once with EXIT_PREEMPTED; the finished shards stay for a rerun.
@@ -199,9 +202,11 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
         SAMPLER_SETTINGS,
         generation_request,
         model_meta,
+        request_result,
         request_sampler_meta,
         resolve_device,
-        run_generation,
+        run_generation_sets,
+        sets_note,
     )
 
     if settings.get("solver", "heun") != "heun":
@@ -218,7 +223,8 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
         guidance = {"method": "dg", "aot": aot, "discriminator": str(discriminator),
                     "dg_weight_1st_order": float(dg_weight_1st_order),
                     "dg_weight_2nd_order": float(dg_weight_2nd_order),
-                    "time_min": float(time_min), "time_max": float(time_max), "boosting": bool(boosting)}
+                    "time_min": float(time_min), "time_max": float(time_max), "boosting": bool(boosting),
+                    "train_seeds": disc_meta.get("train_seeds")}
         smeta = request_sampler_meta(req, guidance=guidance)
         smeta["key"] = sampler_key("heun", req["num_steps"], req["rho"], req["S_churn"],
                                    guidance="aot" if aot else "plain")
@@ -229,9 +235,10 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
         sampler_kwargs = dict(discriminator=disc, **{k: req[k] for k in SAMPLER_SETTINGS},
                               dg_weight_1st_order=dg_weight_1st_order, dg_weight_2nd_order=dg_weight_2nd_order,
                               time_min=time_min, time_max=time_max, boosting=bool(boosting))
-        print(f"generating {len(req['seeds'])} images with {smeta['key']} (NFE {smeta['nfe']}, DG weights "
-              f"{dg_weight_1st_order}/{dg_weight_2nd_order}) from {network} on {device}", flush=True)
-        return run_generation(net, req["out"], req["seeds"], sampler_fn=dg_sampler, sampler_kwargs=sampler_kwargs,
-                              batch=req["batch"], device=device, class_labels=req["class_labels"],
-                              shard_size=req["shard_size"], meta=meta,
-                              fingerprint_extra={"discriminator": str(discriminator)}, grid=req["grid"])
+        print(f"generating {len(req['seeds'])} images{sets_note(req)} with {smeta['key']} (NFE {smeta['nfe']}, "
+              f"DG weights {dg_weight_1st_order}/{dg_weight_2nd_order}) from {network} on {device}", flush=True)
+        metas = run_generation_sets(net, req["sets"], sampler_fn=dg_sampler, sampler_kwargs=sampler_kwargs,
+                                    batch=req["batch"], device=device, class_labels=req["class_labels"],
+                                    shard_size=req["shard_size"], meta=meta,
+                                    fingerprint_extra={"discriminator": str(discriminator)}, grid=req["grid"])
+        return request_result(req, metas)

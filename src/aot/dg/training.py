@@ -70,6 +70,14 @@ def pool_noise(images: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor |
     return paired, stats
 
 
+def seed_span(seeds: np.ndarray | None) -> list[int] | None:
+    """[lowest, highest] seed of the generated training images (the first images of a sample set,
+    one range): guided sample sets must not reuse these seeds. None when the set has no seeds."""
+    if seeds is None or not len(seeds):
+        return None
+    return [int(seeds.min()), int(seeds.max())]
+
+
 def check_pool_size(pool_size: int | None, batch: int) -> int:
     """The AOT pool size N: required, a positive multiple of the batch size."""
     if pool_size is None:
@@ -89,7 +97,8 @@ def check_pool_size(pool_size: int | None, batch: int) -> int:
 
 class TrainingData(NamedTuple):
     """What discriminator training reads: images uint8 NCHW, class labels int64 (None unless `cond`),
-    and the frozen feature extractor with its path (None for a scratch encoder)."""
+    the frozen feature extractor with its path (None for a scratch encoder), and the seeds of the
+    generated images (what guided sampling must not reuse)."""
 
     real: np.ndarray
     real_labels: np.ndarray | None
@@ -97,6 +106,7 @@ class TrainingData(NamedTuple):
     fake_labels: np.ndarray | None
     extractor: ADMEncoder | None
     extractor_path: str | None
+    fake_seeds: np.ndarray | None = None  # the seeds of the generated images (None: not recorded)
 
 
 def _frozen_extractor(feature_extractor: str, resolution: int, channels: int) -> tuple[ADMEncoder | None, str | None]:
@@ -131,6 +141,11 @@ def load_training_data(*, data: str | os.PathLike, samples: str | os.PathLike, c
         raise UserError(f"sample set {samples} has images {list(fake.shape[1:])} (CHW), dataset {data} "
                         f"has {[ds.num_channels, ds.resolution, ds.resolution]}")
     fake_labels = rec["labels"].astype(np.int64)
+    fake_seeds = rec["seeds"]
+    if fake_seeds is not None and (fake_seeds.ndim != 1 or fake_seeds.shape[0] != fake.shape[0]
+                                   or not np.issubdtype(fake_seeds.dtype, np.integer)):
+        raise UserError(f"sample set {samples}: 'seeds' must be one integer per image, got {fake_seeds.dtype} "
+                        f"{list(fake_seeds.shape)} for {fake.shape[0]} images")
     if cond and (fake_labels < 0).any():
         raise UserError(f"--cond: sample set {samples} has no class labels (labels -1: unconditional model)")
     if cond and ds.label_dim > 1000:
@@ -140,8 +155,9 @@ def load_training_data(*, data: str | os.PathLike, samples: str | os.PathLike, c
     if num_data is not None:
         real, fake, fake_labels = real[:num_data], fake[:num_data], fake_labels[:num_data]
         real_labels = real_labels[:num_data] if real_labels is not None else None
+        fake_seeds = fake_seeds[:num_data] if fake_seeds is not None else None
     return TrainingData(real, real_labels if cond else None, fake, fake_labels if cond else None, extractor,
-                        extractor_path)
+                        extractor_path, fake_seeds)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,7 +362,8 @@ def _finish_run(disc: GuidedDiscriminator, stored_extractor: str | None, out_dir
     """Write the trained discriminator and result.json; returns the result."""
     final = out_dir / "discriminator.pt"
     save_discriminator(final, disc, stored_extractor, kind="dg-discriminator", aot=opts["aot"], cond=opts["cond"],
-                       epoch=len(stats), pool_size=opts["pool_size"], cost=opts["cost"], scratch=opts["scratch"])
+                       epoch=len(stats), pool_size=opts["pool_size"], cost=opts["cost"], scratch=opts["scratch"],
+                       train_seeds=opts.get("train_seeds"))
     result = {"kind": "dg-train", **opts, "epochs": epochs, "discriminator": str(final),
               "feature_extractor": {"kind": "scratch" if opts["scratch"] else "adm-classifier",
                                     "path": stored_extractor, "init_kwargs": dict(disc.feature_extractor.init_kwargs)},
@@ -469,7 +486,7 @@ def train(*, data: str | os.PathLike, samples: str | os.PathLike, out: str | os.
     inputs = load_training_data(data=data, samples=samples, cond=cond, num_data=num_data,
                                 feature_extractor=feature_extractor)
     options = {"data": str(data), "samples": str(samples), "feature_extractor": feature_extractor,
-               "num_data": num_data}
+               "num_data": num_data, "train_seeds": seed_span(inputs.fake_seeds)}
     with Preemption() as preemption:
         result = train_discriminator(
             inputs.real, inputs.real_labels, inputs.fake, inputs.fake_labels, out, extractor=inputs.extractor,

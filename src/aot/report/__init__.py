@@ -7,7 +7,9 @@ One concern a module:
 
     results   FID result files -> one row per sample set (min, mean, std, n of the repeats); the
               paper's numbers (`aot/paper/*.csv`)
-    tables    Tables 1-5 as DataFrames, ours beside the paper's
+    tables    Tables 1-5 as DataFrames, ours beside the paper's; the paper's EDM rows become two,
+              "EDM (published network)" (EDM's official pickle) and "EDM (retrained here, AOT
+              off, same recipe)"; another dataset than CIFAR-10: "no published value"
     render    CSV, Markdown and LaTeX text; writing tables and figures, all files or none
     curves    Figures 1, 4, 5 (FID vs NFE and rho) and the trajectory curvature
     images    trajectory strips, denoised grids, sample grids (Figures 2, 3, 6-11)
@@ -27,8 +29,11 @@ from .images import plot_denoised_grid, plot_sample_grid, plot_trajectory_strip
 from .readme import benchmark_stage, write_readme
 from .render import read_table_csv, save_figure
 from .results import (
+    NO_PUBLISHED_VALUE,
     OFFLINE_CAVEAT,
     PAPER_FILES,
+    PUBLISHED_EDM,
+    RETRAINED_EDM,
     aggregate,
     as_aggregate,
     load_fid_results,
@@ -38,7 +43,8 @@ from .results import (
 from .tables import QUOTED_BASELINES, TABLE_TITLES, make_table, write_table
 
 __all__ = [
-    "OFFLINE_CAVEAT", "PAPER_FILES", "QUOTED_BASELINES", "TABLE_TITLES", "aggregate", "as_aggregate",
+    "NO_PUBLISHED_VALUE", "OFFLINE_CAVEAT", "PAPER_FILES", "PUBLISHED_EDM", "RETRAINED_EDM",
+    "QUOTED_BASELINES", "TABLE_TITLES", "aggregate", "as_aggregate",
     "benchmark_stage", "load_fid_results", "make_figure", "make_table", "minimal_step_optimum", "paper_table",
     "parse_fid_result", "plot_best_fid_vs_nfe", "plot_curvature", "plot_denoised_grid", "plot_fid_vs_nfe",
     "plot_fid_vs_rho", "plot_sample_grid", "plot_trajectory_strip", "read_table_csv", "save_figure", "write_figure",

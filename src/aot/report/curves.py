@@ -1,9 +1,11 @@
 """Curve figures: FID against NFE and rho (Figures 1, 4, 5) and trajectory curvature.
 
-Figure 1: FID vs NFE, our EDM/EDM-AOT curves (best FID over every measured rho at each NFE), the
-paper's curves from Table 5 and the quoted baselines of Tables 1-2 as points. Figure 4: FID vs rho
-at 18, 14 and 8 steps (log x). Figure 5: best FID over `rhos` vs NFE with the minimal-step optimum
-(the smallest NFE whose FID is within `tolerance` (relative) of the curve's best) marked.
+Figure 1: FID vs NFE, our curves (best FID over every measured rho at each NFE), the paper's
+curves from Table 5 and the quoted baselines of Tables 1-2 as points. Figure 4: FID vs rho at 18,
+14 and 8 steps (log x). Figure 5: best FID over `rhos` vs NFE with the minimal-step optimum (the
+fewest steps whose FID reaches the curve's lowest, within `tolerance` (relative, default 0))
+marked. Our curves are labelled by `kind_name`: EDM-AOT, "EDM (published network)" (EDM's
+official pickle) and "EDM (retrained here, AOT off, same recipe)"; the paper's as EDM, EDM-AOT.
 Curvature: distance of the denoised estimate to the final sample over sigma, from the diagnostics
 JSON of `aot diagnostics`, one panel per file.
 
@@ -28,18 +30,23 @@ from ..keys import fmt
 from .render import new_figure
 from .results import (
     OFFLINE_CAVEAT,
+    PUBLISHED_EDM,
+    RETRAINED_EDM,
     as_aggregate,
     cond_name,
     is_offline,
+    is_published_source,
     kind_name,
+    paper_kind,
     paper_table,
     plain_heun,
     single_feature_network,
 )
 from .tables import DEFAULT_RHOS, QUOTED_BASELINES, best_over_rho, col_value, table4_label, table5_label
 
-DEFAULT_TOLERANCE = 0.02
-COLORS = {"EDM": "tab:blue", "EDM-AOT": "tab:orange"}
+DEFAULT_TOLERANCE = 0.0
+COLORS = {"EDM": "tab:blue", RETRAINED_EDM: "tab:blue", PUBLISHED_EDM: "tab:green", "EDM-AOT": "tab:orange"}
+OUR_KINDS = (PUBLISHED_EDM, RETRAINED_EDM, "EDM-AOT")
 
 
 def _paper_axis(ax: Any, comparable: bool) -> Any:
@@ -95,7 +102,8 @@ def _caveat(fig: Any, feat: str | None) -> None:
 
 def minimal_step_optimum(nfes: Sequence[float], fids: Sequence[float],
                          tolerance: float = DEFAULT_TOLERANCE) -> tuple[float, float] | None:
-    """The smallest NFE whose FID is within `tolerance` (relative) of the curve's best FID."""
+    """The smallest NFE whose FID is within `tolerance` (relative) of the curve's best FID
+    (tolerance 0: the fewest steps that reach the lowest FID)."""
     pts = sorted((float(n), float(f)) for n, f in zip(nfes, fids) if np.isfinite(f))
     if not pts:
         return None
@@ -131,7 +139,12 @@ def _our_nfe_curves(ax: Any, best: pd.DataFrame, label: str, color: str, toleran
         ax.plot(s["nfe"], s["fid"], "o-", color=color, label=f"{lab} (ours)")
         opt = minimal_step_optimum(s["nfe"], s["fid"], tolerance) if tolerance is not None else None
         if opt:
-            ax.plot([opt[0]], [opt[1]], "*", color=color, ms=16, mec="k", label=f"optimum NFE {opt[0]:g}")
+            ax.plot([opt[0]], [opt[1]], "*", color=color, ms=16, mec="k", label=f"optimum: {optimum_text(opt[0])}")
+
+
+def optimum_text(nfe: float) -> str:
+    """'14 steps (NFE 27)': Heun's steps from its NFE (2 x steps - 1)."""
+    return f"{(int(nfe) + 1) // 2} steps (NFE {nfe:g})"
 
 
 def plot_fid_vs_nfe(results: Any, paper: bool = True) -> Any:
@@ -148,10 +161,11 @@ def plot_fid_vs_nfe(results: Any, paper: bool = True) -> Any:
     fig, axes = new_figure(1, len(conds))
     for ax, cond in zip(axes[0], conds):
         pax = _paper_axis(ax, not is_offline(feat))
+        for kind in OUR_KINDS:
+            _our_nfe_curves(ax, best, table5_label(kind, cond), COLORS[kind])
         for aot in (False, True):
-            kind = kind_name(aot)
-            label = table5_label(aot, cond)
-            _our_nfe_curves(ax, best, label, COLORS[kind])
+            kind = paper_kind(aot)
+            label = table5_label(kind, cond)
             if paper and label in paper5.index:
                 row = paper5.loc[label]
                 xs = [col_value(c) for c in row.index]
@@ -182,14 +196,15 @@ def plot_fid_vs_rho(results: Any, steps: Sequence[int] = (18, 14, 8)) -> Any:
         for j, n in enumerate(steps):
             ax = axes[i][j]
             pax = _paper_axis(ax, not is_offline(feat))
-            for aot in (False, True):
-                kind = kind_name(aot)
-                sub = df[(df["aot"] == aot) & (df["cond"] == cond) & (df["num_steps"] == n)] \
+            for kind in OUR_KINDS:
+                sub = df[(df["kind"] == kind) & (df["cond"] == cond) & (df["num_steps"] == n)] \
                     if len(df) else df
                 for model, s in (sub.groupby("model") if len(sub) else []):
                     s = s.sort_values("rho")
                     ax.plot(s["rho"], s["fid"], "o-", color=COLORS[kind], label=f"{kind} [{model}]")
-                label = table4_label(aot, n, cond)
+            for aot in (False, True):
+                kind = paper_kind(aot)
+                label = table4_label(kind, n, cond)
                 if label in paper4.index:
                     row = paper4.loc[label].astype(float)
                     xs = np.array([col_value(c) for c in row.index])
@@ -219,10 +234,11 @@ def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
     fig, axes = new_figure(1, 2)
     for ax, cond in zip(axes[0], (False, True)):
         pax = _paper_axis(ax, not is_offline(feat))
+        for kind in OUR_KINDS:
+            _our_nfe_curves(ax, best, table5_label(kind, cond), COLORS[kind], tolerance)
         for aot in (False, True):
-            kind = kind_name(aot)
-            label = table5_label(aot, cond)
-            _our_nfe_curves(ax, best, label, COLORS[kind], tolerance)
+            kind = paper_kind(aot)
+            label = table5_label(kind, cond)
             if label in paper5.index:
                 row = paper5.loc[label].astype(float)
                 xs = np.array([col_value(c) for c in row.index])
@@ -230,7 +246,8 @@ def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
                          label=f"{label} (paper)")
                 opt = minimal_step_optimum(xs, row.values, tolerance)
                 if opt:
-                    pax.plot([opt[0]], [opt[1]], "*", color="none", mec=COLORS[kind], ms=14)
+                    pax.plot([opt[0]], [opt[1]], "*", color="none", mec=COLORS[kind], ms=14,
+                             label=f"{label} (paper) optimum: {optimum_text(opt[0])}")
         for a in {ax, pax}:
             _log_axis(a, "y")
         ax.set_xlabel("NFE")
@@ -306,16 +323,16 @@ def plot_curvature(diag_json: Any) -> Any:
             sig = np.asarray(m["curve"]["sigma"], dtype=float)
             dist = np.asarray(m["curve"]["x0_distance_to_final"], dtype=float)
             ok = sig > 0
-            kind = kind_name(bool(m.get("aot")))
+            kind = kind_name(bool(m.get("aot")), is_published_source(m.get("source")))
             c = m.get("curvature")
-            lab = str(m["name"]) + (f" (curvature {c:.3g})" if isinstance(c, (int, float)) else "")
+            lab = f"{m['name']}: {kind}" + (f", curvature {c:.3g}" if isinstance(c, (int, float)) else "")
             ax.plot(sig[ok], dist[ok], "o-", ms=3,
-                    color=COLORS.get(kind) if len(obj["models"]) <= 2 else None, label=lab)
+                    color=COLORS.get(kind) if len(obj["models"]) <= 3 else None, label=lab)
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("sigma (sampling runs from left to right)")
         ax.set_ylabel("distance of x0 estimate to final sample")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.set_title(title or "trajectory curvature", fontsize=9)
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].set_axis_off()

@@ -4,6 +4,13 @@
 2, 6, 7, 8: strip; 3, 9: denoised-grid; 10, 11: samples; curvature: curvature). Curves read FID
 result files or folders of them; strips and denoised grids the diagnostics npz (its JSON given
 means the npz beside it); samples one sample-set npz; curvature one or more diagnostics JSONs.
+Strips and grids label each model with its name and kind (EDM-AOT, "EDM (published network)",
+"EDM (retrained here, AOT off, same recipe)") from the diagnostics JSON beside the npz.
+
+The paper's settings (the workflow's FIGURES in workflow/rules/report.smk): Figure 3 is the single
+Euler step's estimate from sigma_max (step 0 of the diagnostics, `step=0`); Figure 6 unconditional
+at 10 steps, Figures 2 and 7 unconditional and Figure 8 conditional at 18 steps, all rho 7;
+Figure 5 marks the fewest steps that reach the lowest FID (tolerance 0).
 """
 
 from __future__ import annotations
@@ -13,19 +20,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import UserError
+from ..files import read_json
 from .curves import DEFAULT_TOLERANCE, plot_best_fid_vs_nfe, plot_curvature, plot_fid_vs_nfe, plot_fid_vs_rho
 from .images import load_diagnostics, load_samples, plot_denoised_grid, plot_sample_grid, plot_trajectory_strip
 from .render import save_figure
-from .results import cond_name, kind_name, load_fid_results
+from .results import cond_name, is_published_source, kind_name, load_fid_results
 from .tables import DEFAULT_RHOS
 
 FIGURE_TITLES = {
     "1": "Figure 1: FID vs NFE, EDM and EDM-AOT against quoted baselines",
     "2": "Figure 2: single-step denoised estimates along the sampling path",
-    "3": "Figure 3: denoised estimates at an early step, EDM vs EDM-AOT",
+    "3": "Figure 3: the single Euler step's denoised estimate from sigma_max, EDM vs EDM-AOT",
     "4": "Figure 4: FID vs rho at 18, 14 and 8 steps",
-    "5": "Figure 5: best FID over rho vs NFE, minimal-step optimum marked",
+    "5": "Figure 5: best FID over rho vs NFE, the fewest steps reaching the lowest FID marked",
     "6": "Figure 6: single-step denoised estimates along the sampling path",
     "7": "Figure 7: single-step denoised estimates along the sampling path",
     "8": "Figure 8: single-step denoised estimates along the sampling path",
@@ -64,7 +74,31 @@ def _one_input(figure: str, option: str, given: str | None, inputs: Sequence[str
 def _diag_title(figure: str, diag: dict) -> str:
     base = FIGURE_TITLES.get(figure, "trajectory diagnostics")
     steps = diag["x0"][0].shape[1]
-    return f"{base} ({' vs '.join(diag['names'])}, {steps} steps, same noise)"
+    labels = diag.get("labels")
+    part = "conditional" if labels is not None and np.size(labels) and np.all(labels >= 0) else "unconditional"
+    names = [n.split("\n")[0] for n in diag["names"]]
+    return f"{base} ({' vs '.join(names)}; {part}, {steps} steps, same noise)"
+
+
+def diagnostics_kinds(npz: str | os.PathLike) -> dict[str, str]:
+    """Model name -> kind (`kind_name`) from the diagnostics JSON beside the npz; {} without it."""
+    path = Path(npz).with_suffix(".json")
+    if not path.is_file():
+        return {}
+    obj = read_json(path, "diagnostics JSON")
+    models = obj.get("models") if isinstance(obj, dict) else None
+    if not isinstance(models, list):
+        raise UserError(f"diagnostics JSON {path}: missing key 'models' (a list)")
+    return {str(m["name"]): kind_name(bool(m.get("aot")), is_published_source(m.get("source")))
+            for m in models if isinstance(m, dict) and "name" in m}
+
+
+def _label_models(diag: dict, kinds: dict[str, str]) -> dict:
+    """The model names of a diagnostics dict with their kinds below them."""
+    import textwrap
+
+    names = [f"{n}\n{textwrap.fill(kinds[n], 22)}" if n in kinds else n for n in diag["names"]]
+    return {**diag, "names": names}
 
 
 def _samples_title(figure: str, meta: dict) -> str:
@@ -72,7 +106,8 @@ def _samples_title(figure: str, meta: dict) -> str:
     sampler = meta.get("sampler", {}) if isinstance(meta, dict) else {}
     parts = [FIGURE_TITLES[figure]]
     if model.get("name"):
-        parts.append(f"{model['name']} ({kind_name(bool(model.get('aot')))}, "
+        kind = kind_name(bool(model.get("aot")), is_published_source(model.get("source")))
+        parts.append(f"{model['name']} ({kind}, "
                      f"{cond_name(bool(model.get('cond')))})")
     if sampler.get("key"):
         parts.append(f"{sampler['key']}, NFE {sampler.get('nfe', '?')}")
@@ -130,7 +165,9 @@ def make_figure(
         return fig
     if kind in ("strip", "denoised-grid"):
         path = _one_input(figure, "diagnostics", diagnostics, inputs, "diagnostics npz")
-        diag = load_diagnostics(Path(path).with_suffix(".npz") if path.endswith(".json") else path)
+        npz = Path(path).with_suffix(".npz") if path.endswith(".json") else Path(path)
+        diag = load_diagnostics(npz)
+        diag = _label_models(diag, diagnostics_kinds(npz))
         if kind == "strip":
             if max_columns < 1:
                 raise UserError(f"--max-columns must be positive, got {max_columns}")

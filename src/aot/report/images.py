@@ -142,7 +142,7 @@ def plot_trajectory_strip(diag: Any, seed_index: int = 0, max_columns: int = 10,
             _imshow(ax, to_uint8(d["x"][i][seed_index, -1]))
             if i == 0:
                 ax.set_title("final", fontsize=7)
-        axes[i][0].set_ylabel(name, fontsize=8)
+        axes[i][0].set_ylabel(name, fontsize=6 if "\n" in name else 8)
     fig.suptitle(title or "single-step denoised estimate x0 along the path (same noise)", fontsize=9)
     return fig
 
@@ -163,7 +163,7 @@ def plot_denoised_grid(diag: Any, step: int | None = None, max_seeds: int = 64,
     for i, name in enumerate(d["names"]):
         imgs = np.stack([_hwc(to_uint8(x)) for x in d["x0"][i][:n, step]])
         _imshow(axes[0][i], tile(imgs, cols))
-        axes[0][i].set_title(name, fontsize=9)
+        axes[0][i].set_title(name, fontsize=8 if "\n" in name else 9)
     fig.suptitle(title or f"denoised estimate x0 at step {step} (σ={sigma:.3g}), same seeds",
                  fontsize=9)
     return fig

@@ -25,10 +25,11 @@ from ..errors import UserError
 from ..files import atomic_path, read_json
 from .figures import CURVE_FIGURES, FIGURE_TITLES
 from .render import md_cell, read_table_csv, strip_known_suffix
-from .results import OFFLINE_CAVEAT, OFFLINE_FEATURES
+from .results import OFFLINE_CAVEAT, OFFLINE_FEATURES, PUBLISHED_EDM, RETRAINED_EDM
 from .tables import QUOTED_BASELINES
 
 STAGES = ("train", "generate", "fid", "dg", "other")
+FIDELITY_DOC = "docs/fidelity.md"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,19 +196,42 @@ def _provenance_section(loaded: list, feats: list[str], offline: bool) -> list[s
               "- **Quoted from the paper:** every \"paper\" column (CIFAR-10, FID-50k, minimum of "
               "three), and the literature baselines " + ", ".join(QUOTED_BASELINES)
               + " in Tables 1-2 (status \"quoted\"); this pipeline does not train them.",
-              "- Empty cells: not measured in this run, or not stated in the paper.",
+              f"- **Two EDM baselines:** \"{PUBLISHED_EDM}\" is EDM's official network imported "
+              "from its pickle (the paper's EDM numbers are this network's, trained at batch 512); "
+              f"\"{RETRAINED_EDM}\" is trained by this pipeline with the EDM-AOT models' settings "
+              "and independent noise. Both stand beside the paper's EDM number.",
+              "- Empty cells: not measured in this run, or not stated in the paper; \"no published "
+              "value\": the paper has no number for this row or dataset.",
               "- Figures 2, 3, 6-9 and the curvature plot are measured only (the paper shows "
               "pictures, not numbers); Figures 10-11 show samples of this run.", ""]
     missing = []
     for t, df, meta in loaded:
         if "status" in df.columns:
-            nm = df.loc[df["status"] == "not measured", "model"].tolist()
+            status = df["status"].astype(str)
+            nm = [f"{m} ({st})" if st != "not measured" else m for m, st in zip(df["model"], status)
+                  if st == "not measured" or st.startswith("not run")]
             if nm:
                 missing.append(f"Table {meta.get('table', t.stem)}: " + ", ".join(nm))
     if missing:
         lines += ["Paper rows of EDM/EDM-AOT without a measurement in this run: "
                   + "; ".join(missing) + ".", ""]
     return lines
+
+
+def fidelity_doc() -> Path | None:
+    """docs/fidelity.md of the source tree this package runs from, None when not there."""
+    path = Path(__file__).resolve().parents[3] / FIDELITY_DOC
+    return path if path.is_file() else None
+
+
+def _fidelity_section(base: Path) -> list[str]:
+    doc = fidelity_doc()
+    link = f"[{FIDELITY_DOC}]({_rel(doc, base)})" if doc else f"`{FIDELITY_DOC}` of the aot repository"
+    return ['<a id="fidelity"></a>', "## Fidelity: where the sources disagree", "",
+            "Every place where the paper, the authors' code, EDM and DG disagree or are silent "
+            "(Table 3's NFE, the conditional batch, Table 4's unreadable cells, the discriminator's "
+            f"epochs, the FID reference statistics, the EDM baselines), and what this run chose: {link}.",
+            ""]
 
 
 def _compute_section(ct: pd.DataFrame, benchmarks: str | os.PathLike | None) -> list[str]:
@@ -279,10 +303,11 @@ def build_readme(run_dir: str | os.PathLike, out: str | os.PathLike, config: dic
     lines += [f"- [{m.get('title', t.stem)}](#{t.stem})" for t, _, m in loaded]
     lines += [f"- [{FIGURE_TITLES.get(_figure_id(f), f.stem)}](#{f.stem})" for f in figures]
     lines += ["- [Measured vs quoted](#measured-vs-quoted)", "- [Compute time](#compute-time)",
-              "- [Settings](#settings)", ""]
+              "- [Fidelity: where the sources disagree](#fidelity)", "- [Settings](#settings)", ""]
     lines += _tables_section(loaded, base)
     lines += _figures_section(figures, base, offline)
     lines += _provenance_section(loaded, feats, offline)
+    lines += _fidelity_section(base)
     lines += _compute_section(ct, benchmarks)
     lines += _settings_section(config, config_path)
     return "\n".join(lines)

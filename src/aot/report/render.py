@@ -26,7 +26,7 @@ import pandas as pd
 from ..errors import UserError
 from ..files import atomic_path
 from ..keys import fmt
-from .results import OFFLINE_CAVEAT, is_offline
+from .results import NO_PUBLISHED_VALUE, OFFLINE_CAVEAT, is_offline
 
 _KNOWN_SUFFIXES = (".csv", ".md", ".tex", ".png", ".pdf")
 
@@ -62,6 +62,11 @@ def _fmt_int(v: Any) -> str:
     return "" if v is None or pd.isna(v) else str(int(v))
 
 
+def paper_cell(v: Any) -> str:
+    """A cell of a paper column: the value, or "no published value"."""
+    return fmt_value(v) or NO_PUBLISHED_VALUE
+
+
 def _metric_name(feature_network: str | None) -> str:
     return "FD-offline" if is_offline(feature_network) else "FID"
 
@@ -71,9 +76,12 @@ def _display_grid(full: pd.DataFrame, m: str) -> pd.DataFrame:
     keep only their paper row."""
     keep = full[full["stat"].isin(["ours", "best rho", "paper", "diff"])].copy()
     value_cols = [c for c in keep.columns if c not in ("setting", "stat")]
+    no_paper = {s for s, st, *vals in keep[["setting", "stat", *value_cols]].itertuples(index=False)
+                if st == "paper" and not any(pd.notna(v) for v in vals)}
+    names = {"ours": f"{m} (ours)", "best rho": "best rho", "paper": "FID (paper)", "diff": "Δ"}
     disp = pd.DataFrame({"Setting": keep["setting"],
-                         "": keep["stat"].map({"ours": f"{m} (ours)", "best rho": "best rho",
-                                               "paper": "FID (paper)", "diff": "Δ"})})
+                         "": [f"FID (paper): {NO_PUBLISHED_VALUE}" if st == "paper" and s in no_paper
+                              else names[st] for s, st in zip(keep["setting"], keep["stat"])]})
     for col in value_cols:
         vals = []
         for stat, v in zip(keep["stat"], keep[col]):
@@ -84,7 +92,8 @@ def _display_grid(full: pd.DataFrame, m: str) -> pd.DataFrame:
         disp[col] = vals
     has_ours = {s for s, st, *vals in keep[["setting", "stat", *value_cols]].itertuples(index=False)
                 if st == "ours" and any(pd.notna(v) for v in vals)}
-    mask = [(s in has_ours) or st == "paper" for s, st in zip(keep["setting"], keep["stat"])]
+    mask = [(s in has_ours) or (st == "paper" and s not in no_paper)
+            for s, st in zip(keep["setting"], keep["stat"])]
     return disp[mask].reset_index(drop=True)
 
 
@@ -98,15 +107,17 @@ def display_table(number: int, full: pd.DataFrame, feature_network: str | None) 
             "mean ± std": [f"{fmt_value(a)} ± {fmt_value(b)}" if pd.notna(b) else fmt_value(a)
                            for a, b in zip(full["fid_mean"], full["fid_std"])],
             "n": [str(n) if n else "" for n in full["n"]],
-            "FID (paper)": full["fid_paper"].map(fmt_value),
+            "FID (paper)": [fmt_value(v) if st == "quoted" else paper_cell(v)
+                            for v, st in zip(full["fid_paper"], full["status"])],
             "Δ": full["diff"].map(lambda v: fmt_value(v, signed=True)),
         })
     if number == 3:
-        out = {"Model": full["model"], "NFE (paper)": full["nfe_paper"].map(_fmt_int)}
-        for c in ("uncond", "cond"):
+        out = {"Model": full["model"],
+               "NFE (paper)": [_fmt_int(v) or NO_PUBLISHED_VALUE for v in full["nfe_paper"]]}
+        for c in [c for c in ("uncond", "cond") if f"fid_{c}" in full]:
             out[f"{c}: {m} (ours)"] = full[f"fid_{c}"].map(fmt_value)
             out[f"{c}: n"] = [str(n) if n else "" for n in full[f"n_{c}"]]
-            out[f"{c}: FID (paper)"] = full[f"fid_{c}_paper"].map(fmt_value)
+            out[f"{c}: FID (paper)"] = full[f"fid_{c}_paper"].map(paper_cell)
             out[f"{c}: Δ"] = full[f"diff_{c}"].map(lambda v: fmt_value(v, signed=True))
         return pd.DataFrame(out)
     return _display_grid(full, m)
@@ -165,8 +176,9 @@ def to_latex(df: pd.DataFrame, caption: str, label: str, notes: Sequence[str] = 
 
 def render_table(number: int, full: pd.DataFrame, disp: pd.DataFrame, meta: dict) -> dict[str, str]:
     """Text of the CSV, Markdown and LaTeX files."""
-    head = [f"# {k}: {meta[k]}" for k in ("table", "title", "feature_network", "metric", "sample_sets",
-                                          "measurements", "rhos") if meta.get(k) not in ("", None)]
+    head = [f"# {k}: {meta[k]}" for k in ("table", "title", "dataset", "feature_network", "metric",
+                                          "sample_sets", "measurements", "rhos")
+            if meta.get(k) not in ("", None)]
     buf = io.StringIO()
     full.to_csv(buf, index=False, float_format="%.6g")
     csv = "\n".join(head) + "\n" + buf.getvalue()

@@ -35,6 +35,10 @@ from ..files import read_json
 PAPER_FILES = {1: "table1_uncond.csv", 2: "table2_cond.csv", 3: "table3_dg.csv",
                4: "table4_rho.csv", 5: "table5_nfe.csv"}
 OFFLINE_FEATURES = "offline-classifier"
+PUBLISHED_EDM = "EDM (published network)"
+RETRAINED_EDM = "EDM (retrained here, AOT off, same recipe)"
+PAPER_DATASET = "cifar10"
+NO_PUBLISHED_VALUE = "no published value"
 OFFLINE_CAVEAT = ("Frechet distance in an offline classifier's feature space "
                   "(not FID-Inception; not comparable to the paper column)")
 
@@ -144,9 +148,11 @@ def parse_fid_result(obj: Any, path: Any = "<dict>") -> dict:
     if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int)):
         raise _fail(path, f"'repeat' must be an integer, got {repeat!r}")
     time_s = obj.get("time_s")
+    source = _get(obj, "model.source", path, None)
     return {
         "seeds": _seeds(obj, path),
-        "model": name, "aot": aot, "cond": cond, "solver": solver, "num_steps": int(steps_v),
+        "model": name, "aot": aot, "cond": cond, "published": is_published_source(source),
+        "solver": solver, "num_steps": int(steps_v),
         "rho": rho, "nfe": int(nfe), "S_churn": churn, "guidance": guidance,
         "guidance_sig": guidance_sig,
         "sampler_key": keys.sampler_key(solver, steps_v, rho, churn, guidance=guidance),
@@ -175,7 +181,7 @@ def load_fid_results(paths: Iterable[str | os.PathLike]) -> list[dict]:
 
 _GROUP_KEYS = ("model", "aot", "cond", "solver", "num_steps", "rho", "S_churn", "guidance",
                "guidance_sig", "feature_network")
-AGG_COLUMNS = ["model", "aot", "cond", "solver", "num_steps", "rho", "nfe", "S_churn", "guidance",
+AGG_COLUMNS = ["model", "aot", "cond", "published", "kind", "solver", "num_steps", "rho", "nfe", "S_churn", "guidance",
                "sampler_key", "feature_network", "fid", "fid_mean", "fid_std", "n", "repeats",
                "files", "time_s"]
 
@@ -214,6 +220,8 @@ def aggregate(records: Sequence[dict]) -> pd.DataFrame:
         rows.append({
             **{k: first[k] for k in ("model", "aot", "cond", "solver", "num_steps", "rho", "nfe",
                                      "S_churn", "guidance", "sampler_key", "feature_network")},
+            "published": bool(first.get("published", False)),
+            "kind": kind_name(first["aot"], bool(first.get("published", False))),
             "fid": stats["min"], "fid_mean": stats["mean"], "fid_std": stats["std"], "n": stats["n"],
             "repeats": sorted(m["repeat"] for m in members if m["repeat"] is not None),
             "files": [m["file"] for m in members],
@@ -230,7 +238,7 @@ def aggregate(records: Sequence[dict]) -> pd.DataFrame:
 def as_aggregate(results: Any) -> pd.DataFrame:
     """Accept an aggregate DataFrame, FID result dicts, paths, or a mix of dicts and paths."""
     if isinstance(results, pd.DataFrame):
-        return results
+        return with_kind(results)
     records = []
     for i, item in enumerate(list(results or [])):
         if isinstance(item, dict) and "file" in item and "sampler_key" in item:
@@ -263,8 +271,33 @@ def is_offline(feature_network: str | None) -> bool:
 # Selections and names of sample sets
 
 
-def kind_name(aot: bool) -> str:
+def is_published_source(source: Any) -> bool:
+    """A network imported from EDM's official pickles (checkpoint meta source `edm-pickle:...`)."""
+    return isinstance(source, str) and source.startswith("edm-pickle")
+
+
+def kind_name(aot: bool, published: bool = False) -> str:
+    """What a model is, as every table and figure labels it: EDM-AOT, or one of the two EDM
+    baselines: EDM's published network (the paper's EDM rows) or EDM retrained by this pipeline
+    with AOT off and otherwise the same recipe as EDM-AOT."""
+    if aot:
+        return "EDM-AOT"
+    return PUBLISHED_EDM if published else RETRAINED_EDM
+
+
+def paper_kind(aot: bool) -> str:
+    """The name the paper's tables give the model: EDM or EDM-AOT."""
     return "EDM-AOT" if aot else "EDM"
+
+
+def paper_label(label: str) -> str:
+    """The paper's row label that one of our labels stands beside: the model suffix ` [name]`
+    dropped, either EDM baseline named as the paper names it ("EDM")."""
+    base = label.split(" [")[0]
+    for kind in (PUBLISHED_EDM, RETRAINED_EDM):
+        if base.startswith(kind):
+            return "EDM" + base[len(kind):]
+    return base
 
 
 def cond_name(cond: bool) -> str:
@@ -291,12 +324,23 @@ def plain_heun(agg: pd.DataFrame) -> pd.DataFrame:
     return df[(df["solver"] == "heun") & (df["S_churn"] == 0)]
 
 
-def models_per_kind(df: pd.DataFrame) -> dict[tuple[bool, bool], list[str]]:
-    """(aot, cond) -> the model names of that kind."""
-    out: dict[tuple[bool, bool], list[str]] = {}
-    for (aot, cond), sub in df.groupby(["aot", "cond"]):
-        out[(bool(aot), bool(cond))] = sorted(set(sub["model"]))
+def models_per_kind(df: pd.DataFrame) -> dict[tuple[str, bool], list[str]]:
+    """(kind, cond) -> the model names of that kind (`kind_name`)."""
+    out: dict[tuple[str, bool], list[str]] = {}
+    for (kind, cond), sub in with_kind(df).groupby(["kind", "cond"]):
+        out[(str(kind), bool(cond))] = sorted(set(sub["model"]))
     return out
+
+
+def with_kind(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with `published` and `kind` columns (an aggregate made before they existed)."""
+    if "kind" in df.columns and "published" in df.columns:
+        return df
+    df = df.copy()
+    if "published" not in df.columns:
+        df["published"] = False
+    df["kind"] = [kind_name(bool(a), bool(p)) for a, p in zip(df["aot"], df["published"])]
+    return df
 
 
 def with_model(label: str, model: str, models: list[str]) -> str:

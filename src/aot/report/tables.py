@@ -1,24 +1,31 @@
 """The paper's Tables 1-5 as DataFrames, ours beside the published numbers.
 
 Row identity (labels are built to match the strings of the paper CSV files):
-- Tables 1 (cond false) and 2 (cond true), unguided sample sets: "EDM" is aot false with the default
-  sampler (heun, 18 steps, rho 7, no churn); every other measured setting gets its own row,
-  "EDM-AOT (rho=90, 14 steps)", "EDM (rho=9, 8 steps)", with ", euler" / ", churn=X" appended
-  where they apply. The paper value sits beside a row whose label matches. The literature baselines
+- Every EDM row of the paper is two rows of ours: "EDM (published network)" (a network imported
+  from EDM's official pickle, model source `edm-pickle:...`; the paper's EDM numbers are its) and
+  "EDM (retrained here, AOT off, same recipe)" (trained by this pipeline); both stand beside the
+  paper's EDM value. Without a measured published network its row has status "not run (...)".
+- Tables 1 (cond false) and 2 (cond true), unguided sample sets: the EDM rows are aot false with
+  the default sampler (heun, 18 steps, rho 7, no churn); every other measured setting gets its own
+  row, "EDM-AOT (rho=90, 14 steps)", "EDM (retrained here, AOT off, same recipe; rho=9, 8 steps)",
+  with ", euler" / ", churn=X" appended where they apply. The paper value sits beside a row whose
+  label matches; a row without one says "no published value". The literature baselines
   (DDPM, SGM, PFGM, LSGM, PFGM++, STF) are rows with status "quoted"; paper rows of ours that were
   not measured have status "not measured". Several model names of one kind get "[model-name]".
-- Table 3: "EDM w/o DG", "EDM+DG" (guidance.aot false), "EDM-AOT w/o DG", "EDM-AOT + DG w/o AOT",
-  "EDM-AOT + DG w/ AOT"; columns uncond and cond. Where several sample sets fit one cell, the one
-  with the sampler settings of the same model's guided runs wins, then the default sampler, then
-  the lowest FID; the CSV records the chosen model and sampler key. An EDM model guided by an AOT
-  discriminator gets the extra row "EDM + DG w/ AOT".
-- Table 4: rows "<EDM|EDM-AOT>, <n> steps, <uncond|cond>", columns "rho=<r>" (paper's and ours).
-- Table 5: rows "<EDM|EDM-AOT>, <uncond|cond>", columns "nfe=<k>"; the value is the best (min) FID
+- Table 3: "<EDM> w/o DG", "<EDM> + DG" (guidance.aot false) for both EDM baselines, "EDM-AOT w/o
+  DG", "EDM-AOT + DG w/o AOT", "EDM-AOT + DG w/ AOT"; columns uncond and cond. Where several
+  sample sets fit one cell, the one with the sampler settings of the same model's guided runs
+  wins, then the default sampler, then the lowest FID; the CSV records the chosen model and
+  sampler key. An EDM model guided by an AOT discriminator gets the extra row "<EDM> + DG w/ AOT".
+- Table 4: rows "<kind>, <n> steps, <uncond|cond>", columns "rho=<r>" (paper's and ours); the
+  paper's "EDM, ..." rows stand beside both EDM baselines.
+- Table 5: rows "<kind>, <uncond|cond>", columns "nfe=<k>"; the value is the best (min) FID
   over the rho values in `rhos` (default the paper's 9,27,81,243); row "best rho" says which won.
 Tables 4 and 5 have a `stat` column: rows "ours", "ours mean", "ours std", "n", ("best rho"),
 "paper", "diff". Tables 1-3 have one row per entry with our min/mean/std/n, the paper value and
 diff = ours - paper. With the offline feature network the difference is left out (empty `diff`,
-no "diff" rows): the two metrics are not comparable.
+no "diff" rows): the two metrics are not comparable. For another dataset than CIFAR-10 (`dataset`)
+the paper's rows stay, its numbers and the quoted baselines go: "no published value".
 """
 
 from __future__ import annotations
@@ -35,13 +42,18 @@ from ..errors import UserError
 from ..keys import fmt
 from .render import display_table, render_table, write_outputs
 from .results import (
+    NO_PUBLISHED_VALUE,
     OFFLINE_CAVEAT,
+    PAPER_DATASET,
+    PUBLISHED_EDM,
+    RETRAINED_EDM,
     as_aggregate,
     cond_name,
     is_default_sampler,
     is_offline,
     kind_name,
     models_per_kind,
+    paper_label,
     paper_table,
     plain_heun,
     single_feature_network,
@@ -74,42 +86,78 @@ def col_value(col: str) -> float:
     return float(col.split("=", 1)[1])
 
 
+def paper_values(number: int, dataset: str | None = PAPER_DATASET) -> pd.DataFrame:
+    """The paper's table `number`: its rows and columns always, its numbers only for the paper's
+    dataset (CIFAR-10); for another dataset every value is NaN (no published value) and the
+    quoted literature baselines are left out."""
+    paper = paper_table(number)
+    if dataset in (None, PAPER_DATASET):
+        return paper
+    label_col = "model" if "model" in paper.columns else "setting"
+    paper = paper[~paper[label_col].isin(QUOTED_BASELINES)].reset_index(drop=True)
+    for col in paper.columns:
+        if col != label_col:
+            paper[col] = float("nan")
+    return paper
+
+
+def published_status(dataset: str | None) -> str:
+    """Status of the "EDM (published network)" row when no sample set of it was measured."""
+    if dataset not in (None, PAPER_DATASET):
+        return f"not run (EDM publishes CIFAR-10 networks only; dataset {dataset})"
+    return "not run (no tables.<part>.edm_published model)"
+
+
+def row_kind(row: Any) -> str:
+    return kind_name(bool(row["aot"]), bool(row.get("published", False)))
+
+
+def with_settings(kind: str, extras: Sequence[str]) -> str:
+    """'EDM-AOT' + settings -> 'EDM-AOT (rho=9, 8 steps)'; 'EDM (published network)' + settings ->
+    'EDM (published network; rho=9, 8 steps)'."""
+    text = ", ".join(extras)
+    return f"{kind[:-1]}; {text})" if kind.endswith(")") else f"{kind} ({text})"
+
+
 # ------------------------------------------------------------------------------------------------
 # Tables 1 and 2
 
 
 def table12_label(row: Any) -> str:
     if not row["aot"] and is_default_sampler(row):
-        return "EDM"
+        return row_kind(row)
     extras = [f"rho={fmt(row['rho'])}", f"{int(row['num_steps'])} steps"]
     if row["solver"] != "heun":
         extras.append(row["solver"])
     if row["S_churn"]:
         extras.append(f"churn={fmt(row['S_churn'])}")
-    return f"{kind_name(bool(row['aot']))} ({', '.join(extras)})"
+    return with_settings(row_kind(row), extras)
 
 
 def _table12_entry(label: str, status: str, r: Any, p: Any) -> dict:
     ours = r["fid"] if r is not None else float("nan")
     pf = float(p["fid"]) if p is not None and pd.notna(p["fid"]) else float("nan")
+    pn = int(p["nfe"]) if p is not None and pd.notna(p["nfe"]) else None
     return {
         "model": label, "status": status,
-        "nfe": int(r["nfe"]) if r is not None else (int(p["nfe"]) if p is not None else None),
+        "nfe": int(r["nfe"]) if r is not None else pn,
         "fid": ours,
         "fid_mean": r["fid_mean"] if r is not None else float("nan"),
         "fid_std": r["fid_std"] if r is not None else float("nan"),
         "n": int(r["n"]) if r is not None else 0,
         "fid_paper": pf, "diff": diff(ours, pf),
-        "nfe_paper": int(p["nfe"]) if p is not None else None,
+        "nfe_paper": pn,
         "model_name": r["model"] if r is not None else "",
         "sampler_key": r["sampler_key"] if r is not None else "",
     }
 
 
-def build_table12(agg: pd.DataFrame, number: int) -> pd.DataFrame:
-    """Table 1 (unconditional) or 2 (conditional): one row per model/setting, paper beside ours."""
+def build_table12(agg: pd.DataFrame, number: int, dataset: str | None = PAPER_DATASET) -> pd.DataFrame:
+    """Table 1 (unconditional) or 2 (conditional): one row per model/setting, paper beside ours.
+    The paper's "EDM" row is two rows, EDM's published network and EDM retrained here, each
+    beside the paper's number (which is the published network's)."""
     cond = number == 2
-    paper = paper_table(number)
+    paper = paper_values(number, dataset)
     df = unguided(agg)
     df = df[df["cond"] == cond] if len(df) else df
     models = models_per_kind(df) if len(df) else {}
@@ -117,7 +165,7 @@ def build_table12(agg: pd.DataFrame, number: int) -> pd.DataFrame:
     for _, r in df.iterrows():
         base = table12_label(r)
         measured.append({"base": base,
-                         "label": with_model(base, r["model"], models[(bool(r["aot"]), cond)]),
+                         "label": with_model(base, r["model"], models[(row_kind(r), cond)]),
                          "row": r})
     paper_by_label = {str(p["model"]): p for _, p in paper.iterrows()}
     rows = []
@@ -126,12 +174,14 @@ def build_table12(agg: pd.DataFrame, number: int) -> pd.DataFrame:
         if label in QUOTED_BASELINES:
             rows.append(_table12_entry(label, "quoted", None, p))
             continue
-        hits = [m for m in measured if m["base"] == label]
-        if not hits:
-            rows.append(_table12_entry(label, "not measured", None, p))
-        for m in hits:
-            rows.append(_table12_entry(m["label"], "measured", m["row"], p))
-            used.add(id(m))
+        for want in (PUBLISHED_EDM, RETRAINED_EDM) if label == "EDM" else (label,):
+            hits = [m for m in measured if m["base"] == want]
+            if not hits:
+                status = published_status(dataset) if want == PUBLISHED_EDM else "not measured"
+                rows.append(_table12_entry(want, status, None, p))
+            for m in hits:
+                rows.append(_table12_entry(m["label"], "measured", m["row"], p))
+                used.add(id(m))
     extra = [m for m in measured if id(m) not in used]
     extra.sort(key=lambda m: (bool(m["row"]["aot"]), int(m["row"]["nfe"]), float(m["row"]["rho"]),
                               m["label"]))
@@ -148,16 +198,33 @@ def build_table12(agg: pd.DataFrame, number: int) -> pd.DataFrame:
 # Table 3
 
 
-def table3_label(aot: bool, guidance: str | None) -> str:
+def table3_label(aot: bool, guidance: str | None, published: bool = False) -> str:
+    kind = kind_name(aot, published)
     if guidance is None:
-        return f"{kind_name(aot)} w/o DG"
+        return f"{kind} w/o DG"
     if not aot:
-        return "EDM+DG" if guidance == "plain" else "EDM + DG w/ AOT"
+        return f"{kind} + DG" if guidance == "plain" else f"{kind} + DG w/ AOT"
     return "EDM-AOT + DG w/ AOT" if guidance == "aot" else "EDM-AOT + DG w/o AOT"
 
 
+# the paper's EDM rows of Table 3 -> ours: EDM's published network and EDM retrained here
+TABLE3_EDM_ROWS = {
+    "EDM w/o DG": [table3_label(False, None, True), table3_label(False, None, False)],
+    "EDM+DG": [table3_label(False, "plain", True), table3_label(False, "plain", False)],
+}
+
+
+def table3_paper_label(label: str) -> str:
+    """The paper's Table 3 row one of our labels stands beside (itself when none)."""
+    for paper, ours in TABLE3_EDM_ROWS.items():
+        if label in ours:
+            return paper
+    return label
+
+
 def _row_table3_label(r: Any) -> str:
-    return table3_label(bool(r["aot"]), r["guidance"] if isinstance(r["guidance"], str) else None)
+    return table3_label(bool(r["aot"]), r["guidance"] if isinstance(r["guidance"], str) else None,
+                        bool(r.get("published", False)))
 
 
 def _pick_table3(cands: pd.DataFrame, guided: pd.DataFrame) -> Any:
@@ -186,14 +253,14 @@ def _table3_cell(agg: pd.DataFrame, label: str, cond: bool) -> Any:
     cands = sub[lab == label] if len(sub) else sub
     if not len(cands):
         return None
-    aot = bool(cands.iloc[0]["aot"])
-    guided = sub[(sub["aot"] == aot) & sub["guidance"].notna()]
+    kind = cands.iloc[0]["kind"]
+    guided = sub[(sub["kind"] == kind) & sub["guidance"].notna()]
     return _pick_table3(cands, guided)
 
 
-def build_table3(agg: pd.DataFrame) -> pd.DataFrame:
-    paper = paper_table(3)
-    labels = list(paper["model"])
+def build_table3(agg: pd.DataFrame, dataset: str | None = PAPER_DATASET) -> pd.DataFrame:
+    paper = paper_values(3, dataset)
+    labels = [ours for p in paper["model"] for ours in TABLE3_EDM_ROWS.get(p, [p])]
     extra_labels = []
     for _, r in agg.iterrows():
         lab = _row_table3_label(r)
@@ -201,10 +268,10 @@ def build_table3(agg: pd.DataFrame) -> pd.DataFrame:
             extra_labels.append(lab)
     rows = []
     for label in labels + extra_labels:
-        p = paper[paper["model"] == label]
+        p = paper[paper["model"] == table3_paper_label(label)]
         p = p.iloc[0] if len(p) else None
         row: dict[str, Any] = {"model": label,
-                               "nfe_paper": int(p["nfe"]) if p is not None else None}
+                               "nfe_paper": int(p["nfe"]) if p is not None and pd.notna(p["nfe"]) else None}
         for cond in (False, True):
             c = cond_name(cond)
             r = _table3_cell(agg, label, cond)
@@ -231,12 +298,13 @@ def build_table3(agg: pd.DataFrame) -> pd.DataFrame:
 # Tables 4 and 5
 
 
-def table4_label(aot: bool, num_steps: int, cond: bool) -> str:
-    return f"{kind_name(aot)}, {int(num_steps)} steps, {cond_name(cond)}"
+def table4_label(kind: str, num_steps: int, cond: bool) -> str:
+    """`kind`: ours (`kind_name`) or the paper's (EDM, EDM-AOT)."""
+    return f"{kind}, {int(num_steps)} steps, {cond_name(cond)}"
 
 
-def table5_label(aot: bool, cond: bool) -> str:
-    return f"{kind_name(aot)}, {cond_name(cond)}"
+def table5_label(kind: str, cond: bool) -> str:
+    return f"{kind}, {cond_name(cond)}"
 
 
 def _grid_table(paper: pd.DataFrame, cells: dict[str, dict[str, dict]], prefix: str,
@@ -249,17 +317,16 @@ def _grid_table(paper: pd.DataFrame, cells: dict[str, dict[str, dict]], prefix: 
     cols = [f"{prefix}={fmt(v)}" for v in sorted(values)]
     paper_rows = {str(r["setting"]): r for _, r in paper.iterrows()}
     labels: list[str] = []
-    for label in paper_rows:  # measured rows of several models of one kind replace the bare row
-        split = sorted(k for k in cells if k.startswith(label + " ["))
-        labels += split if split and label not in cells else [label]
+    for label in paper_rows:  # our rows of the paper's setting (both EDM baselines, several
+        ours = sorted(k for k in cells if paper_label(k) == label)  # models) replace the bare row
+        labels += ours or [label]
     labels += sorted(k for k in cells if k not in labels)
     stats = ["ours", "ours mean", "ours std", "n", *extra_stats, "paper", "diff"]
     field = {"ours": "fid", "ours mean": "fid_mean", "ours std": "fid_std", "n": "n",
              "best rho": "rho"}
     rows = []
     for label in labels:
-        base = label.split(" [")[0]
-        p = paper_rows.get(label, paper_rows.get(base))
+        p = paper_rows.get(paper_label(label))
         ours_cells = cells.get(label, {})
         for stat in stats:
             row: dict[str, Any] = {"setting": label, "stat": stat}
@@ -276,16 +343,16 @@ def _grid_table(paper: pd.DataFrame, cells: dict[str, dict[str, dict]], prefix: 
     return pd.DataFrame(rows, columns=["setting", "stat", *cols])
 
 
-def build_table4(agg: pd.DataFrame) -> pd.DataFrame:
+def build_table4(agg: pd.DataFrame, dataset: str | None = PAPER_DATASET) -> pd.DataFrame:
     df = plain_heun(agg)
     cells: dict[str, dict[str, dict]] = {}
     if len(df):
         models = models_per_kind(df)
         for _, r in df.iterrows():
-            label = with_model(table4_label(bool(r["aot"]), r["num_steps"], bool(r["cond"])),
-                               r["model"], models[(bool(r["aot"]), bool(r["cond"]))])
+            label = with_model(table4_label(row_kind(r), r["num_steps"], bool(r["cond"])),
+                               r["model"], models[(row_kind(r), bool(r["cond"]))])
             cells.setdefault(label, {})[f"rho={fmt(r['rho'])}"] = r.to_dict()
-    return _grid_table(paper_table(4), cells, "rho")
+    return _grid_table(paper_values(4, dataset), cells, "rho")
 
 
 def best_over_rho(agg: pd.DataFrame, rhos: Sequence[float] | None = DEFAULT_RHOS) -> pd.DataFrame:
@@ -301,33 +368,44 @@ def best_over_rho(agg: pd.DataFrame, rhos: Sequence[float] | None = DEFAULT_RHOS
     models = models_per_kind(df)
     idx = df.groupby(["model", "nfe"])["fid"].idxmin()
     best = df.loc[idx.values].copy()
-    best["label"] = [with_model(table5_label(bool(r["aot"]), bool(r["cond"])), r["model"],
-                                models[(bool(r["aot"]), bool(r["cond"]))])
+    best["label"] = [with_model(table5_label(row_kind(r), bool(r["cond"])), r["model"],
+                                models[(row_kind(r), bool(r["cond"]))])
                      for _, r in best.iterrows()]
     return best.sort_values(["label", "nfe"], ignore_index=True)
 
 
-def build_table5(agg: pd.DataFrame, rhos: Sequence[float] = DEFAULT_RHOS) -> pd.DataFrame:
+def build_table5(agg: pd.DataFrame, rhos: Sequence[float] = DEFAULT_RHOS,
+                 dataset: str | None = PAPER_DATASET) -> pd.DataFrame:
     best = best_over_rho(agg, rhos)
     cells: dict[str, dict[str, dict]] = {}
     for _, r in best.iterrows():
         cells.setdefault(r["label"], {})[f"nfe={int(r['nfe'])}"] = r.to_dict()
-    return _grid_table(paper_table(5), cells, "nfe", extra_stats=("best rho",))
+    return _grid_table(paper_values(5, dataset), cells, "nfe", extra_stats=("best rho",))
 
 
 # ------------------------------------------------------------------------------------------------
 # One table: frames, notes, files
 
 
-def table_notes(number: int, feature_network: str | None, rhos: Sequence[float]) -> list[str]:
-    """The notes under a table: what is measured, what is quoted."""
+def table_notes(number: int, feature_network: str | None, rhos: Sequence[float],
+                dataset: str | None = PAPER_DATASET) -> list[str]:
+    """The notes under a table: what is measured, what is quoted, which EDM each EDM row is."""
     notes = []
+    published = dataset in (None, PAPER_DATASET)
     if is_offline(feature_network):
         notes.append(f"Ours: {OFFLINE_CAVEAT}.")
     elif feature_network:
         notes.append(f"Ours: FID with feature network {feature_network}, minimum over the repeats "
                      "of each sample set.")
-    if number in (1, 2):
+    if number in (1, 2, 3):
+        notes.append(f"{PUBLISHED_EDM}: EDM's official VP (DDPM++) network, imported from its "
+                     "pickle; the paper's EDM numbers are this network's (batch 512). "
+                     f"{RETRAINED_EDM}: EDM trained by this pipeline with the EDM-AOT models' "
+                     "settings (batch, GPUs, duration) and independent noise; the paper has no "
+                     "number of its own for it, its paper column repeats the published network's.")
+    if not published:
+        notes.append(f"The paper reports CIFAR-10 only: {NO_PUBLISHED_VALUE} for dataset {dataset}.")
+    elif number in (1, 2):
         notes.append("Quoted: the paper column and the literature baselines ("
                      + ", ".join(QUOTED_BASELINES) + ") are quoted from the paper, not measured.")
     else:
@@ -337,25 +415,82 @@ def table_notes(number: int, feature_network: str | None, rhos: Sequence[float])
         notes.append("Ours: best over rho in {" + ", ".join(fmt(r) for r in rhos) + "}.")
     if is_offline(feature_network):
         notes.append("No difference column: the two metrics are not comparable.")
-    else:
+    elif published:
         notes.append("Δ = ours - paper.")
-    notes.append("Paper: CIFAR-10, FID-50k, minimum of three measurements.")
+    if published:
+        notes.append("Paper: CIFAR-10, FID-50k, minimum of three measurements.")
+    notes.append("Where the paper, the authors' code, EDM and DG disagree: docs/fidelity.md.")
     return notes
 
 
-def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS
-               ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(full table for CSV, display table for Markdown/LaTeX, metadata) of table `number`."""
+def _raw_fid_results(results: Any) -> list[tuple[str, dict]]:
+    """(file, JSON object) of every FID result among `results` (dicts, files, folders, records of
+    `load_fid_results`, whose files are read again for the guidance details); aggregate frames
+    carry no seeds and are left out."""
+    from ..files import read_json
+
+    if isinstance(results, pd.DataFrame):
+        return []
+    out = []
+    for i, item in enumerate(list(results or [])):
+        if isinstance(item, dict) and "file" in item and "sampler_key" in item:  # a parsed record
+            if not Path(str(item["file"])).is_file():
+                continue
+            item = item["file"]
+        elif isinstance(item, dict):
+            out.append((f"<result {i}>", item))
+            continue
+        p = Path(item)
+        for path in sorted(p.rglob("*.json")) if p.is_dir() else [p]:
+            obj = read_json(path, "FID result")
+            if isinstance(obj, dict) and obj.get("kind", "fid") == "fid":
+                out.append((str(path), obj))
+    return out
+
+
+def check_guided_seeds(results: Any) -> None:
+    """Table 3's guided sample sets must not start from the noise of images their discriminator
+    was trained on: a guided FID result whose seed range overlaps the discriminator's training
+    seeds (`sampler.guidance.train_seeds`, recorded from the discriminator's meta; DG's released
+    heads have none) is an error naming both. (Overlapping repeats of one set are refused when the
+    repeats are combined, `results.check_repeats`.)"""
+    from .results import parse_fid_result
+
+    for path, obj in _raw_fid_results(results):
+        sampler = obj.get("sampler")
+        guidance = sampler.get("guidance") if isinstance(sampler, dict) else None
+        if not isinstance(guidance, dict) or guidance.get("train_seeds") is None:
+            continue
+        rec = parse_fid_result(obj, path)
+        train = guidance["train_seeds"]
+        if (not isinstance(train, (list, tuple)) or len(train) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in train) or train[1] < train[0]):
+            raise UserError(f"FID result {path}: 'sampler.guidance.train_seeds' must be [first, last], got {train!r}")
+        seeds = rec["seeds"]
+        if seeds is not None and seeds[0] <= train[1] and train[0] <= seeds[1]:
+            raise UserError(
+                f"FID result {path}: the guided sample set of model {rec['model']} ({rec['sampler_key']}, "
+                f"seeds {seeds[0]}-{seeds[1]}) overlaps the seeds {train[0]}-{train[1]} its discriminator "
+                f"{guidance.get('discriminator', '')} was trained on; guided sets need other seeds "
+                "(the workflow's guided_seeds())")
+
+
+def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
+               dataset: str | None = PAPER_DATASET) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(full table for CSV, display table for Markdown/LaTeX, metadata) of table `number`;
+    `dataset`: the run's dataset (the paper's numbers are CIFAR-10's)."""
+    if number == 3:
+        check_guided_seeds(results)
     agg = as_aggregate(results)
     feat = single_feature_network(agg)
     if number in (1, 2):
-        full = build_table12(agg, number)
+        full = build_table12(agg, number, dataset)
     elif number == 3:
-        full = build_table3(agg)
+        full = build_table3(agg, dataset)
     elif number == 4:
-        full = build_table4(agg)
+        full = build_table4(agg, dataset)
     elif number == 5:
-        full = build_table5(agg, rhos)
+        full = build_table5(agg, rhos, dataset)
     else:
         raise UserError(f"--table must be 1-5, got {number}")
     if is_offline(feat):  # a difference between incomparable metrics would mislead
@@ -368,7 +503,8 @@ def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS
         "metric": OFFLINE_CAVEAT if is_offline(feat) else ("FID" if feat else ""),
         "sample_sets": int(len(agg)), "measurements": int(agg["n"].sum()) if len(agg) else 0,
         "rhos": ",".join(fmt(r) for r in rhos) if number == 5 else "",
-        "notes": table_notes(number, feat, rhos),
+        "dataset": dataset or "",
+        "notes": table_notes(number, feat, rhos, dataset),
     }
     disp = display_table(number, full, feat)
     if is_offline(feat):
@@ -377,7 +513,7 @@ def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS
 
 
 def write_table(number: int, results: Any, out_prefix: str | os.PathLike,
-                rhos: Sequence[float] = DEFAULT_RHOS) -> list[Path]:
+                rhos: Sequence[float] = DEFAULT_RHOS, dataset: str | None = PAPER_DATASET) -> list[Path]:
     """Table `number` as `<prefix>.csv`, `.md` and `.tex`, all or none."""
-    full, disp, meta = make_table(number, results, rhos)
+    full, disp, meta = make_table(number, results, rhos, dataset)
     return write_outputs(out_prefix, render_table(number, full, disp, meta))

@@ -1,0 +1,189 @@
+"""The job shape on a cluster, from dry runs: how many Slurm submissions the paper needs, what each
+asks for (wall time from the work, GPUs, nodes, threads) and that overrides reach the command.
+The same requests through the real Slurm are in test_slurm.py."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+sys.path.insert(0, str(ROOT / "bench"))
+from job_shape import LOCAL, dry_run, jobs, submissions  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def paper_slurm() -> str:
+    return dry_run("all")
+
+
+def test_paper_run_is_at_most_250_slurm_jobs(paper_slurm):
+    js = jobs(paper_slurm)
+    sets = [j for j in js if j["rule"] in ("generate", "generate_dg")]
+    fids = [j for j in js if j["rule"] in ("fid", "fid_dg")]
+    assert len(fids) == len(sets)  # one FID job per sample set, all repeats in each
+    per_group = 3  # profiles/slurm: group-components sets=3, guided=3
+    plain = sum(j["rule"] == "generate" for j in sets)
+    groups = len(re.findall(r"\] Group job \w+", paper_slurm))
+    assert groups == math.ceil(plain / per_group) + math.ceil((len(sets) - plain) / per_group)
+    n = len(submissions(paper_slurm))
+    assert n <= 250, n
+    others = [j["rule"] for j in js if j["group"] is None and not LOCAL.fullmatch(j["rule"])]
+    assert sorted(set(others)) == ["diagnostics", "prepare_dataset", "reference_stats", "train",
+                                   "train_discriminator"], others
+    print(f"paper: {len(js)} Snakemake jobs, {n} Slurm submissions ({groups} grouped)")
+
+
+def walltime(**over) -> dict:
+    defaults = {k: v["default"] for k, v in SCHEMA["properties"]["walltime"]["properties"].items()}
+    return {**defaults, **PAPER.get("walltime", {}), **over}
+
+
+def minutes(work_s: float, w: dict) -> int:
+    return max(1, min(w["max_minutes"], math.ceil(w["safety"] * (w["startup_s"] + work_s) / 60)))
+
+
+def test_wall_times_follow_the_work(paper_slurm):
+    """Each job's runtime is safety x (start-up + images x NFE x cost), in minutes; a sample set
+    holds all its repeats; training is capped at the cluster's longest job."""
+    w = walltime()
+    images = PAPER["fid"]["num_images"] * PAPER["fid"]["repeats"]
+    seen = set()
+    for j in jobs(paper_slurm):
+        res = j["resources"]
+        if j["rule"] == "generate":
+            # the key is not printed with resources: every generation set's runtime must be the
+            # formula's value for one of the configured step counts
+            allowed = {minutes(images * (2 * n - 1) * w["generate_image_nfe_s"], w) for n in range(2, 200)}
+            assert int(res["runtime"]) in allowed, res
+            seen.add("generate")
+        elif j["rule"] in ("fid", "fid_dg"):
+            assert int(res["runtime"]) == minutes(images * w["fid_image_s"], w)
+            seen.add("fid")
+        elif j["rule"] == "train":
+            assert int(res["runtime"]) == w["max_minutes"]  # 200 Mimg is days: capped, then requeued
+            seen.add("train")
+    assert seen == {"generate", "fid", "train"}
+
+
+def test_wall_time_of_one_set_exactly(tmp_path):
+    """The 18-step (NFE 35) set of the paper's EDM baseline, printed with its key."""
+    out = dry_run("-p", "results/paper/fid/edm-uncond/heun-n18-rho7/rep0.json", "--forceall")
+    w = walltime()
+    images = PAPER["fid"]["num_images"] * PAPER["fid"]["repeats"]
+    gen = [j for j in jobs(out) if j["rule"] == "generate"]
+    assert len(gen) == 1
+    assert int(gen[0]["resources"]["runtime"]) == minutes(images * 35 * w["generate_image_nfe_s"], w)
+    # the whole set in one job: seeds of all repeats, one output per repeat
+    assert f"--seeds 0-{images - 1}" in gen[0]["shell"]
+    outs = re.search(r"--out (.*?) --threads", gen[0]["shell"]).group(1).split()
+    assert outs == [f"results/paper/samples/edm-uncond/heun-n18-rho7/rep{r}.npz" for r in range(3)]
+
+
+def test_site_costs_change_the_request(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("walltime: {generate_image_nfe_s: 1.0e-4, safety: 1.5, startup_s: 60}\n")
+    out = dry_run("results/paper/fid/edm-uncond/heun-n18-rho7/rep0.json", "--forceall",
+                  "--configfile", str(site))
+    gen = [j for j in jobs(out) if j["rule"] == "generate"][0]
+    w = walltime(generate_image_nfe_s=1.0e-4, safety=1.5, startup_s=60)
+    assert int(gen["resources"]["runtime"]) == minutes(150_000 * 35 * 1.0e-4, w) == 15
+
+
+TRAIN_TARGET = "results/paper/models/aot-uncond/network-final.pt"
+
+
+def train_job(*args: str) -> dict:
+    out = dry_run("-p", TRAIN_TARGET, *args)
+    return [j for j in jobs(out) if j["rule"] == "train"][0]
+
+
+def test_training_follows_the_jobs_resources():
+    """One source of truth: the launcher, the per-rank threads and the request all follow the
+    job's resources, also when --set-resources overrides the config."""
+    base = train_job()
+    r = PAPER["resources"]["train"]
+    assert base["resources"]["gpu"] == str(r["gpus"]) and base["resources"]["nodes"] == "1"
+    assert f"--nproc-per-node {r['gpus']} -m aot train" in base["shell"]
+    assert f"--threads {r['cpus'] // r['gpus']}" in base["shell"]
+    assert "--signal=TERM@300" in base["resources"]["slurm_extra"]
+
+    over = train_job("--set-resources", "train:gpu=8", "train:cpus_per_task=64")
+    assert over["resources"]["gpu"] == "8"
+    assert "--nproc-per-node 8 -m aot train" in over["shell"] and "--threads 8" in over["shell"]
+
+
+def test_user_slurm_extra_keeps_the_time_limit_signal():
+    job = train_job("--set-resources", "train:slurm_extra='--mail-type=FAIL'")
+    assert job["resources"]["slurm_extra"] == "--mail-type=FAIL --signal=TERM@300"
+    # a user's own signal is kept as given
+    job = train_job("--set-resources", "train:slurm_extra='--signal=USR2@600'")
+    assert job["resources"]["slurm_extra"] == "--signal=USR2@600"
+
+
+def test_gres_instead_of_gpus_is_one_request(tmp_path):
+    over = train_job("--set-resources", "train:gres='gpu:a100:4'")
+    assert over["resources"]["gres"] == "gpu:a100:4" and "gpu" not in over["resources"]
+    assert "--nproc-per-node 4" in over["shell"]
+    site = tmp_path / "site.yaml"
+    site.write_text("resources:\n  train: {gres: true, gpu_model: a100}\n")
+    job = train_job("--configfile", str(site))
+    assert job["resources"]["gres"] == "gpu:a100:4" and "gpu" not in job["resources"]
+    assert "--nproc-per-node 4" in job["shell"]
+
+
+def test_grouping_without_slots_is_refused(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"),
+           "--group-components", "sets=3", "--", "all"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode != 0
+    assert "--group-components sets=K (or guided=K) needs --resources group_slot=1" in res.stdout + res.stderr
+
+
+def test_demo_job_count():
+    """Coarser jobs help local runs too: the demo was 205 jobs with one job per repeat."""
+    out = dry_run("--configfile", str(ROOT / "config" / "demo.yaml"), profile=None)
+    total = int(re.search(r"^total\s+(\d+)", out, re.M).group(1))
+    js = jobs(out)
+    sets = sum(j["rule"] in ("generate", "generate_dg") for j in js)
+    assert sum(j["rule"] in ("fid", "fid_dg") for j in js) == sets
+    print(f"demo: {total} jobs")
+    assert total <= 125
+
+
+def test_requeue_only_after_exit_75(monkeypatch, tmp_path):
+    """`python -m aot` puts its Slurm job back into the queue when a command stops with exit 75
+    (state saved), from rank 0 and while requeues are left; never after exit 2."""
+    calls = tmp_path / "calls"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bindir / "scontrol").chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "SLURM_JOB_ID": "4242",
+           "AOT_SLURM_REQUEUE": "2"}
+    script = "import sys; from aot.cli import run_command; run_command(lambda a: sys.exit(int(sys.argv[1])), None)"
+
+    def run(code: int, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, str(code)], env={**env, **extra},
+                              capture_output=True, text=True, timeout=120)
+
+    res = run(75)
+    assert res.returncode == 75
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert "requeued Slurm job 4242 (restart 1 of at most 2)" in res.stderr
+    calls.unlink()
+    assert run(2).returncode == 2 and not calls.exists()  # bad input: never requeued
+    assert run(75, RANK="1").returncode == 75 and not calls.exists()  # only rank 0 asks
+    res = run(75, SLURM_RESTART_COUNT="2")  # requeued twice already: the job fails for good
+    assert res.returncode == 75 and not calls.exists() and "not again" in res.stderr
+    res = run(75, AOT_SLURM_REQUEUE="")  # outside the workflow's resumable rules: nothing
+    assert res.returncode == 75 and not calls.exists()
