@@ -255,8 +255,7 @@ def config_errors(proc: subprocess.CompletedProcess) -> list[str]:
     ({"name": "edm", "path": "d.zip", "resolution": 8, "channels": 1, "labels": False}, {},
      "config error: models[edm-cond]: a conditional model needs class labels, but dataset.labels is false"),
     ({"name": "edm", "path": "d.zip", "resolution": 8, "channels": 1, "labels": True},
-     {"dg": {"enabled": True, "feature_extractor": "downloads/dg/32x32_classifier.pt", "collect_images": 500,
-             "batch": 64, "epochs": 3, "pool_size": {"uncond": 64, "cond": 128}}},
+     {"dg": {"enabled": True, "feature_extractor": "downloads/dg/32x32_classifier.pt", "collect_images": 500}},
      "config error: dg.feature_extractor: DG's ADM classifier (32x32_classifier.pt) is made for CIFAR-10 "
      "32x32 RGB, not dataset edm (8x8, 1 channel(s)); set dg.feature_extractor: scratch or dg.enabled: false"),
     ({"name": "digits", "resolution": 8, "path": "d.zip"}, {},

@@ -155,6 +155,7 @@ rule report:
         config=f"{R}/config.json",
         tables=ALL_TABLES,
         figures=ALL_FIGURES,
+        pool_study=pool_study_report_inputs(),
     output:
         f"{R}/README.md",
     log:

@@ -14,6 +14,9 @@ writes all of its files or none.
     python -m aot report figure --figure {10,11} --out-prefix P X.npz \\
         [--count 100] [--columns 10]                  # sample grid
     python -m aot report figure --figure curvature --out-prefix P traj.json [traj2.json ...]
+    python -m aot report pool-study --out-prefix results/RUN/tables/table6 \\
+        [--figure-prefix results/RUN/figures/pool_study] [--nfe 7,15,35] [--rhos 9,27,81,243] \\
+        --train-dir results/RUN/models/M ... [--diagnostics traj.json ...] FID.json ...
     python -m aot report readme --run-dir results/RUN --config results/RUN/config.json \\
         [--tables results/RUN/tables/table1.csv ...] [--figures results/RUN/figures/figure1.png ...] \\
         [--benchmarks benchmarks/RUN] [--out results/RUN/README.md]
@@ -69,6 +72,27 @@ def cmd_figure(args: argparse.Namespace) -> None:
                         max_seeds=args.max_seeds, count=args.count, columns=args.columns, title=args.title))
 
 
+def nfe_list(s: str) -> tuple[int, ...]:
+    """--nfe: comma-separated positive integers."""
+    try:
+        vals = tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must name positive integers")
+    return vals
+
+
+def cmd_pool_study(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ..report.pool_study import write_pool_study
+
+    _wrote(write_pool_study(args.out_prefix, args.train_dir, args.results, args.diagnostics, args.nfe,
+                            args.rhos, figure_prefix=args.figure_prefix))
+
+
 def cmd_readme(args: argparse.Namespace) -> None:
     from ..report import write_readme
 
@@ -119,6 +143,20 @@ def _add_figure(sub) -> None:
     f.set_defaults(func=cmd_figure)
 
 
+def _add_pool_study(sub) -> None:
+    s = sub.add_parser("pool-study", help="Table 6 (the pool-size study) and its figure")
+    s.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.tex")
+    s.add_argument("--figure-prefix", default=None, help="also writes FIGURE_PREFIX.png and .pdf")
+    s.add_argument("--train-dir", action="append", required=True,
+                   help="a study model's training folder (training_options.json, stats.jsonl); repeat")
+    s.add_argument("--diagnostics", action="append", default=[],
+                   help="diagnostics JSON with the study's models (curvature); repeat")
+    s.add_argument("--nfe", type=nfe_list, default="7,15,35", help="the NFE columns")
+    s.add_argument("--rhos", type=rho_list, default="9,27,81,243", help="rho values each NFE takes the best over")
+    s.add_argument("results", nargs="*", help="FID result JSON files or folders of them")
+    s.set_defaults(func=cmd_pool_study)
+
+
 def _add_readme(sub) -> None:
     r = sub.add_parser("readme", help="the run report README.md")
     r.add_argument("--run-dir", required=True)
@@ -138,4 +176,5 @@ def add_parser(subparsers) -> None:
     sub = p.add_subparsers(dest="report_command", required=True, parser_class=ArgParser, metavar="WHAT")
     _add_table(sub)
     _add_figure(sub)
+    _add_pool_study(sub)
     _add_readme(sub)

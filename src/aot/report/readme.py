@@ -24,6 +24,7 @@ import pandas as pd
 from ..errors import UserError
 from ..files import atomic_path, read_json
 from .figures import CURVE_FIGURES, FIGURE_TITLES
+from .pool_study import FIGURE_TITLE as POOL_STUDY_TITLE
 from .render import md_cell, read_table_csv, strip_known_suffix
 from .results import OFFLINE_CAVEAT, OFFLINE_FEATURES, PUBLISHED_EDM, RETRAINED_EDM
 from .tables import QUOTED_BASELINES
@@ -130,6 +131,12 @@ def _resolve_figures(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return sorted(dict.fromkeys(out), key=lambda p: _artefact_key(p, "figure"))
 
 
+def _figure_title(path: Path) -> str:
+    """The figure's title: the paper's figures by number, the pool-size study's (Table 6) by name."""
+    fid = _figure_id(path)
+    return POOL_STUDY_TITLE if fid == "pool_study" else FIGURE_TITLES.get(fid, path.stem)
+
+
 def _figure_id(path: Path) -> str:
     m = re.search(r"figure(\d+)", path.stem)
     if m:
@@ -169,7 +176,7 @@ def _figures_section(figures: Sequence[Path], base: Path, offline: bool) -> list
         lines += ["No figures were made in this run.", ""]
     for f in figures:
         fid = _figure_id(f)
-        title = FIGURE_TITLES.get(fid, f.stem)
+        title = _figure_title(f)
         lines += [f'<a id="{f.stem}"></a>', f"### {title}", "",
                   f"![{title}]({_rel(f, base)})", ""]
         links = [f"[PNG]({_rel(f, base)})"]
@@ -301,7 +308,7 @@ def build_readme(run_dir: str | os.PathLike, out: str | os.PathLike, config: dic
     ct = compute_time(benchmarks)
     lines += ["## Contents", ""]
     lines += [f"- [{m.get('title', t.stem)}](#{t.stem})" for t, _, m in loaded]
-    lines += [f"- [{FIGURE_TITLES.get(_figure_id(f), f.stem)}](#{f.stem})" for f in figures]
+    lines += [f"- [{_figure_title(f)}](#{f.stem})" for f in figures]
     lines += ["- [Measured vs quoted](#measured-vs-quoted)", "- [Compute time](#compute-time)",
               "- [Fidelity: where the sources disagree](#fidelity)", "- [Settings](#settings)", ""]
     lines += _tables_section(loaded, base)
