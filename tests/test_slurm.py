@@ -416,3 +416,51 @@ def test_tiny_pipeline_on_slurm_matches_the_local_run(slurm, tiny_run, tmp_path)
     assert (tmp_path / "results" / RUN / "tables" / "table4.md").read_text() == \
         (tiny_run / "results" / RUN / "tables" / "table4.md").read_text()
 
+
+
+def _first_sbatch(tmp_path: Path, *set_resources: str, site: str | None = None) -> str:
+    """The sbatch line the executor plugin makes for the tiny config's training job, captured by a
+    stand-in sbatch that records the call and refuses it (nothing runs)."""
+    from conftest import TINY
+
+    calls = tmp_path / "calls.txt"
+    bindir = tmp_path / "bin"
+    bindir.mkdir(parents=True)
+    # the training's input is there, so that its job is the one submitted
+    data = tmp_path / "w" / "results" / "tiny" / "data" / "dataset.zip"
+    subprocess.run([sys.executable, "-m", "aot", "data", "digits", "--resolution", "8", "--dest", str(data)],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    (bindir / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\necho refused >&2\nexit 1\n')
+    (bindir / "sbatch").chmod(0o755)
+    env = sh.job_environment()
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    configs = [TINY] + ([tmp_path / "site.yaml"] if site else [])
+    if site:
+        configs[-1].write_text(site)
+    extra = ["--set-resources", *set_resources] if set_resources else []
+    target = "results/tiny/models/edm-uncond/network-final.pt"
+    sh.run_snakemake_on_slurm(tmp_path / "w", REPO / "Snakefile", configs, [target], timeout=300,
+                              extra_args=extra, env=env)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    train = [line for line in lines if "rule_train" in line]
+    assert train, lines
+    return train[0]
+
+
+@pytest.mark.slurm
+def test_sbatch_lines_follow_the_overrides(slurm, tmp_path):
+    """What reaches sbatch for training: one node, the time-limit signal (kept when the user adds
+    sbatch options of their own), and one GPU request whichever form the user picks."""
+    line = _first_sbatch(tmp_path / "a")
+    assert "--nodes=1" in line and re.search(r"--signal=TERM@\d+", line) and "--gpus" not in line
+
+    line = _first_sbatch(tmp_path / "b", "train:gpu=2", "train:cpus_per_task=4",
+                         "train:slurm_extra='--mail-type=FAIL'")
+    assert "--gpus=2" in line and "--gres" not in line and "--cpus-per-task=4" in line
+    assert "--mail-type=FAIL --signal=TERM@" in line and "--nodes=1" in line
+
+    line = _first_sbatch(tmp_path / "c", "train:gres='gpu:a100:2'")
+    assert "--gres=gpu:a100:2" in line and "--gpus" not in line
+
+    line = _first_sbatch(tmp_path / "d", site="resources:\n  train: {gpus: 2, gres: true, gpu_model: a100}\n")
+    assert "--gres=gpu:a100:2" in line and "--gpus" not in line
