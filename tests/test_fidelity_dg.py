@@ -123,7 +123,7 @@ def test_paper_config_holds_the_papers_and_dgs_recipes():
 
 def test_recipes_reach_the_commands_per_part(paper_table3):
     trains = commands(paper_table3, "dg train")
-    assert len(trains) == 6
+    assert len(trains) == 8  # (edm, edm published, aot) plain + (aot) aot, per part
     for args in trains:
         model, mode = option(args, "--out").split("/")[-2:]
         recipe = PAPER["dg"][part_of(PAPER, model)]
@@ -167,7 +167,8 @@ def test_guided_sets_never_use_a_discriminators_training_seeds(paper_table3):
     n, reps = PAPER["fid"]["num_images"], PAPER["fid"]["repeats"]
     plain = {f: s for a in commands(paper_table3, "generate") for f, s in seeds_per_file(a).items()}
     guided = {f: s for a in commands(paper_table3, "dg generate") for f, s in seeds_per_file(a).items()}
-    assert len(guided) == 6 * reps  # (edm, plain), (aot, plain), (aot, aot) per part, every repeat
+    # (edm, plain), (edm published, plain), (aot, plain), (aot, aot) per part, every repeat
+    assert len(guided) == 8 * reps
     # what the discriminators train on: the first collect_images images of their sample sets
     trained = set()
     for args in commands(paper_table3, "dg train"):

@@ -50,6 +50,8 @@ def paper_sample_sets(cfg: dict) -> set[tuple[str, int, float]]:
         edm, aot = cfg["tables"][part]["edm"], cfg["tables"][part]["aot"]
         best = s["best"][aot]
         sets |= {(edm, *d), (aot, *d), (aot, best["num_steps"], float(best["rho"]))}
+        if cfg["tables"][part].get("edm_published"):  # EDM's published network, default sampler
+            sets.add((cfg["tables"][part]["edm_published"], *d))
     for row, rho in itertools.product(s["table4"]["rows"], s["table4"]["rho"]):
         sets.add((row["model"], row["num_steps"], float(rho)))
     for m, nfe, rho in itertools.product(s["table5"]["models"], s["table5"]["nfe"], s["table5"]["rho"]):
@@ -74,9 +76,10 @@ def test_paper_dag_job_counts(paper_cfg, paper_dry_run):
     assert reps == 3 and paper_cfg["fid"]["num_images"] == 50_000
     n_sets = len(paper_sample_sets(paper_cfg))
     assert counts["generate"] == n_sets  # one job per sample set writes its `reps` repeats
-    # Table 3: EDM+DG, EDM-AOT+DG w/o AOT, EDM-AOT+DG w/ AOT, for both parts.
-    assert counts["train_discriminator"] == 6
-    assert counts["generate_dg"] == 6
+    # Table 3: EDM+DG (retrained and published), EDM-AOT+DG w/o AOT, EDM-AOT+DG w/ AOT, both parts.
+    assert counts["train_discriminator"] == 8
+    assert counts["generate_dg"] == 8
+    assert counts["fetch_edm_pickle"] == 2  # EDM's published VP networks
     assert counts["fid"] == counts["generate"] and counts["fid_dg"] == counts["generate_dg"]
     assert counts["train"] == 4
     for rule in ("prepare_dataset", "download_cifar10", "fetch_fid_assets", "reference_stats", "report"):
@@ -95,7 +98,8 @@ def test_single_table_builds_only_what_it_needs(paper_cfg):
     res = dry_run("table1")
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
-    assert counts["generate"] == 3  # EDM, EDM-AOT (rho 7, 18 steps), EDM-AOT (best), 3 repeats each
+    # EDM retrained and published, EDM-AOT (rho 7, 18 steps), EDM-AOT (best): 3 repeats each
+    assert counts["generate"] == 4
     assert counts["train"] == 2  # the two unconditional models only
     assert "generate_dg" not in counts and "table4" not in counts and "report" not in counts
 
@@ -186,7 +190,8 @@ def test_official_edm_pickles_as_baselines(tmp_path):
     res = dry_run("-p", "table1", "table2", configfile=path, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
-    assert counts["fetch_edm_pickle"] == 2 and counts["train"] == 2
+    # the two baselines converted, and EDM's published VP networks of the paper config
+    assert counts["fetch_edm_pickle"] == 4 and counts["train"] == 2
     assert "edm-cifar10-32x32-uncond-ve.pkl" in res.stdout + res.stderr
 
 
@@ -256,7 +261,7 @@ def test_complete_config_stands_alone(tmp_path):
     out = res.stdout + res.stderr
     assert "config/config.yaml" not in out and "results/demo/tables/table2.csv" in out
     assert "rho72" not in out and "n15" not in out
-    assert job_counts(out)["generate"] == 2 * cfg["fid"]["repeats"]  # EDM and EDM-AOT, default sampler
+    assert job_counts(out)["generate"] == 2  # EDM and EDM-AOT, default sampler: one job per set
 
 
 # ------------------------------------------------------------------------------------------------
