@@ -162,3 +162,10 @@ def tiny_run(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """scikit-learn's digits at 8x8 as an EDM-format dataset zip (`python -m aot data digits`)."""
+    out = tmp_path_factory.mktemp("data") / "digits.zip"
+    subprocess.run([sys.executable, "-m", "aot", "data", "digits", "--resolution", "8", "--dest", str(out)],
+                   check=True, capture_output=True)
+    return out

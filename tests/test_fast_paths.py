@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -130,14 +128,6 @@ TRAIN = dict(arch="ddpmpp", cbase=8, cres=[1, 2], num_blocks=1, attn=[4], batch=
              lr_rampup=1e-6, ema=0.0005, dropout=0.0, augment=0.12, tick=0.032, dump=100, snap=1000, device="cpu",
              threads=1, resume="never")
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits.zip"
-    subprocess.run([sys.executable, "-m", "aot", "data", "digits", "--resolution", "8", "--dest", str(out)],
-                   check=True, capture_output=True)
-    return out
 
 
 def train(outdir: Path, data: Path, **settings) -> tuple[list[float], dict]:

@@ -211,14 +211,12 @@ def test_generate_bad_sets_refused(tmp_path, files, capsys, monkeypatch, outs, f
 @pytest.mark.slow
 def test_generate_sets_under_torchrun(tmp_path, files):
     """Two ranks (gloo, CPU) share each set's shards; the files equal a single process's."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed")
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
     args = ["-m", "aot", "generate", "--network", str(files / "cond.pt"), "--seeds", "0-11", "--steps", "3",
             "--batch", "2", "--shard-size", "2", "--device", "cpu"]
     two = [tmp_path / "two" / f"rep{i}.npz" for i in range(2)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", *args, "--out", *map(str, two)],
+    res = subprocess.run([*torchrun, "--standalone", "--nproc_per_node=2", *args, "--out", *map(str, two)],
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     one = [tmp_path / "one" / f"rep{i}.npz" for i in range(2)]
@@ -229,7 +227,7 @@ def test_generate_sets_under_torchrun(tmp_path, files):
         assert not samples_mod.shards_dir(a).exists()
     # rerun under torchrun: both sets kept by every rank
     before = [p.read_bytes() for p in two]
-    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", *args, "--out", *map(str, two)],
+    res = subprocess.run([*torchrun, "--standalone", "--nproc_per_node=2", *args, "--out", *map(str, two)],
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [p.read_bytes() for p in two] == before and res.stdout.count("kept ") == 2

@@ -19,14 +19,6 @@ from aot.loss import EDMLoss
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits.zip"
-    subprocess.run([sys.executable, "-m", "aot", "data", "digits", "--resolution", "8", "--dest", str(out)],
-                   check=True, capture_output=True)
-    return out
-
-
 def train_cmd(outdir: Path, data: Path, *extra: str, kimg: float = 0.512) -> list[str]:
     return [sys.executable, "-m", "aot", "train", "--outdir", str(outdir), "--data", str(data),
             "--arch", "ddpmpp", "--cbase", "8", "--cres", "1,2", "--num-blocks", "1", "--attn", "",
