@@ -683,7 +683,9 @@ def train_requeues():
     """Training longer than one job (walltime.max_minutes) resumes in requeued jobs."""
     longest = max([train_work_s(type("W", (), {"model": m})) for m in TRAINED] or [0])
     # a training job runs until shortly before its limit, then saves and is requeued
-    per_job = WALLTIME["max_minutes"] * 60 - WALLTIME["startup_s"] - WALLTIME["signal_s"]
+    per_job = (
+        WALLTIME["max_minutes"] * 60 - WALLTIME["startup_s"] - WALLTIME["signal_s"]
+    )
     return max(WALLTIME["requeues"], math.ceil(longest / max(per_job, 1)) + 1)
 
 
