@@ -287,11 +287,12 @@ def threads_for(name):
     return config["resources"][name]["cpus"]
 
 
-def minutes_for(work_s):
+def minutes_for(work_s, margin_s=0):
     """Requested wall time in minutes for `work_s` seconds of work: the safety factor times (the
-    per-job start-up plus the work), at most the cluster's longest job (`walltime.max_minutes`).
+    per-job start-up plus the work), plus `margin_s` for jobs that stop that long before their
+    limit to save their state, at most the cluster's longest job (`walltime.max_minutes`).
     """
-    total = WALLTIME["safety"] * (WALLTIME["startup_s"] + work_s)
+    total = WALLTIME["safety"] * (WALLTIME["startup_s"] + work_s) + margin_s
     return max(1, min(WALLTIME["max_minutes"], math.ceil(total / 60)))
 
 
@@ -303,9 +304,13 @@ def runtime_for(name):
     if fixed:
         return fixed
     work = WORK.get(name, lambda wildcards: WALLTIME["other_s"])
+    # resumable jobs save and stop walltime.signal_s before their limit: that time comes on top
+    margin = WALLTIME["signal_s"] if name in RESUMABLE else 0
     if name in GROUPED:
-        return lambda wildcards: check_grouping() or minutes_for(work(wildcards))
-    return lambda wildcards: minutes_for(work(wildcards))
+        return lambda wildcards: check_grouping() or minutes_for(
+            work(wildcards), margin
+        )
+    return lambda wildcards: minutes_for(work(wildcards), margin)
 
 
 def gpu_resources(r):
@@ -558,6 +563,9 @@ def train_flags(wildcards):
         }
     )
     settings["device"] = DEVICE
+    settings["slurm_margin"] = WALLTIME[
+        "signal_s"
+    ]  # save this long before the job's end
     settings.update(t["arch_overrides"])
     for option in ("bf16", "tf32", "channels_last", "compile"):
         settings[option] = t["fast"]
