@@ -401,7 +401,7 @@ def test_tiny_pipeline_on_slurm_matches_the_local_run(slurm, tiny_run, tmp_path)
     # three sets (generation + FID) per submission, guided sets apart
     assert len(grouped) == -(-plain // 3) + -(-guided // 3)
     assert all("--nodes=1" in line and re.search(r" -t \d+ ", line) for line in sbatch)
-    train = [line for line in sbatch if "--comment rule_train" in line]
+    train = [line for line in sbatch if "--comment rule_train " in line]  # not train_features
     assert train and all("--signal=TERM@" in line for line in train)
     print(f"tiny on Slurm: {len(jobs)} Snakemake jobs, {len(sbatch)} sbatch submissions")
     missing = [str(p) for p in expected_artefacts(tmp_path) if not p.is_file()]
