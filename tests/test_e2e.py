@@ -58,13 +58,19 @@ def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_pa
 
     workdir = tmp_path / "w"
     workdir.mkdir()
-    # Start from the finished run minus the FID results and everything after them.
+    # Start from the finished run minus the guided sample sets (DG), their FID results and
+    # everything after them: several sample-set jobs to run, each making a set and measuring it.
     shutil.copytree(tiny_run / "results", workdir / "results")
     r = workdir / "results" / RUN
-    shutil.rmtree(r / "fid" / "edm-uncond")
+    guided = [d for d in (*(r / "samples").glob("*/dg*"), *(r / "fid").glob("*/dg*")) if d.is_dir()]
+    assert len(guided) >= 4, guided
+    for d in guided:
+        shutil.rmtree(d)
     shutil.rmtree(r / "tables")
     (r / "README.md").unlink()
     before = {p: p.stat().st_mtime_ns for p in (r / "samples").rglob("*.npz")}
+    before.update({p: p.stat().st_mtime_ns for p in (r / "dg").rglob("discriminator.pt")})
+    assert before
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(TINY), "--cores", "1"]
     log = tmp_path / "snakemake.out"  # a file, not a pipe that nobody reads while it runs
@@ -73,7 +79,7 @@ def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_pa
                                 start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        done = list((r / "fid" / "edm-uncond").rglob("*.json")) if (r / "fid" / "edm-uncond").exists() else []
+        done = list((r / "fid").glob("*/dg*/rep*.json"))
         if len(done) >= 1:
             break
         time.sleep(0.2)
@@ -83,7 +89,7 @@ def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_pa
         except ProcessLookupError:
             pass
         proc.wait()
-        pytest.fail(f"no FID result within 300 s or Snakemake exited ({proc.returncode}) before the kill:\n"
+        pytest.fail(f"no guided FID result within 300 s or Snakemake exited ({proc.returncode}) before the kill:\n"
                     f"{log.read_text()[-3000:]}")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -94,12 +100,14 @@ def test_killed_snakemake_resumes_without_redoing_finished_jobs(tiny_run, tmp_pa
     res = snakemake(workdir, "--rerun-incomplete")
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     out = res.stdout + res.stderr
-    assert not re.search(r"rule (train|generate|train_discriminator|generate_dg):", out), "finished jobs were redone"
+    assert re.search(r"rule generate_dg:", out)
+    assert not re.search(r"rule (train|generate|train_discriminator):", out), "finished jobs were redone"
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
     assert (r / "README.md").is_file()
     record_fault("interruption", "Snakemake and its jobs killed (SIGKILL) mid-run",
-                 "`--unlock`, then `--rerun-incomplete` finished the run; no training or generation job redone")
+                 "`--unlock`, then `--rerun-incomplete` finished the run; no training, plain sample set or "
+                 "discriminator redone")
 
 
 def test_snakemake_html_report_with_captions(tiny_run):

@@ -266,7 +266,7 @@ def published_all(tmp_path_factory) -> str:
 def test_published_config_trains_no_network(published_all):
     counts = job_counts(published_all)
     assert "train" not in counts and counts["fetch_edm_pickle"] == 6
-    assert counts["generate"] > 0 and counts["fid"] > 0 and counts["report"] == 1
+    assert counts["generate"] > 0 and "fid" not in counts and counts["report"] == 1
     imports = commands(published_all, "checkpoints import-edm")
     sources = {a[1].split("/")[-2]: a[0] for a in imports}  # results/<run>/models/<model>/network-final.pt
     for m in PUBLISHED["models"]:

@@ -29,8 +29,9 @@ def paper_slurm() -> str:
 def test_paper_run_is_at_most_250_slurm_jobs(paper_slurm):
     js = jobs(paper_slurm)
     sets = [j for j in js if j["rule"] in ("generate", "generate_dg")]
-    fids = [j for j in js if j["rule"] in ("fid", "fid_dg")]
-    assert len(fids) == len(sets)  # one FID job per sample set, all repeats in each
+    # one job per sample set makes all its repeats and measures them: no FID job of its own
+    assert not any(j["rule"].startswith("fid") for j in js)
+    assert all("--fid-out " in j["shell"] for j in sets)
     per_group = 3  # profiles/slurm: group-components sets=3, guided=3
     plain = sum(j["rule"] == "generate" for j in sets)
     groups = len(re.findall(r"\] Group job \w+", paper_slurm))
@@ -60,20 +61,18 @@ def test_wall_times_follow_the_work(paper_slurm):
     seen = set()
     for j in jobs(paper_slurm):
         res = j["resources"]
-        if j["rule"] == "generate":
-            # the key is not printed with resources: every generation set's runtime must be the
-            # formula's value for one of the configured step counts
-            allowed = {minutes(images * (2 * n - 1) * w["generate_image_nfe_s"], w, w["signal_s"])
+        if j["rule"] in ("generate", "generate_dg"):
+            # the key is not printed with resources: every set's runtime must be the formula's
+            # value (sampling, then the FID of its images) for one of the configured step counts
+            cost = w["generate_image_nfe_s" if j["rule"] == "generate" else "guidance_image_nfe_s"]
+            allowed = {minutes(images * ((2 * n - 1) * cost + w["fid_image_s"]), w, w["signal_s"])
                        for n in range(2, 200)}
             assert int(res["runtime"]) in allowed, res
-            seen.add("generate")
-        elif j["rule"] in ("fid", "fid_dg"):
-            assert int(res["runtime"]) == minutes(images * w["fid_image_s"], w)
-            seen.add("fid")
+            seen.add(j["rule"])
         elif j["rule"] == "train":
             assert int(res["runtime"]) == w["max_minutes"]  # 200 Mimg is days: capped, then requeued
             seen.add("train")
-    assert seen == {"generate", "fid", "train"}
+    assert seen == {"generate", "generate_dg", "train"}
 
 
 def test_wall_time_of_one_set_exactly(tmp_path):
@@ -83,11 +82,15 @@ def test_wall_time_of_one_set_exactly(tmp_path):
     images = PAPER["fid"]["num_images"] * PAPER["fid"]["repeats"]
     gen = [j for j in jobs(out) if j["rule"] == "generate"]
     assert len(gen) == 1
-    assert int(gen[0]["resources"]["runtime"]) == minutes(images * 35 * w["generate_image_nfe_s"], w, w["signal_s"])
-    # the whole set in one job: seeds of all repeats, one output per repeat
+    work = images * (35 * w["generate_image_nfe_s"] + w["fid_image_s"])
+    assert int(gen[0]["resources"]["runtime"]) == minutes(work, w, w["signal_s"])
+    # the whole set in one job: seeds of all repeats, one output per repeat, each measured
     assert f"--seeds 0-{images - 1}" in gen[0]["shell"]
-    outs = re.search(r"--out (.*?) --threads", gen[0]["shell"]).group(1).split()
+    outs = re.search(r"--out (.*?) --fid-ref", gen[0]["shell"]).group(1).split()
     assert outs == [f"results/paper/samples/edm-uncond/heun-n18-rho7/rep{r}.npz" for r in range(3)]
+    fids = re.search(r"--fid-out (.*?) --fid-features", gen[0]["shell"]).group(1).split()
+    assert fids == [f"results/paper/fid/edm-uncond/heun-n18-rho7/rep{r}.json" for r in range(3)]
+    assert "--fid-ref results/paper/fid/reference-cifar10-precomputed.npz" in gen[0]["shell"]
 
 
 def test_site_costs_change_the_request(tmp_path):
@@ -97,7 +100,8 @@ def test_site_costs_change_the_request(tmp_path):
                   "--configfile", str(site))
     gen = [j for j in jobs(out) if j["rule"] == "generate"][0]
     w = walltime(generate_image_nfe_s=1.0e-4, safety=1.5, startup_s=60)
-    assert int(gen["resources"]["runtime"]) == minutes(150_000 * 35 * 1.0e-4, w, w["signal_s"]) == 20
+    work = 150_000 * (35 * 1.0e-4 + w["fid_image_s"])
+    assert int(gen["resources"]["runtime"]) == minutes(work, w, w["signal_s"]) == 24
 
 
 TRAIN_TARGET = "results/paper/models/aot-uncond/network-final.pt"
@@ -151,14 +155,15 @@ def test_grouping_without_slots_is_refused(tmp_path):
 
 
 def test_demo_job_count():
-    """Coarser jobs help local runs too: the demo was 205 jobs with one job per repeat."""
+    """Coarser jobs help local runs too: the demo was 205 jobs with one job per repeat and its FID
+    measurement; one job per sample set (all repeats, measured in the job) halves that."""
     out = dry_run("--configfile", str(ROOT / "config" / "demo.yaml"), profile=None)
     total = int(re.search(r"^total\s+(\d+)", out, re.M).group(1))
     js = jobs(out)
-    sets = sum(j["rule"] in ("generate", "generate_dg") for j in js)
-    assert sum(j["rule"] in ("fid", "fid_dg") for j in js) == sets
+    assert sum(j["rule"] == "generate" for j in js) == 36 and sum(j["rule"] == "generate_dg" for j in js) == 6
+    assert not any(j["rule"].startswith("fid") for j in js)
     print(f"demo: {total} jobs")
-    assert total <= 125
+    assert total <= 205 // 2
 
 
 def test_requeue_only_after_exit_75(monkeypatch, tmp_path):

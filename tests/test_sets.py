@@ -209,8 +209,9 @@ def test_generate_bad_sets_refused(tmp_path, files, capsys, monkeypatch, outs, f
 
 
 @pytest.mark.slow
-def test_generate_sets_under_torchrun(tmp_path, files):
-    """Two ranks (gloo, CPU) share each set's shards; the files equal a single process's."""
+def test_generate_sets_under_torchrun(tmp_path, files, offline):
+    """Two ranks (gloo, CPU) share each set's shards; the files equal a single process's; with
+    --fid-out, rank 0 measures the sets as `aot fid measure` does."""
     torchrun = [sys.executable, "-m", "torch.distributed.run"]
     args = ["-m", "aot", "generate", "--network", str(files / "cond.pt"), "--seeds", "0-11", "--steps", "3",
             "--batch", "2", "--shard-size", "2", "--device", "cpu"]
@@ -231,6 +232,21 @@ def test_generate_sets_under_torchrun(tmp_path, files):
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [p.read_bytes() for p in two] == before and res.stdout.count("kept ") == 2
+    # made and measured under torchrun: one result per set, from rank 0
+    three = [tmp_path / "measured" / f"rep{i}.npz" for i in range(2)]
+    jsons = [p.with_suffix(".json") for p in three]
+    res = subprocess.run([*torchrun, "--standalone", "--nproc_per_node=2", *args, "--out", *map(str, three),
+                          "--fid-ref", str(offline[0] / "ref.npz"), "--fid-out", *map(str, jsons)],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("measure: Frechet distance (offline-classifier features)") == 2
+    separate = [tmp_path / "measured" / f"sep{i}.json" for i in range(2)]
+    aot_main(["fid", "measure", "--samples", *map(str, three), "--ref", str(offline[0] / "ref.npz"), "--out",
+              *map(str, separate), "--device", "cpu"])
+    for a, b, js, sep in zip(three, one, jsons, separate):
+        assert _members(a)["images.npy"] == _members(b)["images.npy"]
+        assert _untimed(_json(js)) == _untimed(_json(sep))
+        assert not samples_mod.shards_dir(a).exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,3 +408,102 @@ def test_sample_set_shape_reads_the_header(tmp_path):
     np.savez(tmp_path / "n.npz", pictures=images)
     with pytest.raises(Exception, match=r"has no 'images' array \(keys: pictures\)"):
         samples_mod.sample_set_shape(tmp_path / "n.npz")
+
+
+# ------------------------------------------------------------------------------------------------
+# generate, then measure in the same job (the workflow's sample-set jobs)
+
+
+@pytest.fixture(scope="module")
+def gray_offline(tmp_path_factory):
+    """Reference statistics of a small one-channel data set in an (untrained) offline feature space."""
+    from aot.data import write_dataset
+
+    d = tmp_path_factory.mktemp("fid-gray")
+    torch.manual_seed(1)
+    metrics.save_feature_net(d / "featnet.pt", metrics.FeatureNet(1, 8, 10, feature_dim=6, width=8).eval(),
+                             name="offline-classifier")
+    rng = np.random.default_rng(1)
+    write_dataset(d / "data.zip", rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8), total=40)
+    aot_main(["fid", "reference", "--data", str(d / "data.zip"), "--features", str(d / "featnet.pt"),
+              "--out", str(d / "ref.npz"), "--device", "cpu"])
+    return d
+
+
+@pytest.mark.parametrize("command", ["generate", "dg"])
+def test_generate_then_measure_equals_separate_jobs(tmp_path, files, gray_offline, command):
+    """`--fid-ref REF --fid-out ...`: each JSON equals the one `aot fid measure` of its set writes;
+    the sets equal those of a run without measurement; no shard folder is left."""
+    d = gray_offline
+    head = ["generate"] if command == "generate" else ["dg", "generate", "--discriminator", str(files / "disc.pt")]
+    argv = [*head, "--network", str(files / "gray.pt"), "--seeds", "0-11", *GEN]
+    outs = [tmp_path / "job" / f"rep{i}.npz" for i in range(2)]
+    jsons = [tmp_path / "job" / f"rep{i}.json" for i in range(2)]
+    aot_main([*argv, "--out", *map(str, outs), "--fid-ref", str(d / "ref.npz"), "--fid-out", *map(str, jsons),
+              "--fid-batch", "5"])
+    plain = [tmp_path / "plain" / f"rep{i}.npz" for i in range(2)]
+    aot_main([*argv, "--out", *map(str, plain)])
+    separate = [tmp_path / "plain" / f"rep{i}.json" for i in range(2)]
+    aot_main(["fid", "measure", "--samples", *map(str, outs), "--ref", str(d / "ref.npz"), "--out",
+              *map(str, separate), "--batch", "5", "--device", "cpu"])
+    for i, (out, js, sep, p) in enumerate(zip(outs, jsons, separate, plain)):
+        assert_same_set(out, p)
+        a, b = _json(js), _json(sep)
+        assert a["repeat"] == i and a["samples"] == str(out) and a["seeds"] == [6 * i, 6 * i + 5]
+        assert _untimed(a) == _untimed(b)  # the FID exactly
+        assert not samples_mod.shards_dir(out).exists()
+    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["rep0.json", "rep0.npz", "rep1.json",
+                                                                    "rep1.npz"]
+
+
+def test_failed_measurement_keeps_the_shards(tmp_path, files, gray_offline, monkeypatch, capsys):
+    """The measurement fails after the sets are written: the shards stay, so once the workflow has
+    removed the failed job's outputs its rerun merges them without sampling again."""
+    d = gray_offline
+    outs = [tmp_path / f"rep{i}.npz" for i in range(2)]
+    jsons = [tmp_path / f"rep{i}.json" for i in range(2)]
+    argv = ["generate", "--network", str(files / "gray.pt"), "--seeds", "0-11", *GEN, "--out", *map(str, outs),
+            "--fid-ref", str(d / "ref.npz"), "--fid-out", *map(str, jsons)]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(fid, "_measure_one", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        aot_main(argv)
+    assert all(p.is_file() for p in outs) and not any(p.exists() for p in jsons)
+    assert all(len(list(samples_mod.shards_dir(p).glob("shard-*.npz"))) == 2 for p in outs)
+    monkeypatch.undo()
+    for p in outs:  # what Snakemake does with the outputs of a failed job
+        p.unlink()
+    sampled = _count_calls(monkeypatch, gen, "generate_images")
+    capsys.readouterr()
+    aot_main(argv)
+    assert sampled == []  # merged from the kept shards
+    assert capsys.readouterr().out.count("resuming: 2 of 2 shards") == 2
+    assert all(p.is_file() for p in outs + jsons)
+    assert not any(samples_mod.shards_dir(p).exists() for p in outs)
+
+
+def test_generate_bad_measurement_refused_before_any_work(tmp_path, files, gray_offline, offline, capsys,
+                                                          monkeypatch):
+    d = gray_offline
+    o = tmp_path / "o"
+    o.mkdir()
+    monkeypatch.chdir(o)
+    base = ["generate", "--network", str(files / "gray.pt"), "--seeds", "0-5", *GEN, "--out", "a.npz", "b.npz"]
+    cases = [
+        (["--fid-out", "a.json", "b.json"], "--fid-ref and --fid-out go together"),
+        (["--fid-ref", str(d / "ref.npz")], "--fid-ref and --fid-out go together"),
+        (["--fid-ref", str(d / "ref.npz"), "--fid-out", "a.json"], "--out names 2 sample set(s) but --fid-out "
+                                                                   "names 1"),
+        (["--fid-ref", str(d / "ref.npz"), "--fid-out", "a.json", "b.npz"], "the measurement would replace"),
+        (["--fid-ref", str(tmp_path / "none.npz"), "--fid-out", "a.json", "b.json"], "none.npz"),
+        (["--fid-ref", str(d / "ref.npz"), "--fid-out", "a.json", "b.json", "--fid-features",
+          str(offline[0] / "featnet.pt")], "is not the one reference"),
+        (["--fid-ref", str(d / "ref.npz"), "--fid-out", "a.json", "b.json", "--fid-batch", "0"],
+         "--fid-batch must be positive"),
+    ]
+    for extra, fragment in cases:
+        _refused(capsys, [*base, *extra], fragment)
+        assert list(o.iterdir()) == []

@@ -406,6 +406,23 @@ def _precomputed_statistics(key: str, data, features: str, cache_dir) -> tuple[n
     return mu, sigma, record
 
 
+def open_measurement(ref, features: str | None = None, cache_dir=None, device: str = "cpu"
+                     ) -> tuple[dict, FeatureSpace]:
+    """The reference statistics `ref` and the feature space to measure in (the reference's unless
+    `features` says which), checked against each other. A missing asset or a mismatch fails here,
+    so a job that makes sample sets and then measures them can call it before any work."""
+    reference_stats = load_reference(ref)
+    is_inception = reference_stats["feature"] == metrics.INCEPTION_NAME
+    features = features or ("inception" if is_inception else reference_stats["feature_path"])
+    if (features == "inception") != is_inception:
+        raise UserError(f"--features {features} does not match reference {ref} ({reference_stats['feature']})")
+    space = FeatureSpace(features, cache_dir, device)  # missing assets fail here, before any work
+    if space.sha256 and reference_stats["feature_sha256"] and space.sha256 != reference_stats["feature_sha256"]:
+        raise UserError(f"feature network {features} is not the one reference {ref} was computed with "
+                        f"({reference_stats['feature_path']})")
+    return reference_stats, space
+
+
 def measure(*, samples, ref, out, features: str | None = None, repeat=None, cache_dir=None,
             device: str | None = None, batch: int = 100) -> dict | list[dict]:
     """FID of the sample set `samples` against the reference statistics `ref` (in the reference's
@@ -437,15 +454,7 @@ def measure(*, samples, ref, out, features: str | None = None, repeat=None, cach
             raise UserError(f"--repeat must not be negative, got {bad[0]}")
     device = resolve_device(device)
     batch = positive_int("--batch", batch)
-    reference_stats = load_reference(ref)
-    is_inception = reference_stats["feature"] == metrics.INCEPTION_NAME
-    features = features or ("inception" if is_inception else reference_stats["feature_path"])
-    if (features == "inception") != is_inception:
-        raise UserError(f"--features {features} does not match reference {ref} ({reference_stats['feature']})")
-    space = FeatureSpace(features, cache_dir, device)  # missing assets fail here, before any work
-    if space.sha256 and reference_stats["feature_sha256"] and space.sha256 != reference_stats["feature_sha256"]:
-        raise UserError(f"feature network {features} is not the one reference {ref} was computed with "
-                        f"({reference_stats['feature_path']})")
+    reference_stats, space = open_measurement(ref, features, cache_dir, device)
     if several:  # every set's images fit the reference before the first is measured
         for path in sets:
             n, h, w, c = sample_set_shape(path)

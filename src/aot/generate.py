@@ -277,11 +277,13 @@ def run_generation_sets(net: torch.nn.Module, sets: Sequence[tuple[str | os.Path
                         class_labels: str | int = "random", shard_size: int = 1000, meta: dict | None = None,
                         fingerprint_extra: Any = None, grid: str | os.PathLike | None = None,
                         after_shard: Callable[[Path, int], None] | None = None,
-                        log: Callable[[str], None] | None = None) -> list[dict | None]:
+                        log: Callable[[str], None] | None = None, keep_shards: bool = False) -> list[dict | None]:
     """`run_generation` for several sample sets `sets` = [(out, seeds), ...], one after the other with
     the same network and sampler: each file is the one `run_generation(net, out, seeds)` writes.
-    The grid shows the first set. `after_shard(out, k)` follows shard k of set `out`. Returns the
-    sets' metas (None on ranks > 0)."""
+    The grid shows the first set. `after_shard(out, k)` follows shard k of set `out`. With
+    `keep_shards` each set's shard folder stays after its file is written (a job that measures the
+    sets next removes them once the measurement is written). Returns the sets' metas (None on
+    ranks > 0)."""
     log = log or (lambda s: print(s, flush=True))
     sampler_fn = sampler_fn or get_sampler("heun")
     sampler_kwargs = dict(sampler_kwargs or {})
@@ -294,14 +296,16 @@ def run_generation_sets(net: torch.nn.Module, sets: Sequence[tuple[str | os.Path
     fingerprint = generation_fingerprint(net, sampler_fn, sampler_kwargs, class_labels, fingerprint_extra)
     return [_generate_one(net, out, seeds, fingerprint, sampler_fn=sampler_fn, sampler_kwargs=sampler_kwargs,
                           batch=batch, device=device, class_labels=class_labels, shard_size=shard_size, meta=meta,
-                          grid=grid if i == 0 else None, after_shard=after_shard, log=log)
+                          grid=grid if i == 0 else None, after_shard=after_shard, log=log,
+                          keep_shards=keep_shards)
             for i, (out, seeds) in enumerate(sets)]
 
 
 def _generate_one(net: torch.nn.Module, out: Path, seeds: list[int], fingerprint: str, *, sampler_fn: Callable,
                   sampler_kwargs: dict, batch: int, device: torch.device, class_labels: str | int, shard_size: int,
                   meta: dict | None, grid: str | os.PathLike | None,
-                  after_shard: Callable[[Path, int], None] | None, log: Callable[[str], None]) -> dict | None:
+                  after_shard: Callable[[Path, int], None] | None, log: Callable[[str], None],
+                  keep_shards: bool = False) -> dict | None:
     """One sample set of `run_generation_sets` (settings checked there)."""
     rank, world = _dist_info()
     set_meta = dict(meta or {})
@@ -352,7 +356,7 @@ def _generate_one(net: torch.nn.Module, out: Path, seeds: list[int], fingerprint
     final_meta = dict(set_meta, time_s=time_s, env=environment_info())
     if grid is not None:
         save_grid(grid, images)
-    write_sample_set(out, images, labels, seeds_arr, final_meta)
+    write_sample_set(out, images, labels, seeds_arr, final_meta, keep_shards=keep_shards)
     log(f"wrote {len(seeds)} images to {out} ({time_s:.1f} s of sampling)")
     return final_meta
 
@@ -510,6 +514,7 @@ def request_sampler_meta(req: dict, guidance: dict | None = None) -> dict:
 def generate_set(*, network: str | os.PathLike,
                  fast: bool = False,              # bf16 autocast + channels_last (not bit-identical to fp32)
                  compile: bool = False,           # with fast: torch.compile the network
+                 keep_shards: bool = False,       # keep shard folders (the sets are measured next)
                  **settings: Any) -> dict | None:
     """Generate the sample set `settings['out']` for `settings['seeds']` from the network file
     `network` (ours, or an EDM pickle); settings as `generation_request`. Returns its meta (None on
@@ -545,7 +550,8 @@ def generate_set(*, network: str | os.PathLike,
             metas = run_generation_sets(net, req["sets"], sampler_fn=get_sampler(req["solver"]),
                                         sampler_kwargs=sampler_kwargs, batch=req["batch"], device=device,
                                         class_labels=class_labels, shard_size=req["shard_size"], meta=meta,
-                                        grid=req["grid"], fingerprint_extra={"precision": meta["precision"]})
+                                        grid=req["grid"], fingerprint_extra={"precision": meta["precision"]},
+                                        keep_shards=keep_shards)
             return request_result(req, metas)
         finally:
             if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -160,10 +160,17 @@ def read_shards(out: str | os.PathLike, chunks: list[list[int]], fingerprint: st
 
 
 def write_sample_set(out: str | os.PathLike, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray,
-                     meta: dict) -> None:
-    """Write sample set `out` atomically and remove its shard folder."""
+                     meta: dict, keep_shards: bool = False) -> None:
+    """Write sample set `out` atomically and remove its shard folder (unless `keep_shards`: a job
+    that measures the set next keeps them until the measurement is written, see remove_shards)."""
     with atomic_path(out) as tmp:
         np.savez(tmp, images=images, labels=labels, seeds=seeds, meta=np.array(json.dumps(meta, default=str)))
+    if not keep_shards:
+        remove_shards(out)
+
+
+def remove_shards(out: str | os.PathLike) -> None:
+    """Remove the shard folder of sample set `out` (absent: nothing to do)."""
     shutil.rmtree(shards_dir(out), ignore_errors=True)
 
 

@@ -276,11 +276,7 @@ def flags(settings):
 WALLTIME = config["walltime"]
 REQUEUE_ENV = "AOT_SLURM_REQUEUE"  # aot.runtime.requeue_slurm_job
 RESUMABLE = ("train", "train_discriminator", "generate", "generate_dg")
-GROUPED = (
-    "generate",
-    "generate_dg",
-    "fid",
-)  # groups `sets` and `guided`, a sample set's jobs
+GROUPED = ("generate", "generate_dg")  # groups `sets` and `guided`: sample sets
 
 
 def threads_for(name):
@@ -595,10 +591,23 @@ def generate_flags(wildcards):
 
 
 def fid_feature_inputs():
-    """Files the FID jobs need: clean-fid assets (fetched on the login node) or the offline net."""
+    """Files a measurement needs: clean-fid assets (fetched on the login node) or the offline net."""
     if FID["features"] == "offline":
         return {"features": f"{R}/fid/feature-net.pt"}
     return {"assets": f"{FID_CACHE}/assets.json"}
+
+
+def measure_flags(wildcards, input):
+    """The measurement options of a job that makes a sample set and then measures it."""
+    return flags(
+        {
+            "fid_features": (
+                input.features if FID["features"] == "offline" else "inception"
+            ),
+            "fid_cache_dir": FID_CACHE,
+            "fid_batch": FID["batch"],
+        }
+    )
 
 
 def fid_flags(wildcards, input):
@@ -673,13 +682,11 @@ def train_work_s(wildcards):
 
 WORK = {
     "train": train_work_s,
+    # a sample set's job makes the set, then measures its FID
     "generate": lambda wc: set_images()
-    * key_nfe(wc.key)
-    * WALLTIME["generate_image_nfe_s"],
+    * (key_nfe(wc.key) * WALLTIME["generate_image_nfe_s"] + WALLTIME["fid_image_s"]),
     "generate_dg": lambda wc: set_images()
-    * key_nfe(wc.key)
-    * WALLTIME["guidance_image_nfe_s"],
-    "fid": lambda wc: set_images() * WALLTIME["fid_image_s"],
+    * (key_nfe(wc.key) * WALLTIME["guidance_image_nfe_s"] + WALLTIME["fid_image_s"]),
     "train_discriminator": lambda wc: 2
     * dg_setting(wc.model, "collect_images")
     * dg_setting(wc.model, "epochs")

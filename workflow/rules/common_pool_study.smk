@@ -4,7 +4,7 @@
 # and per part one model without AOT. Each takes the settings of the part's EDM-AOT model of
 # `tables` with pool_study.train, B and N on top. A study model whose settings equal a trained model
 # of `models` is that model (trained once, by the same `train` job); the others are registered here
-# as pool-<part>-n<N> and pool-<part>-noaot, so that the `train`, `generate` and `fid` rules make
+# as pool-<part>-n<N> and pool-<part>-noaot, so that the `train` and `generate` rules make
 # them. Class-wise pools (cond) only where N / classes >= pool_study.min_per_class.
 
 POOL_STUDY = config["pool_study"]

@@ -3,7 +3,8 @@
 # with independent perturbation noise ("plain") or AOT-paired noise ("aot"), with the recipe of the
 # model's part (dg.uncond, dg.cond); or, where dg.discriminators gives a file (DG's released heads),
 # that file is imported instead. Guided sample sets (dg<mode>-<key>/rep<r>.npz) use the seeds of
-# guided_seeds(), disjoint from every plain set a discriminator trains on.
+# guided_seeds(), disjoint from every plain set a discriminator trains on; the job that makes a
+# guided set measures its FID (fid/<model>/dg<mode>-<key>/rep<r>.json), as for plain sets.
 
 
 check_dg_config()
@@ -89,10 +90,13 @@ rule train_discriminator:
 rule generate_dg:
     input:
         **dg_feature_inputs(),
+        **fid_feature_inputs(),
         network=lambda wildcards: network_path(wildcards.model),
         discriminator=f"{R}/dg/{{model}}/{{mode}}/discriminator.pt",
+        ref=reference_path(),
     output:
-        set_files(f"{R}/samples/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.npz"),
+        samples=set_files(f"{R}/samples/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.npz"),
+        fid=set_files(f"{R}/fid/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.json"),
     log:
         f"{LOGS}/generate_dg/{{model}}/dg{{mode}}-{{key}}.log",
     benchmark:
@@ -110,7 +114,9 @@ rule generate_dg:
         aot=AOT,
         env=requeue_env("generate_dg"),
         args=dg_generate_flags,
+        measure=measure_flags,
     shell:
         "{params.env} {params.aot} dg generate --network {input.network:q} "
-        "--discriminator {input.discriminator:q} {params.args} --out {output:q} "
+        "--discriminator {input.discriminator:q} {params.args} --out {output.samples:q} "
+        "--fid-ref {input.ref:q} --fid-out {output.fid:q} {params.measure} "
         "--threads {resources.cpus_per_task} > {log:q} 2>&1"

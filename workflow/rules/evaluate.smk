@@ -1,7 +1,7 @@
 # Stage 4: measurements. FID with clean-fid in legacy_tensorflow mode (the TF-Inception numbers of
 # EDM and the paper) against CIFAR-10 training statistics, or, offline, the Frechet distance in the
 # feature space of a classifier trained here on the dataset (labelled as such everywhere).
-# One FID job per sample set measures all its repeats (one JSON each) and loads Inception once.
+# The FID of a sample set is measured by the job that makes the set (sample.smk, dg.smk).
 # Trajectory diagnostics for Figures 2, 3, 6-9.
 
 
@@ -68,48 +68,6 @@ rule reference_stats:
     shell:
         "{params.aot} fid reference --data {input.data:q} {params.args} --threads {resources.cpus_per_task} "
         "--out {output:q} > {log:q} 2>&1"
-
-
-rule fid:
-    input:
-        **fid_feature_inputs(),
-        samples=set_files(f"{R}/samples/{{model}}/{{key}}/rep{{rep}}.npz"),
-        ref=reference_path(),
-    output:
-        set_files(f"{R}/fid/{{model}}/{{key}}/rep{{rep}}.json"),
-    log:
-        f"{LOGS}/fid/{{model}}/{{key}}.log",
-    benchmark:
-        f"{BENCH}/fid/{{model}}/{{key}}.tsv"
-    wildcard_constraints:
-        key=SAMPLER_RE,
-    group:
-        "sets"
-    conda:
-        ENV
-    threads: threads_for("fid")
-    resources:
-        **resources_for("fid"),
-    params:
-        aot=AOT,
-        args=fid_flags,
-        repeats=REPEATS,
-    shell:
-        "{params.aot} fid measure --samples {input.samples:q} --ref {input.ref:q} "
-        "--repeat {params.repeats} {params.args} --threads {resources.cpus_per_task} "
-        "--out {output:q} > {log:q} 2>&1"
-
-
-# The FID of a guided set (DG) joins the guided set's group: guided sets depend on plain ones
-# (through the discriminator), so the two kinds are grouped apart, or a grouped job could wait
-# for itself.
-use rule fid as fid_dg with:
-    log:
-        f"{LOGS}/fid/{{model}}/{{key}}.log",
-    wildcard_constraints:
-        key=rf"dg({GUIDANCE_RE})-{SAMPLER_RE}",
-    group:
-        "guided"
 
 
 rule diagnostics:

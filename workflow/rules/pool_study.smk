@@ -4,7 +4,7 @@
 #   snakemake --cores all --configfile config/demo.yaml pool_study
 #
 # The study's models are trained by the `train` rule and their sample sets made and measured by the
-# `generate` and `fid` rules (common_pool_study.smk registers them); the curvature of every study
+# `generate` rule (common_pool_study.smk registers them); the curvature of every study
 # model of a part comes from one diagnostics job (the same latents for all), and Table 6 with its
 # figure from one report job.
 

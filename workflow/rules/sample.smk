@@ -1,16 +1,22 @@
-# Stage 3: sample sets. One job per model x sampler setting writes all repeats of the set
-# (samples/<model>/<key>/rep<r>.npz, the key as aot.keys writes it: heun-n18-rho7) and loads the
-# network once; a set that several tables use is made once. Repeat r covers seeds [r*n, (r+1)*n):
-# the FID measurements use disjoint seeds. Generation keeps finished shards in <out>.shards/ and
-# resumes after a kill or a requeue; each .npz appears last. With several GPUs the job runs one
-# process per GPU under torchrun, and the ranks share the shards (the files are the same).
+# Stage 3: sample sets and their FID. One job per model x sampler setting writes all repeats of the
+# set (samples/<model>/<key>/rep<r>.npz, the key as aot.keys writes it: heun-n18-rho7) from the
+# network loaded once, then measures each repeat into fid/<model>/<key>/rep<r>.json in the same
+# process (as `aot fid measure` does); a set that several tables use is made once. Repeat r covers
+# seeds [r*n, (r+1)*n): the FID measurements use disjoint seeds. Generation keeps finished shards in
+# <out>.shards/ and resumes after a kill or a requeue; each .npz appears last, and the shards stay
+# until the measurement is written, so a failed measurement costs its rerun only the merge. With
+# several GPUs the job runs one process per GPU under torchrun (the ranks share the shards) and
+# rank 0 measures.
 
 
 rule generate:
     input:
+        **fid_feature_inputs(),
         network=lambda wildcards: network_path(wildcards.model),
+        ref=reference_path(),
     output:
-        set_files(f"{R}/samples/{{model}}/{{key}}/rep{{rep}}.npz"),
+        samples=set_files(f"{R}/samples/{{model}}/{{key}}/rep{{rep}}.npz"),
+        fid=set_files(f"{R}/fid/{{model}}/{{key}}/rep{{rep}}.json"),
     log:
         f"{LOGS}/generate/{{model}}/{{key}}.log",
     benchmark:
@@ -28,7 +34,9 @@ rule generate:
         aot=launcher,
         env=requeue_env("generate"),
         args=generate_flags,
+        measure=measure_flags,
         threads=rank_threads,
     shell:
         "{params.env} {params.aot} generate --network {input.network:q} {params.args} "
-        "--out {output:q} {params.threads} > {log:q} 2>&1"
+        "--out {output.samples:q} --fid-ref {input.ref:q} --fid-out {output.fid:q} {params.measure} "
+        "{params.threads} > {log:q} 2>&1"

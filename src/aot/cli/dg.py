@@ -15,13 +15,16 @@
     python -m aot dg generate ... --seeds 0-149999 --out rep0.npz rep1.npz rep2.npz
       -> as `aot generate` with several --out files: the seeds split into equal, consecutive parts,
          network and discriminator loaded once, each file as a separate run with its part writes it.
+    python -m aot dg generate ... --out rep0.npz rep1.npz --fid-ref REF.npz --fid-out rep0.json rep1.json
+      -> then each set measured in the same process, as `aot fid measure` writes it.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .options import ArgParser, add_device, add_sampler, add_seeds, bool_flag, number_arg
+from .fid import check_generated_measurement, measure_generated
+from .options import ArgParser, add_device, add_measurement, add_sampler, add_seeds, bool_flag, number_arg
 
 
 def _num(name: str, kind: type = float, positive: bool = False, nonneg: bool = False):
@@ -76,15 +79,19 @@ def cmd_generate(args: argparse.Namespace) -> dict | list[dict | None] | None:
     from ..dg.sampler import generate
 
     _set_threads(args.threads)
+    measured = check_generated_measurement(args)
     out = args.out[0] if len(args.out) == 1 else args.out
-    return generate(network=args.network, discriminator=args.discriminator, seeds=args.seeds, out=out,
+    result = generate(network=args.network, discriminator=args.discriminator, seeds=args.seeds, out=out,
                     feature_extractor=args.feature_extractor, solver=args.solver, num_steps=args.num_steps,
                     rho=args.rho, sigma_min=args.sigma_min, sigma_max=args.sigma_max, S_churn=args.S_churn,
                     S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise,
                     dg_weight_1st_order=args.dg_weight_1st_order, dg_weight_2nd_order=args.dg_weight_2nd_order,
                     time_min=args.time_min, time_max=args.time_max, boosting=args.boosting, batch=args.batch,
                     class_labels=args.class_labels, shard_size=args.shard_size, grid=args.grid,
-                    model_name=args.model_name, device=args.device)
+                    model_name=args.model_name, device=args.device, keep_shards=measured)
+    if measured:
+        measure_generated(args)
+    return result
 
 
 def _add_train(sub) -> None:
@@ -146,6 +153,7 @@ def _add_generate(sub) -> None:
     g.add_argument("--shard-size", type=_num("--shard-size", int), default=1000)
     g.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images (of the first set)")
     add_device(g)
+    add_measurement(g)
     g.set_defaults(func=cmd_generate)
 
 

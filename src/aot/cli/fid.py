@@ -9,6 +9,9 @@ reference statistics are loaded once, and each JSON is the one a separate measur
 
 from __future__ import annotations
 
+import os
+
+from ..errors import UserError
 from .options import ArgParser, add_device, bool_flag, number_arg
 
 # = aot.fid.INCEPTION_URL, repeated so that `--help` needs no numpy or torch (tests check both are clean-fid's)
@@ -141,3 +144,38 @@ def aggregate(args) -> None:
     from .. import fid
 
     fid.aggregate(results=args.results, out=args.out)
+
+
+def check_generated_measurement(args) -> bool:
+    """Before a generation command with --fid-out makes its sets: the options agree, and the reference
+    and the feature network are there and fit each other (a missing asset fails before any work).
+    Returns whether the sets are measured after generation."""
+    if args.fid_out is None and args.fid_ref is None:
+        return False
+    if args.fid_out is None or args.fid_ref is None:
+        raise UserError("--fid-ref and --fid-out go together: the reference to measure against and one "
+                        "result file per --out")
+    if len(args.fid_out) != len(args.out):
+        raise UserError(f"--out names {len(args.out)} sample set(s) but --fid-out names {len(args.fid_out)} "
+                        "file(s); give one --fid-out per --out")
+    if set(map(os.path.abspath, args.fid_out)) & set(map(os.path.abspath, args.out)):
+        raise UserError("--fid-out names a file that --out names: the measurement would replace a sample set")
+    from .. import fid
+
+    fid.open_measurement(args.fid_ref, args.fid_features, args.fid_cache_dir, device="cpu")
+    return True
+
+
+def measure_generated(args) -> None:
+    """After a generation command made its sets (rank 0 of the job): measure each set into its
+    --fid-out, as `aot fid measure` does, then remove the sets' shard folders, kept so far so that a
+    failed measurement (whose job loses its outputs) costs a rerun only the merge."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from .. import fid
+    from ..samples import remove_shards
+
+    fid.measure(samples=args.out, ref=args.fid_ref, out=args.fid_out, features=args.fid_features,
+                cache_dir=args.fid_cache_dir, device=args.device, batch=args.fid_batch)
+    for out in args.out:
+        remove_shards(out)

@@ -9,13 +9,15 @@
 Several --out files split the seeds into equal, consecutive parts (0-49999, 50000-99999, ...), one
 set per file, with the network loaded once; each file is the one a separate run with its part of
 the seeds writes. A finished file made with the same settings is kept; --grid shows the first set.
+With --fid-ref REF --fid-out X.json ... the job then measures each set (as `aot fid measure`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .options import add_device, add_sampler, add_seeds, bool_flag, number_arg
+from .fid import check_generated_measurement, measure_generated
+from .options import add_device, add_measurement, add_sampler, add_seeds, bool_flag, number_arg
 
 
 def add_parser(subparsers) -> None:
@@ -43,6 +45,7 @@ def add_parser(subparsers) -> None:
     add_device(p)
     bool_flag(p, "fast", False, "bf16 autocast + channels_last (not bit-identical to EDM's fp32 sampling)")
     bool_flag(p, "compile", False, "with --fast: torch.compile the network")
+    add_measurement(p)
     p.set_defaults(func=run)
 
 
@@ -53,10 +56,14 @@ def run(args: argparse.Namespace) -> dict | list[dict | None] | None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    measured = check_generated_measurement(args)
     out = args.out[0] if len(args.out) == 1 else args.out
-    return generate_set(network=args.network, seeds=args.seeds, out=out, solver=args.solver,
+    result = generate_set(network=args.network, seeds=args.seeds, out=out, solver=args.solver,
                         num_steps=args.num_steps, rho=args.rho, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                         S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise,
                         batch=args.batch, class_labels=args.class_labels, shard_size=args.shard_size,
                         grid=args.grid, model_name=args.model_name, device=args.device, fast=args.fast,
-                        compile=args.compile)
+                        compile=args.compile, keep_shards=measured)
+    if measured:
+        measure_generated(args)
+    return result

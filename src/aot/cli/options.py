@@ -84,6 +84,21 @@ def add_sampler(p: argparse.ArgumentParser, solver: bool = True, churn: bool = T
                        help="stochasticity (default: 0, deterministic)")
 
 
+def add_measurement(p: argparse.ArgumentParser) -> None:
+    """--fid-ref, --fid-out, ...: measure the sets a generation command just made, in its process
+    (`aot fid measure` of each set, with the network's job loading the feature network once)."""
+    g = p.add_argument_group("measurement", "FID of the sets made, one --fid-out per --out, in the same "
+                                            "process after generation (what `aot fid measure` writes)")
+    g.add_argument("--fid-ref", default=None, metavar="REF.npz", help="reference statistics (aot fid reference)")
+    g.add_argument("--fid-out", nargs="+", default=None, metavar="X.json", help="result JSON, one per --out")
+    g.add_argument("--fid-features", default=None,
+                   help="'inception' or a feature network file (default: the reference's)")
+    g.add_argument("--fid-cache-dir", default=None,
+                   help="folder of clean-fid assets (default: $AOT_FID_CACHE; required for Inception)")
+    g.add_argument("--fid-batch", type=number_arg("--fid-batch", int, positive=True), default=100,
+                   help="images per feature batch (default: 100)")
+
+
 def option_name(key: str) -> str:
     """The option of a settings key: 'batch_gpu' -> '--batch-gpu'."""
     return "--" + key.replace("_", "-")

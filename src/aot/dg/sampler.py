@@ -188,6 +188,7 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
              time_min: float = 0.01,            # guidance only at VP times in [time_min, time_max]
              time_max: float = 1.0,
              boosting: bool = False,            # DG's boosting of low log-ratio samples
+             keep_shards: bool = False,         # keep shard folders (the sets are measured next)
              **settings: Any) -> dict | None:
     """Generate the guided sample set `settings['out']` for `settings['seeds']` from the network file
     `network` (ours, or an EDM pickle) and `discriminator` (a file of `aot.dg.train`, or DG's head);
@@ -240,5 +241,6 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
         metas = run_generation_sets(net, req["sets"], sampler_fn=dg_sampler, sampler_kwargs=sampler_kwargs,
                                     batch=req["batch"], device=device, class_labels=req["class_labels"],
                                     shard_size=req["shard_size"], meta=meta,
-                                    fingerprint_extra={"discriminator": str(discriminator)}, grid=req["grid"])
+                                    fingerprint_extra={"discriminator": str(discriminator)}, grid=req["grid"],
+                                    keep_shards=keep_shards)
         return request_result(req, metas)
