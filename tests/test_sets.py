@@ -286,20 +286,27 @@ def _sample_set(path: Path, images: np.ndarray, first_seed: int) -> Path:
     return path
 
 
+def _offline_reference(d: Path, channels: int, seed: int) -> np.random.Generator:
+    """An (untrained) offline feature network d/featnet.pt and the reference statistics d/ref.npz
+    of a small 8x8 data set d/data.zip in its space; returns the generator that drew the data."""
+    from aot.data import write_dataset
+
+    torch.manual_seed(seed)
+    metrics.save_feature_net(d / "featnet.pt", metrics.FeatureNet(channels, 8, 10, feature_dim=6, width=8).eval(),
+                             name="offline-classifier")
+    rng = np.random.default_rng(seed)
+    write_dataset(d / "data.zip", rng.integers(0, 256, (40, 8, 8, channels), dtype=np.uint8), total=40)
+    aot_main(["fid", "reference", "--data", str(d / "data.zip"), "--features", str(d / "featnet.pt"),
+              "--out", str(d / "ref.npz"), "--device", "cpu"])
+    return rng
+
+
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory):
     """An (untrained) offline feature network, reference statistics of a small RGB data set in its
     space, and three sample sets of different images."""
-    from aot.data import write_dataset
-
     d = tmp_path_factory.mktemp("fid-sets")
-    torch.manual_seed(0)
-    metrics.save_feature_net(d / "featnet.pt", metrics.FeatureNet(3, 8, 10, feature_dim=6, width=8).eval(),
-                             name="offline-classifier")
-    rng = np.random.default_rng(0)
-    write_dataset(d / "data.zip", rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), total=40)
-    aot_main(["fid", "reference", "--data", str(d / "data.zip"), "--features", str(d / "featnet.pt"),
-              "--out", str(d / "ref.npz"), "--device", "cpu"])
+    rng = _offline_reference(d, channels=3, seed=0)
     sets = [_sample_set(d / f"rep{i}.npz", rng.integers(0, 256 - 60 * i, (30, 8, 8, 3), dtype=np.uint8), 30 * i)
             for i in range(3)]
     return d, sets
@@ -417,16 +424,8 @@ def test_sample_set_shape_reads_the_header(tmp_path):
 @pytest.fixture(scope="module")
 def gray_offline(tmp_path_factory):
     """Reference statistics of a small one-channel data set in an (untrained) offline feature space."""
-    from aot.data import write_dataset
-
     d = tmp_path_factory.mktemp("fid-gray")
-    torch.manual_seed(1)
-    metrics.save_feature_net(d / "featnet.pt", metrics.FeatureNet(1, 8, 10, feature_dim=6, width=8).eval(),
-                             name="offline-classifier")
-    rng = np.random.default_rng(1)
-    write_dataset(d / "data.zip", rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8), total=40)
-    aot_main(["fid", "reference", "--data", str(d / "data.zip"), "--features", str(d / "featnet.pt"),
-              "--out", str(d / "ref.npz"), "--device", "cpu"])
+    _offline_reference(d, channels=1, seed=1)
     return d
 
 
