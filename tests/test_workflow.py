@@ -390,3 +390,15 @@ if __name__ == "__main__":
     tail = rest.split(KEYS_END, 1)[1]
     rows = "\n".join(config_key_rows(schema))
     CONFIG_README.write_text(f"{head}{KEYS_BEGIN}\n{rows}\n{KEYS_END}{tail}")
+
+
+def test_documented_commands_name_targets_before_configfile():
+    """`--configfile` takes several files, so a target written after it is read as one more config
+    file and the command fails: every command the docs and configs show names its targets first
+    (or ends the file list with `--`)."""
+    after = re.compile(r"--configfile(?:\s+[\w./-]+\.ya?ml)+[ \t]+(?!-)([\w.]+)")
+    files = [ROOT / "README.md", ROOT / "Snakefile", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "config").glob("*.yaml")), ROOT / "config" / "README.md",
+             *sorted((ROOT / "workflow").rglob("*.smk"))]
+    bad = [f"{p.relative_to(ROOT)}: ...{m.group(0)}" for p in files for m in after.finditer(p.read_text())]
+    assert not bad, bad

@@ -1,7 +1,7 @@
 # The pool-size study (Table 6): a named target, not part of `all`.
 #
 #   snakemake --profile slurm pool_study
-#   snakemake --cores all --configfile config/demo.yaml pool_study
+#   snakemake pool_study --cores all --configfile config/demo.yaml
 #
 # The study's models are trained by the `train` rule and their sample sets made and measured by the
 # `generate` rule (common_pool_study.smk registers them); the curvature of every study
