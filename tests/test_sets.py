@@ -506,3 +506,33 @@ def test_generate_bad_measurement_refused_before_any_work(tmp_path, files, gray_
     for extra, fragment in cases:
         _refused(capsys, [*base, *extra], fragment)
         assert list(o.iterdir()) == []
+
+
+def test_measurement_stopped_by_the_time_limit_exits_75(tmp_path, files, gray_offline, monkeypatch):
+    """Slurm's warning signal during the measurement: exit 75 (the job requeues itself), no result
+    written, the shards kept for the requeued job."""
+    import signal
+
+    from aot.errors import EXIT_PREEMPTED
+
+    d = gray_offline
+    outs = [tmp_path / f"rep{i}.npz" for i in range(2)]
+    jsons = [tmp_path / f"rep{i}.json" for i in range(2)]
+    measured = []
+    original = fid._measure_one
+
+    def signalled(*args, **kwargs):
+        measured.append(args[0])
+        if len(measured) == 2:  # during the second set's measurement
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fid, "_measure_one", signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:
+        aot_main(["generate", "--network", str(files / "gray.pt"), "--seeds", "0-11", *GEN, "--out",
+                  *map(str, outs), "--fid-ref", str(d / "ref.npz"), "--fid-out", *map(str, jsons)])
+    assert exc.value.code == EXIT_PREEMPTED and len(measured) == 2
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler was put back
+    assert not any(p.exists() for p in jsons)
+    assert all(len(list(samples_mod.shards_dir(p).glob("shard-*.npz"))) == 2 for p in outs)

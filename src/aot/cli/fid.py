@@ -169,13 +169,17 @@ def check_generated_measurement(args) -> bool:
 def measure_generated(args) -> None:
     """After a generation command made its sets (rank 0 of the job): measure each set into its
     --fid-out, as `aot fid measure` does, then remove the sets' shard folders, kept so far so that a
-    failed measurement (whose job loses its outputs) costs a rerun only the merge."""
+    failed measurement (whose job loses its outputs) costs a rerun only the merge. A SIGTERM or
+    SIGUSR1 (time limit, preemption) ends the measurement at once with EXIT_PREEMPTED, as it
+    ends the generation: nothing is written, the shards stay, and the requeued job measures again."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
     from .. import fid
+    from ..runtime import Preemption
     from ..samples import remove_shards
 
-    fid.measure(samples=args.out, ref=args.fid_ref, out=args.fid_out, features=args.fid_features,
-                cache_dir=args.fid_cache_dir, device=args.device, batch=args.fid_batch)
+    with Preemption(raise_on_signal=True):
+        fid.measure(samples=args.out, ref=args.fid_ref, out=args.fid_out, features=args.fid_features,
+                    cache_dir=args.fid_cache_dir, device=args.device, batch=args.fid_batch)
     for out in args.out:
         remove_shards(out)
