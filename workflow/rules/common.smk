@@ -597,29 +597,23 @@ def fid_feature_inputs():
     return {"assets": f"{FID_CACHE}/assets.json"}
 
 
+def fid_settings(input):
+    """Feature network, clean-fid cache and batch of every FID measurement."""
+    return {
+        "features": input.features if FID["features"] == "offline" else "inception",
+        "cache_dir": FID_CACHE,
+        "batch": FID["batch"],
+    }
+
+
 def measure_flags(wildcards, input):
-    """The measurement options of a job that makes a sample set and then measures it."""
-    return flags(
-        {
-            "fid_features": (
-                input.features if FID["features"] == "offline" else "inception"
-            ),
-            "fid_cache_dir": FID_CACHE,
-            "fid_batch": FID["batch"],
-        }
-    )
+    """The measurement options (--fid-...) of a job that makes a sample set and then measures it."""
+    return flags({f"fid_{k}": v for k, v in fid_settings(input).items()})
 
 
 def fid_flags(wildcards, input):
     """Feature network, clean-fid cache, batch and device of the FID commands."""
-    return flags(
-        {
-            "features": input.features if FID["features"] == "offline" else "inception",
-            "cache_dir": FID_CACHE,
-            "batch": FID["batch"],
-            "device": DEVICE,
-        }
-    )
+    return flags({**fid_settings(input), "device": DEVICE})
 
 
 def reference_path():
