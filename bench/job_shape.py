@@ -39,8 +39,12 @@ LOCAL = re.compile(r"all|fetch\w*|download_\w+|place_\w+|run_config|tables|figur
                    r"table\d+|figure\d+")
 
 
-def dry_run(*args: str, cwd: Path = ROOT, profile: str | None = "slurm") -> str:
-    """Output of `snakemake -n` with the given profile (profiles/<profile>) and arguments."""
+def dry_run(*args: str, cwd: Path | None = None, profile: str | None = "slurm") -> str:
+    """Output of `snakemake -n` with the given profile (profiles/<profile>) and arguments, in `cwd`,
+    by default a fresh folder (outputs of earlier runs in the repository would drop their jobs)."""
+    if cwd is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return dry_run(*args, cwd=Path(tmp), profile=profile)
     cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(cwd)]
     if profile:

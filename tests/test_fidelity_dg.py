@@ -35,7 +35,7 @@ PUBLISHED = yaml.safe_load((ROOT / "config" / "published.yaml").read_text())
 # Dry runs and the commands they print
 
 
-def dry_run(*args: str, config: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def dry_run(*args: str, config: dict | None, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(cwd), *args]
     if config is not None:

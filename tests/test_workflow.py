@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def dry_run(*args: str, configfile: Path | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def dry_run(*args: str, configfile: Path | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`snakemake -n` in `cwd`, by default a fresh folder: outputs of the user's own runs in the
+    repository (results/demo after `make demo`) must not change what a dry run plans."""
+    if cwd is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return dry_run(*args, configfile=configfile, cwd=Path(tmp))
     cmd = [*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]  # last: it takes several values
