@@ -17,9 +17,9 @@ import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
-from snakemake.utils import update_config
 
 from aot.cli.options import to_argv
+from aot.settings import ConfigError, RunSettings
 from aot.keys import (
     GUIDANCE_RE,
     KEY_RE,
@@ -40,173 +40,46 @@ PAPER_CONFIG = "../../config/config.yaml"
 
 
 # ------------------------------------------------------------------------------------------------
-# Configuration
+# Configuration: aot.settings decides every setting (layering, schema, checks across keys, derived
+# values); this is its one call. A partial config is layered onto config/config.yaml.
 
 
-def load_yaml(path):
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+def overrides_of(rule):
+    """`--set-resources <rule>:...` (command line or profile) as plain values."""
+    given = workflow.resource_settings.overwrite_resources.get(rule, {})
+    return {k: getattr(v, "value", v) for k, v in dict(given).items()}
 
 
-def layer_partial_config(config, schema):
-    """A config that lacks some of the schema's required top-level keys is a partial (site) file:
-    it is merged onto config/config.yaml, key by key (lists and values replace, mappings merge).
-    A complete config (config/demo.yaml, tests/configs/tiny.yaml) stands alone."""
-    missing = [key for key in schema["required"] if key not in config]
-    if not missing:
-        return
-    given = sorted(config)
-    paper = load_yaml(workflow.source_path(PAPER_CONFIG))
-    update_config(paper, dict(config))
-    config.clear()
-    config.update(paper)
-    if given:
+def load_settings():
+    try:
+        settings = RunSettings.load(
+            config,
+            schema=workflow.source_path(SCHEMA),
+            paper=workflow.source_path(PAPER_CONFIG),
+            validate=not workflow.modifier.skip_validation,
+        )
+        # the same check of batch vs GPUs x nodes x B for a command line's or profile's resources
+        if overrides_of("train"):
+            settings.check_training_batch(
+                settings.train_resources(overrides_of("train"))
+            )
+    except ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
+    if settings.layered_from:
         logger.info(
-            f"config: {', '.join(given)} from the given config, "
+            f"config: {', '.join(settings.layered_from)} from the given config, "
             "everything else from config/config.yaml"
         )
-
-
-def key_path(path):
-    """['models', 0, 'name'] -> 'models[0].name'."""
-    out = ""
-    for part in path:
-        out += (
-            f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-        )
-    return out
-
-
-def schema_problems(error):
-    """(key path, problem) pairs of one jsonschema error, naming the key itself where it can."""
-    where = list(error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = error.schema.get("properties", {})
-        for key in error.instance:
-            if key not in known:
-                allowed = ", ".join(known) or "none"
-                yield key_path(where + [key]), f"unknown key (known here: {allowed})"
-        return
-    if error.validator == "required" and isinstance(error.instance, dict):
-        for key in error.validator_value:
-            if key not in error.instance:
-                yield key_path(where + [key]), "missing (required)"
-        return
-    yield key_path(where) or "(top level)", error.message
-
-
-def check_schema(config, schema):
-    """Every schema violation as one line, `config error: <key.path>: <problem>`, all at once
-    (unless the workflow using this one as a module skips validation)."""
-    if workflow.modifier.skip_validation:
-        return
-    validator = jsonschema.Draft202012Validator(schema)
-    lines = sorted(
-        {
-            f"config error: {where}: {problem}"
-            for error in validator.iter_errors(config)
-            for where, problem in schema_problems(error)
-        }
-    )
-    if lines:
-        raise WorkflowError("\n".join(lines))
-
-
-def set_defaults(config, schema):
-    """Fill in the schema's defaults, the one place they live (jsonschema's recipe, as in
-    snakemake.utils.validate): a missing key with a default gets a copy of it, nested too.
-    """
-    draft = jsonschema.Draft202012Validator
-
-    def properties(validator, props, instance, subschema):
-        if isinstance(instance, dict):
-            for key, sub in props.items():
-                if "default" in sub:
-                    instance.setdefault(key, copy.deepcopy(sub["default"]))
-        yield from draft.VALIDATORS["properties"](validator, props, instance, subschema)
-
-    filler = jsonschema.validators.extend(draft, {"properties": properties})
-    for _ in filler(schema).iter_errors(config):
-        pass
+    for line in settings.warnings:
+        logger.warning(line)
+    return settings
 
 
 def fail(msg):
     raise WorkflowError(f"config error: {msg}")
 
 
-def check_config():
-    """Cross-field checks the schema cannot express; each names the key and value."""
-    names = [m["name"] for m in config["models"]]
-    for name in names:
-        if names.count(name) > 1:
-            fail(f"models: the name {name!r} is used twice")
-    gpus = max(1, config["resources"]["train"]["gpus"])
-    for m in config["models"]:
-        if m["source"] == "edm-pickle" and not m.get("pickle"):
-            fail(
-                f"models[{m['name']}]: source edm-pickle needs `pickle` "
-                "(URL or path of the EDM .pkl)"
-            )
-        t = train_settings(m["name"])
-        if m["source"] == "train":
-            n, b = t["pool_size"], t["batch_gpu"]
-            if n % b != 0:
-                fail(
-                    f"models[{m['name']}]: pool_size N={n} is not a multiple of batch_gpu B={b}"
-                )
-            if n < b:
-                fail(
-                    f"models[{m['name']}]: pool_size N={n} is smaller than batch_gpu B={b}"
-                )
-            if t["batch"] % (b * gpus) != 0:
-                fail(
-                    f"models[{m['name']}]: batch {t['batch']} is not a multiple of "
-                    f"batch_gpu {b} x {gpus} GPU(s)"
-                )
-    for part in PARTS:
-        for role in ("edm", "aot"):
-            name = config["tables"][part][role]
-            if name not in MODELS:
-                fail(
-                    f"tables.{part}.{role}: unknown model {name!r} (models: {', '.join(names)})"
-                )
-            m = MODELS[name]
-            if m["cond"] != (part == "cond") or m["aot"] != (role == "aot"):
-                fail(
-                    f"tables.{part}.{role}: model {name!r} has cond={m['cond']}, aot={m['aot']}"
-                )
-    for name in SAMPLING["best"]:
-        if name not in MODELS:
-            fail(f"sampling.best: unknown model {name!r}")
-    for i, row in enumerate(SAMPLING["table4"]["rows"]):
-        if row["model"] not in MODELS:
-            fail(f"sampling.table4.rows[{i}].model: unknown model {row['model']!r}")
-    for name in SAMPLING["table5"]["models"]:
-        if name not in MODELS:
-            fail(f"sampling.table5.models: unknown model {name!r}")
-    for nfe in SAMPLING["table5"]["nfe"]:
-        if SOLVER == "heun" and nfe % 2 == 0:
-            fail(
-                f"sampling.table5.nfe: {nfe} is even, but Heun's NFE is 2 x steps - 1 (odd)"
-            )
-    if config["dataset"]["name"] == "cifar10" and not config["dataset"].get("source"):
-        fail("dataset.source: CIFAR-10 needs the URL or path of cifar-10-python.tar.gz")
-    if FID["reference"] == "precomputed" and FID["features"] != "inception":
-        fail(
-            "fid.reference: precomputed statistics exist for Inception features only; "
-            "use reference: dataset"
-        )
-    if FID["reference"] == "precomputed" and config["dataset"]["name"] != "cifar10":
-        fail(
-            "fid.reference: precomputed statistics exist for CIFAR-10 only; "
-            "use reference: dataset"
-        )
-
-
-_SCHEMA = load_yaml(workflow.source_path(SCHEMA))
-layer_partial_config(config, _SCHEMA)
-check_schema(config, _SCHEMA)
-set_defaults(config, _SCHEMA)
+SETTINGS = load_settings()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,10 +123,11 @@ FID_CACHE = f"{DOWNLOADS}/clean-fid"
 DATASET = f"{R}/data/dataset.zip"
 DEVICE = config["device"]
 ENV = "../../envs/aot.yaml"
-MODELS = {m["name"]: m for m in config["models"]}
-PARTS = [p for p in ("uncond", "cond") if p in config["tables"]]  # the tables' parts
-TRAINED = [m["name"] for m in config["models"] if m["source"] == "train"]
-IMPORTED = [m["name"] for m in config["models"] if m["source"] == "edm-pickle"]
+# every model of the run, the pool-size study's included (aot.settings.run)
+MODELS = SETTINGS.models
+PARTS = SETTINGS.parts  # the tables' parts
+TRAINED = SETTINGS.trained
+IMPORTED = SETTINGS.imported
 SAMPLING = config["sampling"]
 SOLVER = SAMPLING["solver"]
 FID = config["fid"]
@@ -475,16 +349,12 @@ def fid_set(model, key):
     return [fid_path(model, key, r) for r in range(FID["repeats"])]
 
 
-def seeds_for(rep):
-    return seed_range(int(rep), FID["num_images"])
-
-
 REPEATS = list(range(FID["repeats"]))
 
 
 def set_seeds(offset=0):
     """The seeds of all repeats of a sample set, from `offset`: one job makes the whole set and
-    `aot generate` splits them into the repeats (repeat r: seeds_for(r) when offset is 0).
+    `aot generate` splits them into the repeats (repeat r: seeds r x n to (r + 1) x n - 1 when offset is 0, n = fid.num_images).
     """
     return seed_range(0, FID["num_images"] * len(REPEATS), offset)
 
@@ -540,8 +410,7 @@ def names_regex(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-def train_settings(model):
-    return {**config["training"], **MODELS[model].get("train", {})}
+train_settings = SETTINGS.train_settings
 
 
 def train_flags(wildcards):
@@ -657,14 +526,7 @@ def fetch_targets():
 # The work of a job, in seconds on one GPU (walltime section): what its requested runtime follows
 
 
-def part_of(model):
-    return "cond" if MODELS[model]["cond"] else "uncond"
-
-
-def dg_setting(model, key):
-    """A DG setting for a model's part (dg.<part>.<key>, or dg.<key> where DG has one recipe)."""
-    part = DG.get(part_of(model))
-    return part[key] if isinstance(part, dict) and key in part else DG[key]
+part_of = SETTINGS.part_of
 
 
 def train_work_s(wildcards):
@@ -682,8 +544,8 @@ WORK = {
     "generate_dg": lambda wc: set_images()
     * (key_nfe(wc.key) * WALLTIME["guidance_image_nfe_s"] + WALLTIME["fid_image_s"]),
     "train_discriminator": lambda wc: 2
-    * dg_setting(wc.model, "collect_images")
-    * dg_setting(wc.model, "epochs")
+    * DG["collect_images"]
+    * SETTINGS.dg_recipe(wc.model)["epochs"]
     * WALLTIME["discriminator_image_epoch_s"],
 }
 
@@ -697,8 +559,6 @@ def train_requeues():
     )
     return max(WALLTIME["requeues"], math.ceil(longest / max(per_job, 1)) + 1)
 
-
-check_config()
 
 
 include: "common_dg.smk"

@@ -25,18 +25,13 @@ def guided_key(key, mode):
     return sampler_key(**{**parse_key(key), "guidance": mode})
 
 
-def dg_part(model):
-    return "cond" if MODELS[model]["cond"] else "uncond"
-
-
-def dg_recipe(model):
-    """The DG settings of a model's part: dg.uncond or dg.cond."""
-    return DG[dg_part(model)]
+dg_recipe = SETTINGS.dg_recipe
+dg_classifier = SETTINGS.dg_classifier
 
 
 def dg_base_key(model):
     """The sample set a model's discriminator trains on: the Table 3 sampler's first repeat."""
-    part = dg_part(model)
+    part = part_of(model)
     return best_key(model) if model == config["tables"][part]["aot"] else default_key()
 
 
@@ -48,12 +43,6 @@ def guided_seeds():
     set is the r-th of fid.repeats equal parts."""
     n = FID["num_images"] * FID["repeats"]
     return seed_range(0, n, offset=n)
-
-
-def guided_seeds_for(rep):
-    """The seeds of repeat `rep` of a guided sample set: the rep-th part of guided_seeds()."""
-    n = FID["num_images"]
-    return seed_range(int(rep), n, offset=n * FID["repeats"])
 
 
 def given_discriminator(model, mode):
@@ -80,13 +69,6 @@ def discriminator_pairs_regex(pairs, given):
     if not pairs:
         return "(?!)" if given else MODEL_RE
     return f"(?{'=' if given else '!'}(?:{alternatives})){MODEL_RE}"
-
-
-def dg_classifier():
-    """DG's ADM classifier file, or None when the feature extractor is trained from scratch."""
-    if DG["enabled"] and DG["feature_extractor"] != "scratch":
-        return DG["feature_extractor"]
-    return None
 
 
 def dg_feature_inputs():
@@ -172,14 +154,12 @@ def dg_sampler_settings(model):
 
 
 def dg_generate_flags(wildcards):
-    """Options of `aot dg generate`: the seeds of the job's repeat (a per-repeat job) or of all
-    repeats (a job making the whole set), the sampler, and the guidance of the model's part.
-    """
-    rep = getattr(wildcards, "rep", None)
+    """Options of `aot dg generate`: the seeds of all repeats of the guided set, the sampler, and
+    the guidance of the model's part."""
     return flags(
         {
             "model_name": wildcards.model,
-            "seeds": guided_seeds() if rep is None else guided_seeds_for(rep),
+            "seeds": guided_seeds(),
             **sampler_settings(wildcards.key),
             **dg_sampler_settings(wildcards.model),
             "batch": config["generate"]["batch"],
@@ -187,50 +167,3 @@ def dg_generate_flags(wildcards):
             "device": DEVICE,
         }
     )
-
-
-def check_dg_config():
-    """Cross-field checks of the dg section (see check_config), per part."""
-    if not DG["enabled"]:
-        return
-    for key in ("feature_extractor", "collect_images"):
-        if key not in DG:
-            fail(f"dg.{key} is required when dg.enabled is true")
-    if DG["collect_images"] > FID["num_images"]:
-        fail(
-            f"dg.collect_images {DG['collect_images']} exceeds fid.num_images "
-            f"{FID['num_images']}: the discriminator is trained on the model's first "
-            "sample set, never on a regenerated one"
-        )
-    parts = {dg_part(m) for m in MODELS}
-    for part in ("uncond", "cond"):
-        recipe = DG[part]
-        if recipe["time_min"] >= recipe["time_max"]:
-            fail(
-                f"dg.{part}.time_min {recipe['time_min']} must be below "
-                f"dg.{part}.time_max {recipe['time_max']}"
-            )
-        if part not in parts:
-            continue
-        n, b = recipe["pool_size"], recipe["batch"]
-        if n < b or n % b:
-            fail(
-                f"dg.{part}.pool_size N={n} must be a multiple of dg.{part}.batch {b} "
-                "(and at least as large): AOT serves each pool in whole batches"
-            )
-    for model, modes in DG["discriminators"].items():
-        if model not in MODELS:
-            fail(
-                f"dg.discriminators: unknown model {model!r} (models: {', '.join(MODELS)})"
-            )
-        for mode, path in modes.items():
-            if not path:
-                fail(f"dg.discriminators.{model}.{mode}: empty path")
-            if (
-                os.path.basename(path) in DG_DISCRIMINATOR_FOLDERS
-                and not dg_classifier()
-            ):
-                fail(
-                    f"dg.discriminators.{model}.{mode}: DG's head {path} needs DG's ADM "
-                    "classifier: set dg.feature_extractor to 32x32_classifier.pt, not scratch"
-                )

@@ -3,34 +3,7 @@
 # here (tables.<part>.edm) when tables.<part>.edm_published names an imported model.
 
 
-def published_model(part):
-    """The part's EDM published network (a model with source edm-pickle), or None."""
-    return config["tables"][part].get("edm_published")
-
-
-def check_published_config():
-    """tables.<part>.edm_published names an imported EDM network of the part (see check_config)."""
-    for part in PARTS:
-        name = published_model(part)
-        if name is None:
-            continue
-        if name not in MODELS:
-            fail(
-                f"tables.{part}.edm_published: unknown model {name!r} "
-                f"(models: {', '.join(MODELS)})"
-            )
-        m = MODELS[name]
-        if m["source"] != "edm-pickle" or m["aot"] or m["cond"] != (part == "cond"):
-            fail(
-                f"tables.{part}.edm_published: model {name!r} must be EDM's published network "
-                f"(source edm-pickle, aot false, cond {str(part == 'cond').lower()}); it has "
-                f"source {m['source']}, aot={m['aot']}, cond={m['cond']}"
-            )
-        if name == config["tables"][part]["edm"]:
-            fail(
-                f"tables.{part}.edm_published: {name!r} is also tables.{part}.edm, the EDM "
-                "retrained here; name two different models"
-            )
+published_model = SETTINGS.published_model
 
 
 def edm_models(part):

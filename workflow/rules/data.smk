@@ -7,9 +7,6 @@
 include: "common_data.smk"
 
 
-check_dataset_config()
-
-
 if config["dataset"]["name"] == "edm":
     if edm_dataset_is_link():
 

@@ -7,9 +7,6 @@
 # guided set measures its FID (fid/<model>/dg<mode>-<key>/rep<r>.json), as for plain sets.
 
 
-check_dg_config()
-
-
 if dg_placed_files():
 
     localrules:

@@ -4,7 +4,7 @@
 #   snakemake pool_study --cores all --configfile config/demo.yaml
 #
 # The study's models are trained by the `train` rule and their sample sets made and measured by the
-# `generate` rule (common_pool_study.smk registers them); the curvature of every study
+# `generate` rule (aot.settings registers them); the curvature of every study
 # model of a part comes from one diagnostics job (the same latents for all), and Table 6 with its
 # figure from one report job.
 
@@ -39,6 +39,7 @@ rule pool_study_diagnostics:
 
 rule table6:
     input:
+        check_pool_study,
         networks=pool_study_networks(),
         fids=pool_study_fids(),
         diagnostics=pool_study_diagnostics_json(),

@@ -3,9 +3,6 @@
 # tables, figures, report. `snakemake table4` builds Table 4 and only what it needs. They take
 # seconds each, so on a cluster they run where Snakemake runs (localrule), never as Slurm jobs.
 
-
-check_published_config()
-
 # table number -> the FID results it is made from
 TABLES = {
     **({1: table12_fids("uncond")} if "uncond" in PARTS else {}),

@@ -1,0 +1,387 @@
+"""A run's settings: the checked configuration and every value derived from it (per-model training
+settings, DG recipes, dataset facts, the pool-size study's models, GPUs x nodes), with every check
+across keys. Pure: nothing here knows Snakemake; the workflow builds one `RunSettings` at the top
+of common.smk and reads from it."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from .rules import check_global_batch, check_heun_nfe, check_pool_batch
+from .schema import ConfigError, check_schema, layer_partial, load_yaml, set_defaults
+
+# name -> (channels, classes) of the built-in datasets
+BUILTIN_DATASETS = {"cifar10": (3, 10), "digits": (1, 10)}
+EDM_ONLY_KEYS = ("path", "labels", "classes")
+PARTS = ("uncond", "cond")
+# Settings that do not change a model without AOT (its noise is never paired).
+NO_AOT_IGNORED = ("pool_size", "cost")
+# DG's released heads (file name -> the DG checkpoint folder that has them): they need DG's classifier.
+DG_RELEASED_HEADS = ("discriminator_60.pt", "discriminator_250.pt")
+
+
+def _fail(msg: str):
+    raise ConfigError(msg)
+
+
+def _raise_as_config(fn, *args, **kwargs) -> None:
+    """Run one of the paper's rules (aot.settings.rules) and report its error as a config error."""
+    from ..errors import UserError
+
+    try:
+        fn(*args, **kwargs)
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def train_processes(resources: dict) -> tuple[int, int]:
+    """(GPUs per node, nodes) of a training job's resources: 0 GPUs is one CPU process."""
+    return int(resources.get("gpus") or 0), int(resources.get("nodes") or 1)
+
+
+class RunSettings:
+    """The settings of one run. `config` is validated and has the schema's defaults; `warnings` are
+    lines to show (not errors)."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.warnings: list[str] = []
+        self.models: dict[str, dict] = {m["name"]: m for m in config["models"]}
+        self.parts = [p for p in PARTS if p in config["tables"]]  # the tables' parts
+        self.pool_study_entries: list[dict] = []
+
+    # --- building --------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, config: dict, *, schema: str | Path, paper: str | Path, validate: bool = True) -> RunSettings:
+        """Layer a partial config onto the paper's (in place), check it against the schema, fill in
+        the defaults, derive and check everything else. Raises ConfigError."""
+        schema_doc = load_yaml(schema)
+        given = layer_partial(config, schema_doc, paper)
+        if validate:
+            check_schema(config, schema_doc)
+        set_defaults(config, schema_doc)
+        run = cls(config)
+        run.layered_from = given
+        run.check()
+        return run
+
+    def check(self) -> None:
+        """Every check across keys, in the order a reader meets the sections; the first problem
+        raises ConfigError. The pool-size study's models are derived (and registered) here."""
+        self.check_models()
+        self.check_sampling()
+        self.check_fid()
+        self.pool_study_entries = self.derive_pool_study()
+        for e in self.pool_study_entries:
+            if e["new"] and e["model"] not in self.models:
+                self.models[e["model"]] = {"name": e["model"], "cond": e["part"] == "cond",
+                                           "aot": e["N"] is not None, "source": "train", "train": e["train"]}
+        self.check_dataset()
+        self.check_dg()
+        self.check_published()
+
+    # --- models and training ---------------------------------------------------------------------
+
+    @property
+    def trained(self) -> list[str]:
+        return [n for n, m in self.models.items() if m["source"] == "train"]
+
+    @property
+    def imported(self) -> list[str]:
+        return [n for n, m in self.models.items() if m["source"] == "edm-pickle"]
+
+    def train_settings(self, model: str) -> dict:
+        return {**self.config["training"], **self.models[model].get("train", {})}
+
+    def part_of(self, model: str) -> str:
+        return "cond" if self.models[model]["cond"] else "uncond"
+
+    def train_resources(self, overrides: dict | None = None) -> dict:
+        """The training job's resources: the config's, with a command line's or profile's
+        `--set-resources train:...` on top (`gpu` or the count of `gres`, and `nodes`)."""
+        r = dict(self.config["resources"]["train"])
+        o = overrides or {}
+        if o.get("gpu") is not None:
+            r["gpus"] = int(o["gpu"])
+        elif o.get("gres"):
+            last = str(o["gres"]).split(":")[-1]
+            r["gpus"] = int(last) if last.isdigit() else 1
+        if o.get("nodes") is not None:
+            r["nodes"] = int(o["nodes"])
+        return r
+
+    def check_training_batch(self, resources: dict, names: list[str] | None = None, where: str | None = None) -> None:
+        """Global batch vs GPUs x nodes x B for every trained model (or `names`), with `resources`
+        (train_resources()); the message names the keys and the GPU counts that would work."""
+        gpus, nodes = train_processes(resources)
+        for name in names if names is not None else self.trained:
+            t = self.train_settings(name)
+            _raise_as_config(check_global_batch, t["batch"], t["batch_gpu"], gpus, nodes,
+                             where=where or f"models[{name}] with resources.train gpus={gpus}, nodes={nodes}",
+                             gpus_name="GPU(s)")
+
+    def check_models(self) -> None:
+        config = self.config
+        names = [m["name"] for m in config["models"]]
+        for name in names:
+            if names.count(name) > 1:
+                _fail(f"models: the name {name!r} is used twice")
+        for m in config["models"]:
+            if m["source"] == "edm-pickle" and not m.get("pickle"):
+                _fail(f"models[{m['name']}]: source edm-pickle needs `pickle` (URL or path of the EDM .pkl)")
+            if m["source"] == "train":
+                t = self.train_settings(m["name"])
+                _raise_as_config(check_pool_batch, t["pool_size"], t["batch_gpu"],
+                                 f"models[{m['name']}]: pool_size", "batch_gpu")
+        self.check_training_batch(self.train_resources())
+        for part in self.parts:
+            for role in ("edm", "aot"):
+                name = config["tables"][part][role]
+                if name not in self.models:
+                    _fail(f"tables.{part}.{role}: unknown model {name!r} (models: {', '.join(names)})")
+                m = self.models[name]
+                if m["cond"] != (part == "cond") or m["aot"] != (role == "aot"):
+                    _fail(f"tables.{part}.{role}: model {name!r} has cond={m['cond']}, aot={m['aot']}")
+
+    # --- sampling and FID ------------------------------------------------------------------------
+
+    @property
+    def solver(self) -> str:
+        return self.config["sampling"]["solver"]
+
+    def check_sampling(self) -> None:
+        sampling = self.config["sampling"]
+        for name in sampling["best"]:
+            if name not in self.models:
+                _fail(f"sampling.best: unknown model {name!r}")
+        for i, row in enumerate(sampling["table4"]["rows"]):
+            if row["model"] not in self.models:
+                _fail(f"sampling.table4.rows[{i}].model: unknown model {row['model']!r}")
+        for name in sampling["table5"]["models"]:
+            if name not in self.models:
+                _fail(f"sampling.table5.models: unknown model {name!r}")
+        for nfe in sampling["table5"]["nfe"]:
+            _raise_as_config(check_heun_nfe, nfe, self.solver, "sampling.table5.nfe")
+        for nfe in self.config["pool_study"]["nfe"]:
+            _raise_as_config(check_heun_nfe, nfe, self.solver, "pool_study.nfe")
+
+    def check_fid(self) -> None:
+        config, fid = self.config, self.config["fid"]
+        if config["dataset"]["name"] == "cifar10" and not config["dataset"].get("source"):
+            _fail("dataset.source: CIFAR-10 needs the URL or path of cifar-10-python.tar.gz")
+        if fid["reference"] == "precomputed" and fid["features"] != "inception":
+            _fail("fid.reference: precomputed statistics exist for Inception features only; use reference: dataset")
+        if fid["reference"] == "precomputed" and config["dataset"]["name"] != "cifar10":
+            _fail("fid.reference: precomputed statistics exist for CIFAR-10 only; use reference: dataset")
+
+    # --- the dataset -----------------------------------------------------------------------------
+
+    def dataset_channels(self) -> int:
+        d = self.config["dataset"]
+        return d["channels"] if d["name"] == "edm" else BUILTIN_DATASETS[d["name"]][0]
+
+    def dataset_classes(self) -> int | None:
+        """Number of classes when known from the config (None: unlabelled, or not stated)."""
+        d = self.config["dataset"]
+        if d["name"] == "edm":
+            return d.get("classes") if d.get("labels") else None
+        return BUILTIN_DATASETS[d["name"]][1]
+
+    def check_dataset(self) -> None:
+        """The dataset section against the models, FID and DG."""
+        from ..data import class_pool_warning
+
+        d = self.config["dataset"]
+        name = d["name"]
+        if name == "edm":
+            for key in ("path", "channels", "labels"):
+                if key not in d:
+                    _fail(f"dataset.{key} is required for name: edm")
+            path = d["path"]
+            if not os.path.exists(path):
+                _fail(f"dataset.path: {path} does not exist")
+            if not (os.path.isdir(path) or path.lower().endswith(".zip")):
+                _fail(f"dataset.path: {path} is neither a folder nor a .zip archive (EDM's dataset format)")
+            if "classes" in d and not d["labels"]:
+                _fail("dataset.classes is set, but dataset.labels is false")
+        else:
+            for key in EDM_ONLY_KEYS:
+                if key in d:
+                    _fail(f"dataset.{key} is only for name: edm (name is {name})")
+            channels = BUILTIN_DATASETS[name][0]
+            if d.get("channels", channels) != channels:
+                _fail(f"dataset.channels: {name} has {channels}-channel images, not {d['channels']}")
+            if name == "cifar10" and d["resolution"] != 32:
+                _fail(f"dataset.resolution: CIFAR-10 is 32x32, not {d['resolution']}")
+        labelled = name != "edm" or d["labels"]
+        classes = self.dataset_classes()
+        for m in self.config["models"]:
+            if m["source"] != "train" or not m["cond"]:
+                continue
+            if not labelled:
+                _fail(f"models[{m['name']}]: a conditional model needs class labels, but dataset.labels is false")
+            if m["aot"] and classes:
+                warning = class_pool_warning(self.train_settings(m["name"])["pool_size"], classes,
+                                             f"models[{m['name']}]: ")
+                if warning:
+                    self.warnings.append(f"config warning: {warning}")
+        dg = self.config["dg"]
+        if dg["enabled"] and dg.get("feature_extractor", "scratch") != "scratch":
+            if (name, d["resolution"], self.dataset_channels()) != ("cifar10", 32, 3):
+                _fail("dg.feature_extractor: DG's ADM classifier (32x32_classifier.pt) is made for CIFAR-10 32x32 "
+                      f"RGB, not dataset {name} ({d['resolution']}x{d['resolution']}, {self.dataset_channels()} "
+                      "channel(s)); set dg.feature_extractor: scratch or dg.enabled: false")
+
+    # --- Discriminator Guidance ------------------------------------------------------------------
+
+    def dg_recipe(self, model: str) -> dict:
+        """The DG settings of a model's part: dg.uncond or dg.cond."""
+        return self.config["dg"][self.part_of(model)]
+
+    def dg_classifier(self) -> str | None:
+        """DG's ADM classifier file, or None when the feature extractor is trained from scratch."""
+        dg = self.config["dg"]
+        if dg["enabled"] and dg["feature_extractor"] != "scratch":
+            return dg["feature_extractor"]
+        return None
+
+    def check_dg(self) -> None:
+        dg, fid = self.config["dg"], self.config["fid"]
+        if not dg["enabled"]:
+            return
+        for key in ("feature_extractor", "collect_images"):
+            if key not in dg:
+                _fail(f"dg.{key} is required when dg.enabled is true")
+        if dg["collect_images"] > fid["num_images"]:
+            _fail(f"dg.collect_images {dg['collect_images']} exceeds fid.num_images {fid['num_images']}: the "
+                  "discriminator is trained on the model's first sample set, never on a regenerated one")
+        parts = {self.part_of(m) for m in self.models}
+        for part in PARTS:
+            recipe = dg[part]
+            if recipe["time_min"] >= recipe["time_max"]:
+                _fail(f"dg.{part}.time_min {recipe['time_min']} must be below dg.{part}.time_max {recipe['time_max']}")
+            if part in parts:
+                _raise_as_config(check_pool_batch, recipe["pool_size"], recipe["batch"],
+                                 f"dg.{part}.pool_size", f"dg.{part}.batch")
+        for model, modes in dg["discriminators"].items():
+            if model not in self.models:
+                _fail(f"dg.discriminators: unknown model {model!r} (models: {', '.join(self.models)})")
+            for mode, path in modes.items():
+                if not path:
+                    _fail(f"dg.discriminators.{model}.{mode}: empty path")
+                if os.path.basename(path) in DG_RELEASED_HEADS and not self.dg_classifier():
+                    _fail(f"dg.discriminators.{model}.{mode}: DG's head {path} needs DG's ADM classifier: set "
+                          "dg.feature_extractor to 32x32_classifier.pt, not scratch")
+
+    # --- the tables' published baselines ---------------------------------------------------------
+
+    def published_model(self, part: str) -> str | None:
+        """The part's EDM published network (a model with source edm-pickle), or None."""
+        return self.config["tables"][part].get("edm_published")
+
+    def check_published(self) -> None:
+        """tables.<part>.edm_published names an imported EDM network of the part."""
+        for part in self.parts:
+            name = self.published_model(part)
+            if name is None:
+                continue
+            if name not in self.models:
+                _fail(f"tables.{part}.edm_published: unknown model {name!r} (models: {', '.join(self.models)})")
+            m = self.models[name]
+            if m["source"] != "edm-pickle" or m["aot"] or m["cond"] != (part == "cond"):
+                _fail(f"tables.{part}.edm_published: model {name!r} must be EDM's published network (source "
+                      f"edm-pickle, aot false, cond {str(part == 'cond').lower()}); it has source {m['source']}, "
+                      f"aot={m['aot']}, cond={m['cond']}")
+            if name == self.config["tables"][part]["edm"]:
+                _fail(f"tables.{part}.edm_published: {name!r} is also tables.{part}.edm, the EDM retrained here; "
+                      "name two different models")
+
+    # --- the pool-size study (Table 6) -----------------------------------------------------------
+
+    def _study_settings(self, part: str, n: int | None) -> dict:
+        """Training settings of the study model of `part` with pool size n (None: without AOT)."""
+        study = self.config["pool_study"]
+        b = study["batch_gpu"]
+        base = self.train_settings(self.config["tables"][part]["aot"])
+        t = copy.deepcopy({**base, **study["train"], "batch_gpu": b})
+        t["pool_size"] = n if n is not None else t["pool_size"]
+        if n is None and (t["pool_size"] % b or t["pool_size"] < b):
+            t["pool_size"] = b
+        return t
+
+    def _existing_model(self, cond: bool, aot: bool, settings: dict) -> str | None:
+        """The trained model of `models` with these settings (the tables' models first), or None."""
+        def comparable(s):
+            return {k: v for k, v in s.items() if aot or k not in NO_AOT_IGNORED}
+
+        preferred = [self.config["tables"][p][r] for p in self.parts for r in ("aot", "edm")]
+        names = preferred + [m["name"] for m in self.config["models"]]
+        for name in dict.fromkeys(names):
+            m = self.models[name]
+            if m["source"] != "train" or m["cond"] != cond or m["aot"] != aot:
+                continue
+            if comparable(self.train_settings(name)) == comparable(settings):
+                return name
+        return None
+
+    def derive_pool_study(self) -> list[dict]:
+        """[{part, N (None: without AOT), model, new, train, problem}] in table order. A study model
+        that cannot be trained with the run's training resources carries the reason in `problem`
+        (refused when the study is asked for, `pool_study_problems()`)."""
+        study = self.config["pool_study"]
+        entries = []
+        classes = self.dataset_classes() or 0
+        for part in [p for p in study["parts"] if p in self.parts]:
+            cond = part == "cond"
+            for n in [None] + sorted(study["pool_sizes"]):
+                if cond and n is not None and n < study["min_per_class"] * classes:
+                    continue
+                aot = n is not None
+                t = self._study_settings(part, n)
+                name = self._existing_model(cond, aot, t)
+                new = name is None
+                problem = None
+                if new:
+                    name = f"pool-{part}-n{n}" if aot else f"pool-{part}-noaot"
+                    if name in self.models:
+                        _fail(f"models: {name!r} is the name of a pool_study model, but its settings differ from "
+                              "the study's; rename it")
+                    problem = self._study_problem(name, t)
+                entries.append({"part": part, "N": n, "model": name, "new": new, "train": t, "problem": problem})
+        return entries
+
+    def _study_problem(self, name: str, t: dict) -> str | None:
+        from ..errors import UserError
+
+        where = f"pool_study ({name})"
+        b = self.config["pool_study"]["batch_gpu"]
+        try:
+            check_pool_batch(t["pool_size"], b, f"{where}: pool size", "pool_study.batch_gpu")
+            gpus, nodes = train_processes(self.train_resources())
+            check_global_batch(t["batch"], b, gpus, nodes, where=where, batch_gpu_name="pool_study.batch_gpu")
+        except UserError as exc:
+            return f"config error: {exc}"
+        return None
+
+    def pool_study_problems(self) -> list[str]:
+        return [e["problem"] for e in self.pool_study_entries if e["problem"]]
+
+
+def load_run_settings(config: dict, workflow_dir: str | Path, validate: bool = True) -> RunSettings:
+    """RunSettings of a config given to the workflow (`workflow_dir`: the repository, where
+    workflow/schemas/config.schema.yaml and config/config.yaml are)."""
+    root = Path(workflow_dir)
+    return RunSettings.load(config, schema=root / "workflow" / "schemas" / "config.schema.yaml",
+                            paper=root / "config" / "config.yaml", validate=validate)
+
+
+def config_value(config: dict, path: str) -> Any:
+    """config['a']['b'] for 'a.b' (a helper for messages and tests)."""
+    node = config
+    for key in path.split("."):
+        node = node[key]
+    return node
