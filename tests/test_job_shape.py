@@ -34,8 +34,9 @@ def test_paper_run_is_at_most_250_slurm_jobs(paper_slurm):
     assert all("--fid-out " in j["shell"] for j in sets)
     per_group = 3  # profiles/slurm: group-components sets=3, guided=3
     plain = sum(j["rule"] == "generate" for j in sets)
-    groups = len(re.findall(r"\] Group job \w+", paper_slurm))
-    assert groups == math.ceil(plain / per_group) + math.ceil((len(sets) - plain) / per_group)
+    groups = len(set(re.findall(r"\] Group job (\w+)", paper_slurm)))
+    # at most three sets a submission, packed within the time limit: a few more than the fewest
+    assert math.ceil(plain / per_group) + math.ceil((len(sets) - plain) / per_group) <= groups <= len(sets) // 2
     n = len(submissions(paper_slurm))
     assert n <= 250, n
     others = [j["rule"] for j in js if j["group"] is None and not LOCAL.fullmatch(j["rule"])]

@@ -4,7 +4,6 @@
 # several tables need is generated and measured once. Sample-set keys come from aot.keys, which
 # the library uses too.
 
-import ast
 import copy
 import json
 import math
@@ -20,6 +19,7 @@ from snakemake.logging import logger
 
 from aot.cli.options import to_argv
 from aot.settings import ConfigError, RunSettings
+from aot.settings.jobs import minutes_for as job_minutes, pack_groups
 from aot.keys import (
     GUIDANCE_RE,
     KEY_RE,
@@ -149,8 +149,6 @@ def flags(settings):
 
 WALLTIME = config["walltime"]
 REQUEUE_ENV = "AOT_SLURM_REQUEUE"  # aot.runtime.requeue_slurm_job
-RESUMABLE = ("train", "train_discriminator", "generate", "generate_dg")
-GROUPED = ("generate", "generate_dg")  # groups `sets` and `guided`: sample sets
 
 
 def threads_for(name):
@@ -158,28 +156,29 @@ def threads_for(name):
 
 
 def minutes_for(work_s, margin_s=0):
-    """Requested wall time in minutes for `work_s` seconds of work: the safety factor times (the
-    per-job start-up plus the work), plus `margin_s` for jobs that stop that long before their
-    limit to save their state, at most the cluster's longest job (`walltime.max_minutes`).
-    """
-    total = WALLTIME["safety"] * (WALLTIME["startup_s"] + work_s) + margin_s
-    return max(1, min(WALLTIME["max_minutes"], math.ceil(total / 60)))
+    """Requested wall time in minutes for `work_s` seconds of work (aot.settings.jobs), at most
+    the cluster's longest job (`walltime.max_minutes`)."""
+    return job_minutes(
+        work_s,
+        safety=WALLTIME["safety"],
+        startup_s=WALLTIME["startup_s"],
+        max_minutes=WALLTIME["max_minutes"],
+        margin_s=margin_s,
+    )
 
 
-def runtime_for(name):
+def other_work_s(wildcards):
+    return WALLTIME["other_s"]
+
+
+def runtime_for(name, work, resumable):
     """The `runtime` resource of a rule: `resources.<rule>.runtime` when the config fixes it,
-    otherwise minutes_for(the job's work), the work coming from WORK[rule](wildcards).
-    """
+    otherwise minutes_for(the job's work); resumable jobs save and stop walltime.signal_s before
+    their limit, and that time comes on top."""
     fixed = config["resources"][name].get("runtime")
     if fixed:
         return fixed
-    work = WORK.get(name, lambda wildcards: WALLTIME["other_s"])
-    # resumable jobs save and stop walltime.signal_s before their limit: that time comes on top
-    margin = WALLTIME["signal_s"] if name in RESUMABLE else 0
-    if name in GROUPED:
-        return lambda wildcards: check_grouping() or minutes_for(
-            work(wildcards), margin
-        )
+    margin = WALLTIME["signal_s"] if resumable else 0
     return lambda wildcards: minutes_for(work(wildcards), margin)
 
 
@@ -197,10 +196,15 @@ def gpu_resources(r):
     return out
 
 
-def resources_for(name):
+def resources_for(name, work=other_work_s, resumable=False, grouped=False):
+    """The resources of a rule's jobs from `resources.<name>` of the config. The rule states its
+    job's properties: `work` (seconds on one GPU, from its wildcards) sets the wall time;
+    `resumable` jobs save, exit 75 and requeue before their limit; `grouped` jobs are sample sets
+    that share a Slurm submission with others (`group: set_group(...)`) and run in turn.
+    """
     r = config["resources"][name]
     res = dict(mem_mb=r["mem_mb"], cpus_per_task=r["cpus"], nodes=r["nodes"])
-    res["runtime"] = runtime_for(name)
+    res["runtime"] = runtime_for(name, work, resumable)
     res.update(gpu_resources(r))
     if r["nodes"] > 1:
         # one task per node; `mpi` makes the Slurm job step run the rule's shell in the batch step
@@ -212,46 +216,44 @@ def resources_for(name):
             res.pop("gpu_model", None)
             model = f"{r['gpu_model']}:" if r.get("gpu_model") else ""
             res["gres"] = f"gpu:{model}{r['gpus']}"
-    if name in GROUPED:
+    if grouped:
         # the members of a grouped Slurm job run one after the other
         res["group_slot"] = 1
     if r.get("partition"):
         res["slurm_partition"] = r["partition"]
     if r.get("account"):
         res["slurm_account"] = r["account"]
-    extra = slurm_extra_for(name, r.get("slurm_extra"))
+    extra = slurm_extra_for(r.get("slurm_extra"), resumable)
     if extra:
         res["slurm_extra"] = extra
     return res
 
 
-def slurm_extra_for(name, extra):
+def slurm_extra_for(extra, resumable):
     """Extra sbatch options: the config's, plus, for jobs that save and resume, Slurm's warning
-    signal before the time limit (`--signal=TERM@<margin>`, unless the options name one).
-    """
+    signal before the time limit (`--signal=TERM@<margin>`, unless the options name one). A
+    `--set-resources <rule>:slurm_extra=...` replaces these; the jobs still stop in time, since
+    each watches the job's end time itself (aot.runtime.Preemption)."""
     options = shlex.split(extra or "")
-    if name in RESUMABLE and not any(o.startswith("--signal") for o in options):
+    if resumable and not any(o.startswith("--signal") for o in options):
         options.append(f"--signal=TERM@{WALLTIME['signal_s']}")
     return shlex.join(options) if options else None
 
 
-def keep_signal_in_overrides():
-    """A `--set-resources <rule>:slurm_extra=...` replaces the rule's own slurm_extra: put the
-    time-limit signal of resumable rules back into it, and drop `gpu` where an override asks for
-    GPUs by `gres` (or the reverse), so that one request reaches sbatch."""
-    overrides = workflow.resource_settings._parsed_overwrite_resources
-    for name, res in overrides.items():
-        if name in RESUMABLE and "slurm_extra" in res:
-            given = res["slurm_extra"].raw  # as typed: a Python string expression
-            try:
-                given = ast.literal_eval(given)
-            except (ValueError, SyntaxError):
-                pass
-            res.update({"slurm_extra": slurm_extra_for(name, str(given))})
-        if "gres" in res and "gpu" not in res:
-            res.update({"gpu": None, "gpu_model": None})
-        if "gpu" in res and "gres" not in res:
-            res.update({"gres": None})
+def check_gpu_overrides():
+    """`--set-resources <rule>:gres=...` beside the rule's own `gpu` (or the reverse) would ask
+    Slurm for the GPUs twice: refused, naming the config keys that say it once."""
+    for name, given in workflow.resource_settings.overwrite_resources.items():
+        if name not in config["resources"]:
+            continue
+        r = config["resources"][name]
+        own = "gres" if (r.get("gres") or r["nodes"] > 1) else "gpu"
+        if r["gpus"] and ({"gpu", "gres"} - {own}) & set(given):
+            fail(
+                f"--set-resources {name}:{', '.join(sorted(given))}: the rule asks for its GPUs "
+                f"by `{own}`; set resources.{name}.gpus, .gpu_model and .gres in the config "
+                "instead, so that one request reaches sbatch"
+            )
 
 
 def gpus_of(resources):
@@ -300,13 +302,18 @@ def rank_threads(wildcards, resources):
     return f"--threads {threads_per_rank(cpus, procs_per_node(resources))}"
 
 
+def sets_per_job(kind):
+    """How many sample sets of a kind ("sets", "guided") share a Slurm submission: the cluster
+    profile's `group-components` (profiles/slurm: sets=3, guided=3); 1 without it. Known when the
+    DAG is built, not yet while the workflow is read."""
+    return workflow.group_settings.group_components.get(kind, 1)
+
+
 def check_grouping():
-    """Grouped jobs (`--group-components sets=K`) run their members one after the other only
-    with `--resources group_slot=1` (profiles/slurm); without it Snakemake would run them side by
-    side and add up their GPUs and nodes into one request, on a GPU they would all share.
-    """
-    components = workflow.group_settings.group_components
-    grouped = any(components.get(g, 1) > 1 for g in ("sets", "guided"))
+    """Grouped sets run their members one after the other only with `--resources group_slot=1`
+    (profiles/slurm); without it Snakemake would run them side by side and add up their GPUs and
+    nodes into one request, on a GPU they would all share."""
+    grouped = any(sets_per_job(kind) > 1 for kind in ("sets", "guided"))
     slots = workflow.global_resources.get("group_slot")
     if grouped and getattr(slots, "value", slots) != 1:
         fail(
@@ -315,7 +322,7 @@ def check_grouping():
         )
 
 
-keep_signal_in_overrides()
+check_gpu_overrides()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -530,35 +537,105 @@ part_of = SETTINGS.part_of
 
 
 def train_work_s(wildcards):
-    t = train_settings(wildcards.model)
+    return model_train_work_s(wildcards.model)
+
+
+def model_train_work_s(model):
+    t = train_settings(model)
     r = config["resources"]["train"]
     gpus = max(1, r["gpus"]) * r["nodes"]
     return t["duration"] * 1000 * WALLTIME["train_kimg_s"] / gpus
 
 
-WORK = {
-    "train": train_work_s,
-    # a sample set's job makes the set, then measures its FID
-    "generate": lambda wc: set_images()
-    * (key_nfe(wc.key) * WALLTIME["generate_image_nfe_s"] + WALLTIME["fid_image_s"]),
-    "generate_dg": lambda wc: set_images()
-    * (key_nfe(wc.key) * WALLTIME["guidance_image_nfe_s"] + WALLTIME["fid_image_s"]),
-    "train_discriminator": lambda wc: 2
-    * DG["collect_images"]
-    * SETTINGS.dg_recipe(wc.model)["epochs"]
-    * WALLTIME["discriminator_image_epoch_s"],
-}
+def sample_set_work_s(key, guided=False):
+    """A sample set's job makes the set (with DG's guidance when `guided`), then measures its FID."""
+    per_nfe = WALLTIME["guidance_image_nfe_s" if guided else "generate_image_nfe_s"]
+    return set_images() * (key_nfe(key) * per_nfe + WALLTIME["fid_image_s"])
+
+
+def generate_work_s(wildcards):
+    return sample_set_work_s(wildcards.key)
+
+
+def generate_dg_work_s(wildcards):
+    return sample_set_work_s(wildcards.key, guided=True)
+
+
+def discriminator_work_s(wildcards):
+    return (
+        2
+        * DG["collect_images"]
+        * SETTINGS.dg_recipe(wildcards.model)["epochs"]
+        * WALLTIME["discriminator_image_epoch_s"]
+    )
 
 
 def train_requeues():
     """Training longer than one job (walltime.max_minutes) resumes in requeued jobs."""
-    longest = max([train_work_s(type("W", (), {"model": m})) for m in TRAINED] or [0])
+    longest = max([model_train_work_s(m) for m in TRAINED] or [0])
     # a training job runs until shortly before its limit, then saves and is requeued
     per_job = (
         WALLTIME["max_minutes"] * 60 - WALLTIME["startup_s"] - WALLTIME["signal_s"]
     )
     return max(WALLTIME["requeues"], math.ceil(longest / max(per_job, 1)) + 1)
 
+
+# ------------------------------------------------------------------------------------------------
+# Sample sets share Slurm submissions: the profile's group-components (sets=K, guided=K) sets per
+# submission, packed so that their summed wall time fits walltime.max_minutes, the same groups in
+# every run (aot.settings.jobs). Snakemake would fill each submission with any K sets, in an order
+# that changes from run to run and with no regard to the limit.
+
+
+def fid_sets(paths):
+    """(model, key) of each sample set behind FID result paths {R}/fid/<model>/<key>/rep<r>.json."""
+    out = set()
+    for p in paths:
+        model, key = os.path.relpath(p, f"{R}/fid").split(os.sep)[:2]
+        out.add((model, key))
+    return out
+
+
+_PACKED = {}
+
+
+def packed_sets(kind):
+    """{"<model>/<key>": group id} of every set of a kind that the run's tables, figures and
+    pool-size study can ask for."""
+    if kind not in _PACKED:
+        guided = kind == "guided"
+        minutes = {}
+        every = [p for paths in TABLES.values() for p in paths] + pool_study_fids()
+        for model, key in fid_sets(every):
+            if key.startswith("dg") == guided:
+                plain = key.split("-", 1)[1] if guided else key
+                work = sample_set_work_s(plain, guided)
+                minutes[f"{model}/{key}"] = minutes_for(work, WALLTIME["signal_s"])
+        groups = pack_groups(minutes, WALLTIME["max_minutes"], sets_per_job(kind))
+        _PACKED[kind] = {
+            n: f"{kind}{i}" for i, names in enumerate(groups) for n in names
+        }
+    return _PACKED[kind]
+
+
+def set_group(kind):
+    """The `group` of a sample-set rule (kind "sets": plain sets; "guided": DG's): the packed
+    group's id, which Snakemake's group-components then fills (its parent group is `kind`); a set
+    outside the packed ones gets a group of its own."""
+
+    def group(wildcards):
+        if sets_per_job(kind) <= 1:
+            return kind
+        check_grouping()
+        guidance = f"dg{wildcards.mode}-" if kind == "guided" else ""
+        name = f"{wildcards.model}/{guidance}{wildcards.key}"
+        gid = packed_sets(kind).get(name, f"{kind}-{name.replace('/', '-')}")
+        # group-components counts a group id under its declared group (Snakemake's lookup for
+        # groups with wildcards): register `kind` as the parent of this id
+        workflow.parent_groupids[gid] = kind
+        return gid
+
+    return group
 
 
 include: "common_dg.smk"

@@ -74,7 +74,9 @@ rule train_discriminator:
         ENV
     threads: threads_for("train_discriminator")
     resources:
-        **resources_for("train_discriminator"),
+        **resources_for(
+            "train_discriminator", work=discriminator_work_s, resumable=True
+        ),
     params:
         aot=AOT,
         outdir=lambda wildcards, output: os.path.dirname(output[0]),
@@ -101,12 +103,14 @@ rule generate_dg:
     wildcard_constraints:
         key=SAMPLER_RE,
     group:
-        "guided"
+        set_group("guided")
     conda:
         ENV
     threads: threads_for("generate_dg")
     resources:
-        **resources_for("generate_dg"),
+        **resources_for(
+            "generate_dg", work=generate_dg_work_s, resumable=True, grouped=True
+        ),
     params:
         aot=AOT,
         env=requeue_env("generate_dg"),

@@ -24,12 +24,12 @@ rule generate:
     wildcard_constraints:
         key=SAMPLER_RE,
     group:
-        "sets"
+        set_group("sets")
     conda:
         ENV
     threads: threads_for("generate")
     resources:
-        **resources_for("generate"),
+        **resources_for("generate", work=generate_work_s, resumable=True, grouped=True),
     params:
         aot=launcher,
         env=requeue_env("generate"),

@@ -20,7 +20,7 @@ rule train:
         ENV
     threads: threads_for("train")
     resources:
-        **resources_for("train"),
+        **resources_for("train", work=train_work_s, resumable=True),
     params:
         aot=launcher,
         env=lambda wildcards: requeue_env("train"),
