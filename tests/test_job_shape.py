@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -123,15 +124,31 @@ def test_training_follows_the_jobs_resources():
     assert f"--threads {r['cpus'] // r['gpus']}" in base["shell"]
     assert "--signal=TERM@300" in base["resources"]["slurm_extra"]
 
-    over = train_job("--set-resources", "train:gpu=8", "train:cpus_per_task=64")
-    assert over["resources"]["gpu"] == "8"
-    assert "--nproc-per-node 8 -m aot train" in over["shell"] and "--threads 8" in over["shell"]
+    over = train_job("--set-resources", "train:gpu=2", "train:cpus_per_task=64")
+    assert over["resources"]["gpu"] == "2"
+    assert "--nproc-per-node 2 -m aot train" in over["shell"] and "--threads 32" in over["shell"]
 
 
-def test_user_slurm_extra_keeps_the_time_limit_signal():
+def test_a_gpu_count_that_changes_the_recipe_is_refused():
+    """8 GPUs would split the conditional models' batch 128 into 16 per GPU, below B = 32: refused
+    before any job, naming the keys and the GPU counts that keep the recipe (no silent new B)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", tmp,
+               "--set-resources", "train:gpu=8", "--", TRAIN_TARGET]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert ("config error: models[edm-cond] with resources.train gpus=8, nodes=1: batch 128 is not a multiple of "
+            "batch_gpu 32 x 8 GPU(s) (16 per GPU)") in out, out[-2000:]
+    assert "GPUs x nodes that keep both: 1, 2, 4 in all" in out
+
+
+def test_user_slurm_extra_reaches_sbatch_and_the_job_keeps_its_clock():
+    """A --set-resources slurm_extra replaces the rule's (and with it the time-limit signal); the
+    job still stops in time: it watches the job's end time itself (--slurm-margin)."""
     job = train_job("--set-resources", "train:slurm_extra='--mail-type=FAIL'")
-    assert job["resources"]["slurm_extra"] == "--mail-type=FAIL --signal=TERM@300"
-    # a user's own signal is kept as given
+    assert job["resources"]["slurm_extra"] == "--mail-type=FAIL"
+    assert "--slurm-margin 300" in job["shell"]
     job = train_job("--set-resources", "train:slurm_extra='--signal=USR2@600'")
     assert job["resources"]["slurm_extra"] == "--signal=USR2@600"
 

@@ -47,7 +47,17 @@ PAPER_CONFIG = "../../config/config.yaml"
 def overrides_of(rule):
     """`--set-resources <rule>:...` (command line or profile) as plain values."""
     given = workflow.resource_settings.overwrite_resources.get(rule, {})
-    return {k: getattr(v, "value", v) for k, v in dict(given).items()}
+    return {k: plain_value(v) for k, v in dict(given).items()}
+
+
+def plain_value(resource):
+    """A resource's value; an expression (a Python string literal) as written."""
+    try:
+        return resource.value
+    except AttributeError:
+        return resource
+    except ValueError:
+        return resource.raw
 
 
 def load_settings():
@@ -216,6 +226,14 @@ def resources_for(name, work=other_work_s, resumable=False, grouped=False):
             res.pop("gpu_model", None)
             model = f"{r['gpu_model']}:" if r.get("gpu_model") else ""
             res["gres"] = f"gpu:{model}{r['gpus']}"
+    # a --set-resources that asks for GPUs the other way (gres for gpu, or the reverse) replaces
+    # the rule's own request, so that one request reaches sbatch
+    given = overrides_of(name)
+    if "gres" in given:
+        res.pop("gpu", None)
+        res.pop("gpu_model", None)
+    if "gpu" in given:
+        res.pop("gres", None)
     if grouped:
         # the members of a grouped Slurm job run one after the other
         res["group_slot"] = 1
@@ -238,22 +256,6 @@ def slurm_extra_for(extra, resumable):
     if resumable and not any(o.startswith("--signal") for o in options):
         options.append(f"--signal=TERM@{WALLTIME['signal_s']}")
     return shlex.join(options) if options else None
-
-
-def check_gpu_overrides():
-    """`--set-resources <rule>:gres=...` beside the rule's own `gpu` (or the reverse) would ask
-    Slurm for the GPUs twice: refused, naming the config keys that say it once."""
-    for name, given in workflow.resource_settings.overwrite_resources.items():
-        if name not in config["resources"]:
-            continue
-        r = config["resources"][name]
-        own = "gres" if (r.get("gres") or r["nodes"] > 1) else "gpu"
-        if r["gpus"] and ({"gpu", "gres"} - {own}) & set(given):
-            fail(
-                f"--set-resources {name}:{', '.join(sorted(given))}: the rule asks for its GPUs "
-                f"by `{own}`; set resources.{name}.gpus, .gpu_model and .gres in the config "
-                "instead, so that one request reaches sbatch"
-            )
 
 
 def gpus_of(resources):
@@ -320,9 +322,6 @@ def check_grouping():
             "--group-components sets=K (or guided=K) needs --resources group_slot=1 (as in profiles/slurm), "
             "so that the members of a grouped job take its GPU in turn"
         )
-
-
-check_gpu_overrides()
 
 
 # ------------------------------------------------------------------------------------------------
