@@ -245,40 +245,7 @@ def config_errors(proc: subprocess.CompletedProcess) -> list[str]:
     return [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if "config error:" in ln]
 
 
-@pytest.mark.parametrize("dataset, changes, expect", [
-    ({"name": "edm", "path": "nope.zip", "resolution": 8, "channels": 1, "labels": True}, {},
-     "config error: dataset.path: nope.zip does not exist"),
-    ({"name": "edm", "path": "d.tar", "resolution": 8, "channels": 1, "labels": True}, {},
-     "config error: dataset.path: d.tar is neither a folder nor a .zip archive (EDM's dataset format)"),
-    ({"name": "edm", "resolution": 8, "channels": 1, "labels": True}, {},
-     "config error: dataset.path is required for name: edm"),
-    ({"name": "edm", "path": "d.zip", "resolution": 8, "channels": 1, "labels": False}, {},
-     "config error: models[edm-cond]: a conditional model needs class labels, but dataset.labels is false"),
-    ({"name": "edm", "path": "d.zip", "resolution": 8, "channels": 1, "labels": True},
-     {"dg": {"enabled": True, "feature_extractor": "downloads/dg/32x32_classifier.pt", "collect_images": 500}},
-     "config error: dg.feature_extractor: DG's ADM classifier (32x32_classifier.pt) is made for CIFAR-10 "
-     "32x32 RGB, not dataset edm (8x8, 1 channel(s)); set dg.feature_extractor: scratch or dg.enabled: false"),
-    ({"name": "digits", "resolution": 8, "path": "d.zip"}, {},
-     "config error: dataset.path is only for name: edm (name is digits)"),
-    ({"name": "digits", "resolution": 8, "channels": 3}, {},
-     "config error: dataset.channels: digits has 1-channel images, not 3"),
-])
-def test_config_checks_of_the_dataset(tmp_path, dataset, changes, expect):
-    edm_dataset(tmp_path / "d.zip", make_images(2, 8, 1), [0, 1])
-    (tmp_path / "d.tar").write_bytes(b"x")
-    proc = snakemake("-n", configfile=tiny_edm_config(tmp_path, dataset, **changes), cwd=tmp_path)
-    assert proc.returncode != 0
-    assert config_errors(proc) == [expect], proc.stderr[-2000:]
-
-
-def test_small_class_pools_warn(tmp_path):
-    edm_dataset(tmp_path / "d.zip", make_images(2, 8, 1), [0, 1])
-    dataset = {"name": "edm", "path": "d.zip", "resolution": 8, "channels": 1, "labels": True, "classes": 100}
-    proc = snakemake("-n", configfile=tiny_edm_config(tmp_path, dataset), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "config warning" in ln]
-    # demo.yaml: aot-cond trains with pool_size 256 -> 2.56 images per class and pool
-    assert len(warnings) == 1 and "models[aot-cond]: pool_size N=256 over 100 classes gives 2.6" in warnings[0]
+# The dataset section's checks and the small-class-pool warning are tested in-process in test_settings.py.
 
 
 @pytest.mark.slow

@@ -121,7 +121,7 @@ def test_bad_pool_size_is_one_config_error(tmp_path):
            "--directory", str(tmp_path), "pool_study", "--configfile", str(site)]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode != 0
-    assert "config error: pool_study (pool-uncond-n100): pool size N=100 is not a positive multiple of " \
+    assert "config error: pool_study (pool-uncond-n100): pool size N=100 is not a multiple of " \
            "pool_study.batch_gpu B=32" in res.stdout + res.stderr
 
 
