@@ -161,8 +161,74 @@ WALLTIME = config["walltime"]
 REQUEUE_ENV = "AOT_SLURM_REQUEUE"  # aot.runtime.requeue_slurm_job
 
 
+SITE = config["site"]
+# site keys that every rule takes unless resources.<rule> sets its own (GPU-only: GPU jobs only)
+SITE_KEYS = ("account", "qos")
+SITE_GPU_KEYS = ("constraint", "gpu_model", "gres", "cpus_per_gpu")
+
+
+def rule_resources(name):
+    """resources.<name> with the site's settings filled in where the rule sets none: account and
+    QOS for every job; partition (cpu_partition for jobs without GPUs), constraint, GPU model,
+    gres and CPUs per GPU for GPU jobs."""
+    r = dict(config["resources"][name])
+    gpus = r["gpus"]
+    for key in SITE_KEYS + (SITE_GPU_KEYS if gpus else ()):
+        if r.get(key) is None and SITE.get(key) is not None:
+            r[key] = SITE[key]
+    if not r.get("partition"):
+        cpu = SITE.get("cpu_partition") if not gpus else None
+        r["partition"] = cpu or SITE.get("partition")
+    if gpus and r.get("cpus_per_gpu"):
+        r["cpus"] = gpus * r["cpus_per_gpu"]
+    extra = [SITE.get("slurm_extra"), r.get("slurm_extra")]
+    if SITE.get("reservation"):
+        extra.append(f"--reservation={SITE['reservation']}")
+    r["slurm_extra"] = " ".join(e for e in extra if e) or None
+    return r
+
+
+def check_slurm_extra():
+    """Options that the executor sets itself are refused in slurm_extra (by the plugin, at the
+    first submission): refused here, before any job, naming the key to use instead."""
+    try:
+        from snakemake_executor_plugin_slurm.validation import (
+            get_forbidden_slurm_options,
+        )
+    except ImportError:  # no Slurm executor installed: nothing submits
+        return
+    key_for_option = {
+        "partition": "partition",
+        "account": "account",
+        "node constraints": "constraint",
+        "quality of service": "qos",
+        "generic resources (GRES)": "gres",
+        "GPU allocation": "gpu_model",
+        "CPUs per GPU": "cpus_per_gpu",
+    }
+    places = [("site.slurm_extra", SITE.get("slurm_extra"))] + [
+        (f"resources.{name}.slurm_extra", r.get("slurm_extra"))
+        for name, r in config["resources"].items()
+    ]
+    for key, extra in places:
+        for pattern, option in get_forbidden_slurm_options().items():
+            if extra and re.search(pattern, extra):
+                instead = key_for_option.get(option)
+                fail(
+                    f"{key}: {extra!r} sets the {option}, which the Slurm executor sets itself"
+                    + (
+                        f"; use site.{instead} (or resources.<rule>.{instead})"
+                        if instead
+                        else ""
+                    )
+                )
+
+
+check_slurm_extra()
+
+
 def threads_for(name):
-    return config["resources"][name]["cpus"]
+    return rule_resources(name)["cpus"]
 
 
 def minutes_for(work_s, margin_s=0):
@@ -212,7 +278,7 @@ def resources_for(name, work=other_work_s, resumable=False, grouped=False):
     `resumable` jobs save, exit 75 and requeue before their limit; `grouped` jobs are sample sets
     that share a Slurm submission with others (`group: set_group(...)`) and run in turn.
     """
-    r = config["resources"][name]
+    r = rule_resources(name)
     res = dict(mem_mb=r["mem_mb"], cpus_per_task=r["cpus"], nodes=r["nodes"])
     res["runtime"] = runtime_for(name, work, resumable)
     res.update(gpu_resources(r))
@@ -241,6 +307,9 @@ def resources_for(name, work=other_work_s, resumable=False, grouped=False):
         res["slurm_partition"] = r["partition"]
     if r.get("account"):
         res["slurm_account"] = r["account"]
+    for key in ("qos", "constraint"):
+        if r.get(key):
+            res[key] = r[key]
     extra = slurm_extra_for(r.get("slurm_extra"), resumable)
     if extra:
         res["slurm_extra"] = extra
