@@ -211,3 +211,56 @@ def test_requeue_only_after_exit_75(monkeypatch, tmp_path):
     assert res.returncode == 75 and not calls.exists() and "not again" in res.stderr
     res = run(75, AOT_SLURM_REQUEUE="")  # outside the workflow's resumable rules: nothing
     assert res.returncode == 75 and not calls.exists()
+
+
+SITE_A100 = """
+site:
+  account: diffusion
+  partition: gpu-a100
+  cpu_partition: cpu
+  qos: normal
+  constraint: a100
+  reservation: paper
+  gpu_model: a100
+  cpus_per_gpu: 8
+  slurm_extra: "--mail-type=FAIL"
+resources:
+  train_discriminator: {qos: long}
+"""
+
+
+def test_site_settings_reach_every_rule(tmp_path):
+    """One site section: every GPU rule gets the partition, account, QOS, constraint, GPU model and
+    CPUs per GPU; the job without GPUs its CPU partition; a rule's own value wins."""
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE_A100)
+    js = jobs(dry_run("--configfile", str(site), "--", "all"))
+    gpu_rules = {"train", "generate", "generate_dg", "train_discriminator", "reference_stats", "diagnostics"}
+    seen = set()
+    for j in js:
+        r = j["resources"]
+        if j["rule"] in gpu_rules:
+            seen.add(j["rule"])
+            gpus = int(r.get("gpu") or r.get("gres", "0").split(":")[-1])
+            assert r["slurm_partition"] == "gpu-a100" and r["slurm_account"] == "diffusion", j
+            assert r["constraint"] == "a100" and r["gpu_model"] == "a100", j
+            assert r["qos"] == ("long" if j["rule"] == "train_discriminator" else "normal"), j
+            assert int(r["cpus_per_task"]) == 8 * gpus, j
+            assert "--mail-type=FAIL" in r["slurm_extra"] and "--reservation=paper" in r["slurm_extra"], j
+        elif j["rule"] == "prepare_dataset":
+            seen.add(j["rule"])
+            assert r["slurm_partition"] == "cpu" and "constraint" not in r and "gpu" not in r, j
+    assert seen == gpu_rules | {"prepare_dataset"}
+
+
+@pytest.mark.parametrize("extra, key", [("--constraint=a100", "site.constraint"), ("-p gpu", "site.partition"),
+                                        ("--qos=high", "site.qos")])
+def test_executor_options_in_slurm_extra_are_refused_before_any_job(tmp_path, extra, key):
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"site": {"slurm_extra": extra}}))
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(site)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert f"config error: site.slurm_extra: {extra!r} sets the" in out and f"use {key}" in out, out[-2000:]
