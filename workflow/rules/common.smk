@@ -123,16 +123,18 @@ def python():
     return shlex.quote(sys.executable)
 
 
-AOT = f"{python()} -m aot"  # every job runs one `python -m aot <command>`
-RUN = config["run"]
-R = f"results/{RUN}"
-LOGS = f"logs/{RUN}"
-BENCH = f"benchmarks/{RUN}"
+AOT_CLI = (
+    f"{python()} -m aot"  # the shell command of the library's CLI: each job runs one
+)
+RUN_NAME = config["run"]
+RESULTS = f"results/{RUN_NAME}"  # the run's outputs and report
+LOGS = f"logs/{RUN_NAME}"
+BENCH = f"benchmarks/{RUN_NAME}"  # Snakemake's per-job timings
 DOWNLOADS = config["downloads"]
 FID_CACHE = f"{DOWNLOADS}/clean-fid"
-DATASET = f"{R}/data/dataset.zip"
+DATASET = f"{RESULTS}/data/dataset.zip"
 DEVICE = config["device"]
-ENV = "../../envs/aot.yaml"
+CONDA_ENV = "../../envs/aot.yaml"  # the jobs' conda environment (--software-deployment-method conda)
 # every model of the run, the pool-size study's included (aot.settings.run)
 MODELS = SETTINGS.models
 PARTS = SETTINGS.parts  # the tables' parts
@@ -140,8 +142,8 @@ TRAINED = SETTINGS.trained
 IMPORTED = SETTINGS.imported
 SAMPLING = config["sampling"]
 SOLVER = SAMPLING["solver"]
-FID = config["fid"]
-DG = config["dg"]
+FID_CONFIG = config["fid"]
+DG_CONFIG = config["dg"]
 DIAGNOSTICS = config["diagnostics"]
 
 
@@ -413,25 +415,25 @@ def best_key(model):
 
 
 def sample_path(model, key, rep):
-    return f"{R}/samples/{model}/{key}/rep{rep}.npz"
+    return f"{RESULTS}/samples/{model}/{key}/rep{rep}.npz"
 
 
 def fid_path(model, key, rep):
-    return f"{R}/fid/{model}/{key}/rep{rep}.json"
+    return f"{RESULTS}/fid/{model}/{key}/rep{rep}.json"
 
 
 def fid_set(model, key):
-    return [fid_path(model, key, r) for r in range(FID["repeats"])]
+    return [fid_path(model, key, r) for r in range(FID_CONFIG["repeats"])]
 
 
-REPEATS = list(range(FID["repeats"]))
+REPEATS = list(range(FID_CONFIG["repeats"]))
 
 
 def set_seeds(offset=0):
     """The seeds of all repeats of a sample set, from `offset`: one job makes the whole set and
     `aot generate` splits them into the repeats (repeat r: seeds r x n to (r + 1) x n - 1 when offset is 0, n = fid.num_images).
     """
-    return seed_range(0, FID["num_images"] * len(REPEATS), offset)
+    return seed_range(0, FID_CONFIG["num_images"] * len(REPEATS), offset)
 
 
 def set_files(pattern):
@@ -440,7 +442,7 @@ def set_files(pattern):
 
 
 def set_images():
-    return FID["num_images"] * len(REPEATS)
+    return FID_CONFIG["num_images"] * len(REPEATS)
 
 
 def key_nfe(key):
@@ -477,7 +479,7 @@ def cifar_tarball():
 
 
 def network_path(model):
-    return f"{R}/models/{model}/network-final.pt"
+    return f"{RESULTS}/models/{model}/network-final.pt"
 
 
 def names_regex(names):
@@ -536,17 +538,19 @@ def generate_flags(wildcards):
 
 def fid_feature_inputs():
     """Files a measurement needs: clean-fid assets (fetched on the login node) or the offline net."""
-    if FID["features"] == "offline":
-        return {"features": f"{R}/fid/feature-net.pt"}
+    if FID_CONFIG["features"] == "offline":
+        return {"features": f"{RESULTS}/fid/feature-net.pt"}
     return {"assets": f"{FID_CACHE}/assets.json"}
 
 
 def fid_settings(input):
     """Feature network, clean-fid cache and batch of every FID measurement."""
     return {
-        "features": input.features if FID["features"] == "offline" else "inception",
+        "features": (
+            input.features if FID_CONFIG["features"] == "offline" else "inception"
+        ),
         "cache_dir": FID_CACHE,
-        "batch": FID["batch"],
+        "batch": FID_CONFIG["batch"],
     }
 
 
@@ -561,18 +565,18 @@ def fid_flags(wildcards, input):
 
 
 def reference_path():
-    if FID["reference"] == "precomputed":
-        return f"{R}/fid/reference-cifar10-precomputed.npz"
-    return f"{R}/fid/reference-{FID['features']}.npz"
+    if FID_CONFIG["reference"] == "precomputed":
+        return f"{RESULTS}/fid/reference-cifar10-precomputed.npz"
+    return f"{RESULTS}/fid/reference-{FID_CONFIG['features']}.npz"
 
 
 def reference_flags(wildcards, input):
-    precomputed = "cifar10" if FID["reference"] == "precomputed" else None
+    precomputed = "cifar10" if FID_CONFIG["reference"] == "precomputed" else None
     return " ".join([fid_flags(wildcards, input), flags({"precomputed": precomputed})])
 
 
 def diagnostics_path(part, num_steps):
-    return f"{R}/diagnostics/{part}-{key_for(num_steps, DIAGNOSTICS['rho'])}.npz"
+    return f"{RESULTS}/diagnostics/{part}-{key_for(num_steps, DIAGNOSTICS['rho'])}.npz"
 
 
 def diagnostics_flags(wildcards):
@@ -590,7 +594,7 @@ def fetch_targets():
     out = []
     if config["dataset"]["name"] == "cifar10" and cifar_source_is_url():
         out.append(f"{DOWNLOADS}/cifar-10-python.tar.gz")
-    if FID["features"] == "inception":
+    if FID_CONFIG["features"] == "inception":
         out.append(f"{FID_CACHE}/assets.json")
     out += [network_path(m) for m in IMPORTED]
     out += list(dg_placed_files())
@@ -632,7 +636,7 @@ def generate_dg_work_s(wildcards):
 def discriminator_work_s(wildcards):
     return (
         2
-        * DG["collect_images"]
+        * DG_CONFIG["collect_images"]
         * SETTINGS.dg_recipe(wildcards.model)["epochs"]
         * WALLTIME["discriminator_image_epoch_s"]
     )
@@ -656,10 +660,10 @@ def train_requeues():
 
 
 def fid_sets(paths):
-    """(model, key) of each sample set behind FID result paths {R}/fid/<model>/<key>/rep<r>.json."""
+    """(model, key) of each sample set behind FID result paths {RESULTS}/fid/<model>/<key>/rep<r>.json."""
     out = set()
     for p in paths:
-        model, key = os.path.relpath(p, f"{R}/fid").split(os.sep)[:2]
+        model, key = os.path.relpath(p, f"{RESULTS}/fid").split(os.sep)[:2]
         out.add((model, key))
     return out
 

@@ -41,20 +41,20 @@ def guided_seeds():
     discriminator trains on the first dg.collect_images images of repeat 0 of a plain set, so no
     guided image starts from the noise of an image its discriminator has seen. Repeat r of a guided
     set is the r-th of fid.repeats equal parts."""
-    n = FID["num_images"] * FID["repeats"]
+    n = FID_CONFIG["num_images"] * FID_CONFIG["repeats"]
     return seed_range(0, n, offset=n)
 
 
 def given_discriminator(model, mode):
     """The discriminator file that dg.discriminators gives for (model, mode), or None."""
-    return DG["discriminators"].get(model, {}).get(mode)
+    return DG_CONFIG["discriminators"].get(model, {}).get(mode)
 
 
 def given_discriminators():
     """{(model, mode): path} of every discriminator file given in the config."""
     return {
         (model, mode): path
-        for model, modes in DG["discriminators"].items()
+        for model, modes in DG_CONFIG["discriminators"].items()
         for mode, path in modes.items()
     }
 
@@ -85,7 +85,7 @@ def dg_placed_files():
             f"({DG_CLASSIFIER_FOLDER}) and place it at {dg_classifier()}, "
             "or set dg.feature_extractor: scratch"
         )
-    if DG["enabled"]:
+    if DG_CONFIG["enabled"]:
         for (model, mode), path in given_discriminators().items():
             name = os.path.basename(path)
             if name in DG_DISCRIMINATOR_FOLDERS:
@@ -127,8 +127,8 @@ def dg_train_flags(wildcards):
             "cond": MODELS[wildcards.model]["cond"],
             "aot": wildcards.mode == "aot",
             "pool_size": recipe["pool_size"],
-            "feature_extractor": DG["feature_extractor"],
-            "num_images": DG["collect_images"],
+            "feature_extractor": DG_CONFIG["feature_extractor"],
+            "num_images": DG_CONFIG["collect_images"],
             "batch": recipe["batch"],
             "epochs": recipe["epochs"],
             "lr": recipe["lr"],

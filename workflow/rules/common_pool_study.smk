@@ -59,7 +59,7 @@ def pool_study_diagnostics_key():
 
 
 def pool_study_diagnostics(part):
-    return f"{R}/pool_study/diagnostics-{part}-{pool_study_diagnostics_key()}.npz"
+    return f"{RESULTS}/pool_study/diagnostics-{part}-{pool_study_diagnostics_key()}.npz"
 
 
 def pool_study_diagnostics_json():

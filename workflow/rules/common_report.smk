@@ -34,7 +34,7 @@ def table3_fids():
         for edm in edm_models(part):
             out.update(fid_set(edm, default_key()))
         out.update(fid_set(aot, best_key(aot)))
-        if DG["enabled"]:
+        if DG_CONFIG["enabled"]:
             for model, key, mode in dg_models(part):
                 out.update(fid_set(model, guided_key(key, mode)))
     return sorted(out)
@@ -73,7 +73,7 @@ def part_models(part):
 
 
 def table_files(i):
-    return [f"{R}/tables/table{i}.{ext}" for ext in ("csv", "md", "tex")]
+    return [f"{RESULTS}/tables/table{i}.{ext}" for ext in ("csv", "md", "tex")]
 
 
 def table_outputs(i):
@@ -83,7 +83,7 @@ def table_outputs(i):
 
 
 def figure_files(name):
-    return [f"{R}/figures/{name}.png", f"{R}/figures/{name}.pdf"]
+    return [f"{RESULTS}/figures/{name}.png", f"{RESULTS}/figures/{name}.pdf"]
 
 
 def figure_outputs(name):

@@ -27,12 +27,12 @@ if config["dataset"]["name"] == "edm":
         benchmark:
             f"{BENCH}/prepare_dataset.tsv"
         conda:
-            ENV
+            CONDA_ENV
         threads: threads_for("prepare_dataset")
         resources:
             **resources_for("prepare_dataset"),
         params:
-            aot=AOT,
+            aot=AOT_CLI,
             args=edm_import_flags(),
         shell:
             "{params.aot} data import --source {input:q} --dest {output:q} {params.args} "
@@ -53,9 +53,9 @@ elif config["dataset"]["name"] == "cifar10":
             benchmark:
                 f"{BENCH}/download_cifar10.tsv"
             conda:
-                ENV
+                CONDA_ENV
             params:
-                aot=AOT,
+                aot=AOT_CLI,
                 args=flags(
                     {
                         "url": config["dataset"]["source"],
@@ -75,12 +75,12 @@ elif config["dataset"]["name"] == "cifar10":
         benchmark:
             f"{BENCH}/prepare_dataset.tsv"
         conda:
-            ENV
+            CONDA_ENV
         threads: threads_for("prepare_dataset")
         resources:
             **resources_for("prepare_dataset"),
         params:
-            aot=AOT,
+            aot=AOT_CLI,
             args=flags({"md5": config["dataset"].get("md5")}),
         shell:
             "{params.aot} data cifar10 --source {input:q} {params.args} --dest {output:q} "
@@ -96,12 +96,12 @@ else:
         benchmark:
             f"{BENCH}/prepare_dataset.tsv"
         conda:
-            ENV
+            CONDA_ENV
         threads: threads_for("prepare_dataset")
         resources:
             **resources_for("prepare_dataset"),
         params:
-            aot=AOT,
+            aot=AOT_CLI,
             args=flags({"resolution": config["dataset"]["resolution"]}),
         shell:
             "{params.aot} data digits {params.args} --dest {output:q} > {log:q} 2>&1"

@@ -23,7 +23,7 @@ if dg_placed_files():
         wildcard_constraints:
             placed=names_regex(dg_placed_files()),
         conda:
-            ENV
+            CONDA_ENV
         params:
             message=lambda wildcards: dg_placed_files()[wildcards.placed],
         shell:
@@ -40,15 +40,15 @@ rule import_discriminator:
     input:
         unpack(dg_import_inputs),
     output:
-        f"{R}/dg/{{model}}/{{mode}}/discriminator.pt",
+        f"{RESULTS}/dg/{{model}}/{{mode}}/discriminator.pt",
     log:
         f"{LOGS}/import_discriminator/{{model}}-{{mode}}.log",
     wildcard_constraints:
         model=discriminator_pairs_regex(given_discriminators(), given=True),
     conda:
-        ENV
+        CONDA_ENV
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         args=dg_import_flags,
     shell:
         "{params.aot} dg import {input.discriminator:q} --out {output:q} {params.args} "
@@ -63,7 +63,7 @@ rule train_discriminator:
             wildcards.model, dg_base_key(wildcards.model), 0
         ),
     output:
-        f"{R}/dg/{{model}}/{{mode}}/discriminator.pt",
+        f"{RESULTS}/dg/{{model}}/{{mode}}/discriminator.pt",
     log:
         f"{LOGS}/train_discriminator/{{model}}-{{mode}}.log",
     benchmark:
@@ -71,14 +71,14 @@ rule train_discriminator:
     wildcard_constraints:
         model=discriminator_pairs_regex(given_discriminators(), given=False),
     conda:
-        ENV
+        CONDA_ENV
     threads: threads_for("train_discriminator")
     resources:
         **resources_for(
             "train_discriminator", work=discriminator_work_s, resumable=True
         ),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         outdir=lambda wildcards, output: os.path.dirname(output[0]),
         args=dg_train_flags,
     shell:
@@ -91,11 +91,13 @@ rule generate_dg:
         **dg_feature_inputs(),
         **fid_feature_inputs(),
         network=lambda wildcards: network_path(wildcards.model),
-        discriminator=f"{R}/dg/{{model}}/{{mode}}/discriminator.pt",
+        discriminator=f"{RESULTS}/dg/{{model}}/{{mode}}/discriminator.pt",
         ref=reference_path(),
     output:
-        samples=set_files(f"{R}/samples/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.npz"),
-        fid=set_files(f"{R}/fid/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.json"),
+        samples=set_files(
+            f"{RESULTS}/samples/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.npz"
+        ),
+        fid=set_files(f"{RESULTS}/fid/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.json"),
     log:
         f"{LOGS}/generate_dg/{{model}}/dg{{mode}}-{{key}}.log",
     benchmark:
@@ -105,14 +107,14 @@ rule generate_dg:
     group:
         set_group("guided")
     conda:
-        ENV
+        CONDA_ENV
     threads: threads_for("generate_dg")
     resources:
         **resources_for(
             "generate_dg", work=generate_dg_work_s, resumable=True, grouped=True
         ),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         env=requeue_env("generate_dg"),
         args=dg_generate_flags,
         measure=measure_flags,

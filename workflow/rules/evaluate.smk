@@ -17,9 +17,9 @@ rule fetch_fid_assets:
     benchmark:
         f"{BENCH}/fetch_fid_assets.tsv"
     conda:
-        ENV
+        CONDA_ENV
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         cache_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "{params.aot} fid fetch-assets --cache-dir {params.cache_dir:q} > {log:q} 2>&1"
@@ -29,18 +29,18 @@ rule train_features:
     input:
         data=DATASET,
     output:
-        f"{R}/fid/feature-net.pt",
+        f"{RESULTS}/fid/feature-net.pt",
     log:
         f"{LOGS}/train_features.log",
     benchmark:
         f"{BENCH}/train_features.tsv"
     conda:
-        ENV
+        CONDA_ENV
     threads: threads_for("train_features")
     resources:
         **resources_for("train_features"),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         args=flags({"device": DEVICE}),
     shell:
         "{params.aot} fid train-features --data {input.data:q} --out {output:q} {params.args} "
@@ -58,12 +58,12 @@ rule reference_stats:
     benchmark:
         f"{BENCH}/reference_stats.tsv"
     conda:
-        ENV
+        CONDA_ENV
     threads: threads_for("reference_stats")
     resources:
         **resources_for("reference_stats"),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         args=reference_flags,
     shell:
         "{params.aot} fid reference --data {input.data:q} {params.args} --threads {resources.cpus_per_task} "
@@ -74,8 +74,8 @@ rule diagnostics:
     input:
         networks=diagnostics_networks,
     output:
-        npz=f"{R}/diagnostics/{{part}}-{{key}}.npz",
-        json=f"{R}/diagnostics/{{part}}-{{key}}.json",
+        npz=f"{RESULTS}/diagnostics/{{part}}-{{key}}.npz",
+        json=f"{RESULTS}/diagnostics/{{part}}-{{key}}.json",
     log:
         f"{LOGS}/diagnostics/{{part}}-{{key}}.log",
     benchmark:
@@ -83,12 +83,12 @@ rule diagnostics:
     wildcard_constraints:
         key=SAMPLER_RE,
     conda:
-        ENV
+        CONDA_ENV
     threads: threads_for("diagnostics")
     resources:
         **resources_for("diagnostics"),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         args=diagnostics_flags,
         networks=network_flags,
     shell:

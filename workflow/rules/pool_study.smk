@@ -13,8 +13,8 @@ rule pool_study_diagnostics:
     input:
         lambda wildcards: pool_study_networks(wildcards.part),
     output:
-        npz=f"{R}/pool_study/diagnostics-{{part}}-{{key}}.npz",
-        json=f"{R}/pool_study/diagnostics-{{part}}-{{key}}.json",
+        npz=f"{RESULTS}/pool_study/diagnostics-{{part}}-{{key}}.npz",
+        json=f"{RESULTS}/pool_study/diagnostics-{{part}}-{{key}}.json",
     log:
         f"{LOGS}/pool_study/diagnostics-{{part}}-{{key}}.log",
     benchmark:
@@ -22,12 +22,12 @@ rule pool_study_diagnostics:
     wildcard_constraints:
         key=SAMPLER_RE,
     conda:
-        ENV
+        CONDA_ENV
     threads: threads_for("diagnostics")
     resources:
         **resources_for("diagnostics"),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         networks=lambda wildcards, input: " ".join(
             f"--network {shlex.quote(p)}" for p in input
         ),
@@ -51,12 +51,12 @@ rule table6:
     benchmark:
         f"{BENCH}/report/table6.tsv"
     conda:
-        ENV
+        CONDA_ENV
     threads: 1
     resources:
         **resources_for("report"),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         args=pool_study_report_flags(),
         prefix=lambda wildcards, output: os.path.splitext(output.table[0])[0],
         figure=lambda wildcards, output: os.path.splitext(output.figure[0])[0],

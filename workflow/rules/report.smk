@@ -64,12 +64,12 @@ for _i in TABLES:
             f"{BENCH}/report/table{_i}.tsv"
         localrule: True
         conda:
-            ENV
+            CONDA_ENV
         threads: 1
         resources:
             **resources_for("report"),
         params:
-            aot=AOT,
+            aot=AOT_CLI,
             args=table_flags(_i),
             prefix=out_prefix,
         shell:
@@ -92,12 +92,12 @@ for _i in FIGURES:
             f"{BENCH}/report/figure{_i}.tsv"
         localrule: True
         conda:
-            ENV
+            CONDA_ENV
         threads: 1
         resources:
             **resources_for("report"),
         params:
-            aot=AOT,
+            aot=AOT_CLI,
             args=report_flags({"figure": _i, **FIGURES[_i][1]}),
             prefix=out_prefix,
         shell:
@@ -116,12 +116,12 @@ rule curvature:
         f"{BENCH}/report/curvature.tsv"
     localrule: True
     conda:
-        ENV
+        CONDA_ENV
     threads: 1
     resources:
         **resources_for("report"),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         prefix=out_prefix,
     shell:
         "{params.aot} report figure --figure curvature --out-prefix {params.prefix:q} "
@@ -136,7 +136,7 @@ localrules:
 
 rule run_config:
     output:
-        f"{R}/config.json",
+        f"{RESULTS}/config.json",
     log:
         f"{LOGS}/run_config.log",
     params:
@@ -149,24 +149,24 @@ rule run_config:
 
 rule report:
     input:
-        config=f"{R}/config.json",
+        config=f"{RESULTS}/config.json",
         tables=ALL_TABLES,
         figures=ALL_FIGURES,
         pool_study=pool_study_report_inputs(),
     output:
-        f"{R}/README.md",
+        f"{RESULTS}/README.md",
     log:
         f"{LOGS}/report/readme.log",
     benchmark:
         f"{BENCH}/report/readme.tsv"
     localrule: True
     conda:
-        ENV
+        CONDA_ENV
     threads: 1
     resources:
         **resources_for("report"),
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         bench=BENCH,
     shell:

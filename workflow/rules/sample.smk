@@ -15,8 +15,8 @@ rule generate:
         network=lambda wildcards: network_path(wildcards.model),
         ref=reference_path(),
     output:
-        samples=set_files(f"{R}/samples/{{model}}/{{key}}/rep{{rep}}.npz"),
-        fid=set_files(f"{R}/fid/{{model}}/{{key}}/rep{{rep}}.json"),
+        samples=set_files(f"{RESULTS}/samples/{{model}}/{{key}}/rep{{rep}}.npz"),
+        fid=set_files(f"{RESULTS}/fid/{{model}}/{{key}}/rep{{rep}}.json"),
     log:
         f"{LOGS}/generate/{{model}}/{{key}}.log",
     benchmark:
@@ -26,7 +26,7 @@ rule generate:
     group:
         set_group("sets")
     conda:
-        ENV
+        CONDA_ENV
     threads: threads_for("generate")
     resources:
         **resources_for("generate", work=generate_work_s, resumable=True, grouped=True),

@@ -9,7 +9,7 @@ rule train:
     input:
         data=DATASET,
     output:
-        network=f"{R}/models/{{model}}/network-final.pt",
+        network=f"{RESULTS}/models/{{model}}/network-final.pt",
     log:
         f"{LOGS}/train/{{model}}.log",
     benchmark:
@@ -17,7 +17,7 @@ rule train:
     wildcard_constraints:
         model=names_regex(TRAINED),
     conda:
-        ENV
+        CONDA_ENV
     threads: threads_for("train")
     resources:
         **resources_for("train", work=train_work_s, resumable=True),
@@ -38,7 +38,7 @@ localrules:
 
 rule fetch_edm_pickle:
     output:
-        network=f"{R}/models/{{model}}/network-final.pt",
+        network=f"{RESULTS}/models/{{model}}/network-final.pt",
     log:
         f"{LOGS}/fetch_edm_pickle/{{model}}.log",
     benchmark:
@@ -46,9 +46,9 @@ rule fetch_edm_pickle:
     wildcard_constraints:
         model=names_regex(IMPORTED),
     conda:
-        ENV
+        CONDA_ENV
     params:
-        aot=AOT,
+        aot=AOT_CLI,
         url=lambda wildcards: MODELS[wildcards.model]["pickle"],
         args=edm_pickle_flags,
     shell:
