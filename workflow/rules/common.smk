@@ -348,6 +348,28 @@ def requeue_env(name):
     return f"{REQUEUE_ENV}={n}"
 
 
+def log_segments(pattern):
+    """The `params` function of a resumable rule whose log is `pattern`: shell words that keep
+    every segment of the job's log. Snakemake removes a job's log before each run, and a requeued
+    Slurm job is one more run: so the log is made a hard link to logs/<run>/segments/<the log's
+    path>, a file Snakemake does not know, which keeps growing; each segment starts with a line
+    naming its Slurm job, restart and host."""
+    return lambda wildcards: segment_words(pattern.format(**dict(wildcards.items())))
+
+
+def segment_words(path):
+    keep = os.path.join(LOGS, "segments", os.path.relpath(path, LOGS))
+    q = shlex.quote
+    header = (
+        "== segment $(date -u +%Y-%m-%dT%H:%M:%SZ): Slurm job ${SLURM_JOB_ID:-none}, "
+        "restart ${SLURM_RESTART_COUNT:-0}, host $(hostname)"
+    )
+    return (
+        f"mkdir -p {q(os.path.dirname(keep))} && touch {q(keep)} && ln -f {q(keep)} {q(path)} && "
+        f'echo "{header}" >> {q(path)} &&'
+    )
+
+
 def procs_per_node(resources):
     """Processes per node of a job that runs one process per GPU (training, generation)."""
     return max(1, gpus_of(resources))

@@ -55,6 +55,9 @@ rule import_discriminator:
         "> {log:q} 2>&1"
 
 
+DISCRIMINATOR_LOG = f"{LOGS}/train_discriminator/{{model}}-{{mode}}.log"
+
+
 rule train_discriminator:
     input:
         **dg_feature_inputs(),
@@ -65,7 +68,7 @@ rule train_discriminator:
     output:
         f"{RESULTS}/dg/{{model}}/{{mode}}/discriminator.pt",
     log:
-        f"{LOGS}/train_discriminator/{{model}}-{{mode}}.log",
+        DISCRIMINATOR_LOG,
     benchmark:
         f"{BENCH}/train_discriminator/{{model}}-{{mode}}.tsv"
     wildcard_constraints:
@@ -81,9 +84,14 @@ rule train_discriminator:
         aot=AOT_CLI,
         outdir=lambda wildcards, output: os.path.dirname(output[0]),
         args=dg_train_flags,
+        env=requeue_env("train_discriminator"),
+        log_segments=log_segments(DISCRIMINATOR_LOG),
     shell:
-        "{params.aot} dg train --data {input.data:q} --samples {input.samples:q} "
-        "--out {params.outdir:q} {params.args} --threads {threads} >> {log:q} 2>&1"
+        "{params.log_segments} {params.env} {params.aot} dg train --data {input.data:q} --samples {input.samples:q} "
+        "--out {params.outdir:q} {params.args} --threads {resources.cpus_per_task} >> {log:q} 2>&1"
+
+
+GENERATE_DG_LOG = f"{LOGS}/generate_dg/{{model}}/dg{{mode}}-{{key}}.log"
 
 
 rule generate_dg:
@@ -99,7 +107,7 @@ rule generate_dg:
         ),
         fid=set_files(f"{RESULTS}/fid/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.json"),
     log:
-        f"{LOGS}/generate_dg/{{model}}/dg{{mode}}-{{key}}.log",
+        GENERATE_DG_LOG,
     benchmark:
         f"{BENCH}/generate_dg/{{model}}/dg{{mode}}-{{key}}.tsv"
     wildcard_constraints:
@@ -116,10 +124,11 @@ rule generate_dg:
     params:
         aot=AOT_CLI,
         env=requeue_env("generate_dg"),
+        log_segments=log_segments(GENERATE_DG_LOG),
         args=dg_generate_flags,
         measure=measure_flags,
     shell:
-        "{params.env} {params.aot} dg generate --network {input.network:q} "
+        "{params.log_segments} {params.env} {params.aot} dg generate --network {input.network:q} "
         "--discriminator {input.discriminator:q} {params.args} --out {output.samples:q} "
         "--fid-ref {input.ref:q} --fid-out {output.fid:q} {params.measure} "
-        "--threads {resources.cpus_per_task} > {log:q} 2>&1"
+        "--threads {resources.cpus_per_task} >> {log:q} 2>&1"

@@ -9,6 +9,9 @@
 # rank 0 measures.
 
 
+GENERATE_LOG = f"{LOGS}/generate/{{model}}/{{key}}.log"
+
+
 rule generate:
     input:
         **fid_feature_inputs(),
@@ -18,7 +21,7 @@ rule generate:
         samples=set_files(f"{RESULTS}/samples/{{model}}/{{key}}/rep{{rep}}.npz"),
         fid=set_files(f"{RESULTS}/fid/{{model}}/{{key}}/rep{{rep}}.json"),
     log:
-        f"{LOGS}/generate/{{model}}/{{key}}.log",
+        GENERATE_LOG,
     benchmark:
         f"{BENCH}/generate/{{model}}/{{key}}.tsv"
     wildcard_constraints:
@@ -33,10 +36,11 @@ rule generate:
     params:
         aot=launcher,
         env=requeue_env("generate"),
+        log_segments=log_segments(GENERATE_LOG),
         args=generate_flags,
         measure=measure_flags,
         threads=rank_threads,
     shell:
-        "{params.env} {params.aot} generate --network {input.network:q} {params.args} "
+        "{params.log_segments} {params.env} {params.aot} generate --network {input.network:q} {params.args} "
         "--out {output.samples:q} --fid-ref {input.ref:q} --fid-out {output.fid:q} {params.measure} "
-        "{params.threads} > {log:q} 2>&1"
+        "{params.threads} >> {log:q} 2>&1"

@@ -5,13 +5,16 @@
 # back into the Slurm queue (aot.runtime.requeue_slurm_job) and continues where it stopped.
 
 
+TRAIN_LOG = f"{LOGS}/train/{{model}}.log"
+
+
 rule train:
     input:
         data=DATASET,
     output:
         network=f"{RESULTS}/models/{{model}}/network-final.pt",
     log:
-        f"{LOGS}/train/{{model}}.log",
+        TRAIN_LOG,
     benchmark:
         f"{BENCH}/train/{{model}}.tsv"
     wildcard_constraints:
@@ -24,11 +27,12 @@ rule train:
     params:
         aot=launcher,
         env=lambda wildcards: requeue_env("train"),
+        log_segments=log_segments(TRAIN_LOG),
         outdir=lambda wildcards, output: os.path.dirname(output.network),
         args=train_flags,
         threads=rank_threads,
     shell:
-        "{params.env} {params.aot} train --outdir {params.outdir:q} --data {input.data:q} "
+        "{params.log_segments} {params.env} {params.aot} train --outdir {params.outdir:q} --data {input.data:q} "
         "{params.args} {params.threads} >> {log:q} 2>&1"
 
 
