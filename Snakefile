@@ -72,7 +72,7 @@ localrules:
 rule all:
     default_target: True
     input:
-        f"{R}/README.md",
+        f"{RESULTS}/README.md",
 
 
 # Everything that needs the internet: run `snakemake fetch` on a login node first.
