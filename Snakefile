@@ -75,7 +75,13 @@ rule all:
         f"{RESULTS}/README.md",
 
 
-# Everything that needs the internet: run `snakemake fetch` on a login node first.
+# Everything that needs the internet: run `snakemake fetch` on a login node first. Files that must
+# be placed by hand (DG's classifier and heads, from Google Drive) are listed with where to get
+# them, without failing the downloads.
 rule fetch:
     input:
         fetch_targets(),
+    run:
+        for path, message in dg_placed_files().items():
+            if not os.path.exists(path):
+                logger.warning(message.replace("error: ", "to place by hand: ", 1))

@@ -619,7 +619,6 @@ def fetch_targets():
     if FID_CONFIG["features"] == "inception":
         out.append(f"{FID_CACHE}/assets.json")
     out += [network_path(m) for m in IMPORTED]
-    out += list(dg_placed_files())
     return out
 
 

@@ -57,6 +57,8 @@ rule reference_stats:
         f"{LOGS}/reference_stats.log",
     benchmark:
         f"{BENCH}/reference_stats.tsv"
+    # EDM's precomputed statistics are a copy from clean-fid's cache: no GPU job for that
+    localrule: FID_CONFIG["reference"] == "precomputed"
     conda:
         CONDA_ENV
     threads: threads_for("reference_stats")
