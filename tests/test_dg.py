@@ -331,7 +331,7 @@ def test_plain_training_draws_independent_noise():
 def test_cli_train_resume_and_generate(tmp_path):
     from aot.checkpoints import save_network
     from aot.networks import EDMPrecond
-    from aot.samples import load_samples
+    from aot.samples import read_sample_set
 
     data, samples = _digits_vs_noise_files(tmp_path, 48)
     common = ["dg", "train", "--data", str(data), "--samples", str(samples), "--scratch-width", "32", "--width",
@@ -361,7 +361,7 @@ def test_cli_train_resume_and_generate(tmp_path):
            "--device", "cpu"]
     aot_main(gen + ["--out", str(tmp_path / "g.npz"), "--boosting", "--dg-weight-2nd-order", "0.5",
                     "--model-name", "toy-aot", "--solver", "heun", "--threads", "1"])
-    rec = load_samples(tmp_path / "g.npz")
+    rec = read_sample_set(tmp_path / "g.npz")
     assert rec["images"].shape == (4, 8, 8, 1) and rec["images"].dtype == np.uint8
     smp = rec["meta"]["sampler"]
     assert smp["key"] == "dgaot-heun-n3-rho7" and smp["nfe"] == 5
@@ -377,7 +377,8 @@ def test_cli_train_resume_and_generate(tmp_path):
     assert ex.value.code == 2 and not (tmp_path / "e.npz").exists()
     aot_main(["generate", "--network", str(tmp_path / "net.pt"), "--seeds", "0-3", "--steps", "3", "--device",
               "cpu", "--out", str(tmp_path / "plain.npz")])
-    assert np.array_equal(load_samples(tmp_path / "w0.npz")["images"], load_samples(tmp_path / "plain.npz")["images"])
+    assert np.array_equal(read_sample_set(tmp_path / "w0.npz")["images"],
+                          read_sample_set(tmp_path / "plain.npz")["images"])
 
 
 def test_stop_keeps_last_epoch_state_and_resume_matches(tmp_path):

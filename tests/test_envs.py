@@ -27,12 +27,11 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 
 # pyproject's runtime pins that Snakemake needs where it runs itself (login node, the Slurm
-# plugin's job step), never inside a job
+# plugin's job step), never inside a job (jsonschema is the package's too: aot.settings)
 WORKFLOW_ONLY = {
     "snakemake",
     "snakemake-executor-plugin-slurm",
     "snakemake-executor-plugin-slurm-jobstep",
-    "jsonschema",
 }
 # in the env without the package importing them: clean-fid's own dependencies, pinned so that a
 # resolver cannot pair torch with a torchvision built for another torch
@@ -316,3 +315,19 @@ def test_container_recipes_check_every_import_of_the_package():
     for text in (_dockerfile(), _definition()):
         check = re.search(r'python -c "import ([^"]+)"', text).group(1)
         assert {m.strip() for m in check.split(",")} == _imported_modules() | {"torchvision", "requests"}
+
+
+def test_container_recipes_install_slurms_client_commands():
+    """A job in the image requeues itself with `scontrol` and may read its end time with `squeue`:
+    both recipes install Debian's slurm-client (before the environment) and check both commands;
+    the Docker image then runs as micromamba's user again."""
+    docker, definition = _dockerfile(), _definition()
+    install = r"apt-get install --yes --no-install-recommends slurm-client"
+    for text, env_step in ((docker, "micromamba install --yes --name base"), (definition, "micromamba install --yes")):
+        assert re.search(install, text), text
+        assert text.index("slurm-client") < text.index(env_step)
+        assert "rm -rf /var/lib/apt/lists/*" in text
+        assert "scontrol --version" in text and "squeue --version" in text
+    users = re.findall(r"^USER (\S+)$", docker, re.M)
+    assert users == ["root", "$MAMBA_USER"]
+    assert docker.index("USER root") < docker.index(install) < docker.index("USER $MAMBA_USER")

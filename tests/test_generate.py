@@ -307,13 +307,13 @@ def test_cuda_requested_without_cuda(tmp_path, ckpts, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_load_samples_roundtrip(tmp_path, cond_net):
+def test_read_sample_set_roundtrip(tmp_path, cond_net):
     gen.run_generation(cond_net, tmp_path / "x.npz", [1, 2], sampler_kwargs=STEPS, device="cpu",
                        meta={"sampler": {"key": "k"}}, log=_quiet)
-    rec = samples.load_samples(tmp_path / "x.npz")
+    rec = samples.read_sample_set(tmp_path / "x.npz")
     assert rec["meta"]["sampler"] == {"key": "k"} and rec["seeds"].tolist() == [1, 2]
     with pytest.raises(UserError, match="does not exist"):
-        samples.load_samples(tmp_path / "none.npz")
+        samples.read_sample_set(tmp_path / "none.npz")
 
 
 def test_generation_in_process_restores_signal_handlers(tmp_path, ckpts):

@@ -31,7 +31,7 @@ import torch
 from test_checkpoints import NCSN, SMALL, _net  # the small networks of the checkpoint tests
 
 from aot import checkpoints
-from aot.checkpoints import load_edm_pickle, read_edm_pickle_raw, save_edm_pickle, save_network
+from aot.checkpoints import edm_pickle, load_edm_pickle, read_edm_pickle_raw, save_edm_pickle, save_network
 from aot.errors import UserError
 from aot.networks import EDMPrecond, VEPrecond, VPPrecond
 
@@ -185,10 +185,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""
 import hashlib, json, sys
 from aot import checkpoints, pickles
+from aot.checkpoints import edm_pickle, network_file
 from aot.cli import main
 
 def fingerprint():
-    targets = [*checkpoints._ALLOWED.values(), *vars(pickles).values(), *vars(checkpoints).values()]
+    targets = [*edm_pickle._ALLOWED.values(), *vars(pickles).values(), *vars(checkpoints).values(),
+               *vars(edm_pickle).values(), *vars(network_file).values()]
     out = []
     for t in targets:
         t = getattr(t, "fn", t)
@@ -288,7 +290,7 @@ def _snapshot_with_view(net: torch.nn.Module, name: str, storage: bytes, offset:
     view = _Reduce(torch._utils._rebuild_tensor_v2, _Reduce(torch.storage._load_from_bytes, storage), offset,
                    tuple(target.shape), tuple(target.stride()), False, OrderedDict())
 
-    class Pickler(checkpoints._EdmLayoutPickler):
+    class Pickler(edm_pickle._EdmLayoutPickler):
         def reducer_override(self, obj):
             if obj is target:
                 return torch._utils._rebuild_parameter, (view, False, OrderedDict())
@@ -504,7 +506,7 @@ def test_published_layouts_still_load(tmp_path, monkeypatch, cls, kw):
     assert b"numpy.core.multiarray" in data or not any(hasattr(m, "skip_scale") for m in net.modules())
     path = tmp_path / "snapshot.pkl"
     path.write_bytes(data)
-    allowed = set(checkpoints._ALLOWED)
+    allowed = set(edm_pickle._ALLOWED)
     assert set(checkpoints.scan_pickle_globals(data)) <= allowed
     loaded = load_edm_pickle(path)
     assert type(loaded["ema"]) is cls and loaded["ema"].init_kwargs == net.init_kwargs

@@ -363,7 +363,7 @@ def test_dropped_pool_ends_its_builder():
 
 
 def test_warm_start_refinement_keeps_the_optimum():
-    from aot.pairing import _solve_lapjv, _warm_reduced
+    from aot.pairing.assignment import _solve_lapjv, _warm_reduced
 
     g = torch.Generator().manual_seed(9)
     z = torch.randn(300, 3, 2, 2, generator=g)

@@ -314,3 +314,23 @@ def test_saves_and_exits_before_the_slurm_time_limit(digits, tmp_path, record_fa
     assert (out / "training-state.pt").exists() and not (out / "network-final.pt").exists()
     record_fault("interruption", "Slurm time limit where the signal cannot reach training (cgroup clusters)",
                  "state saved 300 s before the job's end time from squeue, exit 75")
+
+
+def test_more_processes_than_the_batch_allows_are_refused_not_a_smaller_b():
+    """Batch 128 with B = 32 over 8 processes would be 16 per GPU: training refuses (EDM would
+    quietly take B = 16, another AOT recipe), naming what would keep it."""
+    import inspect
+    import types
+
+    from aot.settings import BatchError
+    from aot.train import training_loop, validate
+
+    defaults = {k: p.default for k, p in inspect.signature(training_loop).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    opts = types.SimpleNamespace(**{**defaults, "batch": 128, "batch_gpu": 32, "pool_size": 2048})
+    with pytest.raises(BatchError, match=r"--batch 128 is not a multiple of --batch-gpu 32 x 8 process\(es\) "
+                                         r"\(16 per GPU\): the recipe's B would change; GPUs x nodes that keep both: "
+                                         r"1, 2, 4 in all"):
+        validate(opts, world_size=8)
+    validate(opts, world_size=4)
+    assert opts.batch_gpu == 32

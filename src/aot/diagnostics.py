@@ -164,7 +164,8 @@ def run_diagnostics(*, network: Sequence[str | os.PathLike], out: str | os.PathL
                     ) -> dict:
     """Trajectories and their curvature numbers for every network; writes `out` (npz) and the JSON
     beside it, returns the JSON's content."""
-    from .generate import check_seeds, parse_class_labels, resolve_device
+    from .generate import check_seeds, parse_class_labels
+    from .runtime import resolve_device
     from .sampling import edm_time_steps, nfe, sampler_key
 
     out = Path(out)

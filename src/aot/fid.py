@@ -33,7 +33,7 @@ import numpy as np
 from . import metrics
 from .errors import UserError, positive_int
 from .files import atomic_path, checksum_value, download, read_npz_arrays, sha256_file, write_json_atomic
-from .runtime import environment_info
+from .runtime import environment_info, resolve_device
 from .samples import sample_set_shape
 
 REF_FORMAT = "aot-fid-ref/1"
@@ -237,9 +237,9 @@ def load_dataset_images(path: str | os.PathLike, max_images: int | None = None
     return images, labels
 
 
-def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, dict, np.ndarray | None]:
+def load_sample_images(path: str | os.PathLike) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """(uint8 NCHW images, meta dict, seeds or None) from a sample-set npz of the spec."""
-    from .samples import load_samples as read_sample_set
+    from .samples import read_sample_set
 
     rec = read_sample_set(path)
     images = rec["images"]
@@ -306,21 +306,6 @@ class FeatureSpace:
                 self._feature_fn = metrics.offline_feature_fn(self.net)
         return metrics.compute_features(images_nchw, self._feature_fn, self.device, batch_size=batch, rgb=self.rgb,
                                         what=what)
-
-
-def resolve_device(value: str | None) -> str:
-    """A torch device name; None or 'auto': cuda if available, else cpu."""
-    import torch
-
-    if value in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {value!r} is not a torch device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {value}: CUDA is not available on this machine")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,7 +471,7 @@ def _check_sample_shape(samples, shape_nchw: tuple, ref, reference_stats: dict, 
 def _measure_one(samples, repeat: int, ref, reference_stats: dict, space: FeatureSpace, device: str, batch: int,
                  t0: float) -> dict:
     """The result record of one sample set (`time_s` counted from `t0`)."""
-    images, meta, seeds = load_samples(samples)
+    images, meta, seeds = load_sample_images(samples)
     _check_sample_shape(samples, images.shape, ref, reference_stats, space)
     n = images.shape[0]
     print(f"measure: {n} images from {samples} against {ref} ({space.name}) on {device}", flush=True)

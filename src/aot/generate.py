@@ -14,7 +14,9 @@ generates only what is missing, and a finished set made with the same settings (
 `time_s` and `env`, equal to the rerun's) is kept as it is. Under `torchrun`, ranks share the
 shards and rank 0 writes the sets.
 SIGTERM/SIGUSR1 (Slurm's time limit, preemption) end `generate_set` at once with exit code 75
-(`aot.errors.EXIT_PREEMPTED`); the handlers are those of the caller again when it returns.
+(`aot.errors.EXIT_PREEMPTED`); the handlers are those of the caller again when it returns. Inside a
+Slurm job with `slurm_margin` > 0 it also stops, with exit code 75, before the first shard it would
+start less than `slurm_margin` seconds before the job's end time (`aot.runtime.Preemption`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ import torch
 
 from .errors import UserError
 from .keys import parse_int_list
-from .runtime import Preemption, environment_info, progress
+from .runtime import Preemption, environment_info, progress, resolve_device
 from .samples import (
     generation_fingerprint,
-    load_samples,
+    read_sample_set,
     read_shards,
     save_grid,
     scan_shards,
@@ -51,26 +53,6 @@ MAX_SEED = (1 << 32) - 1
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None` -> cuda if available else cpu; an unavailable CUDA device is a UserError."""
-    if device is None or device == "" or device == "auto":
-        device = default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"--device {device!r} is not a valid device") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices")
-    return dev
 
 
 def parse_class_labels(value: str | int | None) -> str | int:
@@ -213,6 +195,12 @@ def generate_images(net: torch.nn.Module, seeds: Sequence[int], sampler_fn: Call
 # Sharded, resumable driver
 
 
+def rank0_print(msg: str) -> None:
+    """print, on the first process only (RANK 0 under torchrun)"""
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, flush=True)
+
+
 def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -243,7 +231,7 @@ def _finished_set(out: Path, seeds: Sequence[int], meta: dict) -> dict | None:
     if not out.is_file():
         return None
     try:
-        rec = load_samples(out)
+        rec = read_sample_set(out)
     except UserError:
         return None
     stored = {k: v for k, v in rec["meta"].items() if k not in TIMING_META}
@@ -277,13 +265,15 @@ def run_generation_sets(net: torch.nn.Module, sets: Sequence[tuple[str | os.Path
                         class_labels: str | int = "random", shard_size: int = 1000, meta: dict | None = None,
                         fingerprint_extra: Any = None, grid: str | os.PathLike | None = None,
                         after_shard: Callable[[Path, int], None] | None = None,
-                        log: Callable[[str], None] | None = None, keep_shards: bool = False) -> list[dict | None]:
+                        log: Callable[[str], None] | None = None, keep_shards: bool = False,
+                        preemption: Preemption | None = None) -> list[dict | None]:
     """`run_generation` for several sample sets `sets` = [(out, seeds), ...], one after the other with
     the same network and sampler: each file is the one `run_generation(net, out, seeds)` writes.
     The grid shows the first set. `after_shard(out, k)` follows shard k of set `out`. With
     `keep_shards` each set's shard folder stays after its file is written (a job that measures the
-    sets next removes them once the measurement is written). Returns the sets' metas (None on
-    ranks > 0)."""
+    sets next removes them once the measurement is written). With `preemption` (entered by the
+    caller), no shard starts once its Slurm deadline is reached: the job exits 75 with the finished
+    shards kept (`Preemption.stop_at_deadline`). Returns the sets' metas (None on ranks > 0)."""
     log = log or (lambda s: print(s, flush=True))
     sampler_fn = sampler_fn or get_sampler("heun")
     sampler_kwargs = dict(sampler_kwargs or {})
@@ -297,7 +287,7 @@ def run_generation_sets(net: torch.nn.Module, sets: Sequence[tuple[str | os.Path
     return [_generate_one(net, out, seeds, fingerprint, sampler_fn=sampler_fn, sampler_kwargs=sampler_kwargs,
                           batch=batch, device=device, class_labels=class_labels, shard_size=shard_size, meta=meta,
                           grid=grid if i == 0 else None, after_shard=after_shard, log=log,
-                          keep_shards=keep_shards)
+                          keep_shards=keep_shards, preemption=preemption)
             for i, (out, seeds) in enumerate(sets)]
 
 
@@ -305,7 +295,7 @@ def _generate_one(net: torch.nn.Module, out: Path, seeds: list[int], fingerprint
                   sampler_kwargs: dict, batch: int, device: torch.device, class_labels: str | int, shard_size: int,
                   meta: dict | None, grid: str | os.PathLike | None,
                   after_shard: Callable[[Path, int], None] | None, log: Callable[[str], None],
-                  keep_shards: bool = False) -> dict | None:
+                  keep_shards: bool = False, preemption: Preemption | None = None) -> dict | None:
     """One sample set of `run_generation_sets` (settings checked there)."""
     rank, world = _dist_info()
     set_meta = dict(meta or {})
@@ -341,6 +331,8 @@ def _generate_one(net: torch.nn.Module, out: Path, seeds: list[int], fingerprint
     desc = f"generating {out.name}" + (f" [rank {rank}]" if world > 1 else "")
     with progress(total, desc, unit="img", initial=already) as bar:
         for k in mine:
+            if preemption is not None:
+                preemption.stop_at_deadline(f"the finished shards of {out.name} are kept in {sdir}")
             t0 = time.monotonic()
             images, labels = generate_images(net, chunks[k], sampler_fn, sampler_kwargs, batch, device,
                                              class_labels, progress=_bar_callback(bar))
@@ -475,6 +467,7 @@ def generation_request(*, seeds: str | Sequence[int], out: str | os.PathLike | S
                        grid: str | os.PathLike | None = None,  # PNG grid of the first 64 images (first set)
                        model_name: str | None = None,   # model name in the meta (default: the checkpoint's)
                        device: str | torch.device | None = "auto",  # cuda, cuda:N, cpu or auto
+                       slurm_margin: float = 0.0,       # in a Slurm job: no shard starts this close to its end
                        ) -> dict:
     """The checked settings of one sample set, or of several (`out` a list: the seeds split into
     equal, consecutive parts), for `generate_set` and guided generation (aot.dg): UserErrors for
@@ -482,6 +475,8 @@ def generation_request(*, seeds: str | Sequence[int], out: str | os.PathLike | S
     output file with its seeds."""
     check_sampler_settings(solver=solver, num_steps=num_steps, rho=rho, sigma_min=sigma_min, sigma_max=sigma_max,
                            S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
+    if not slurm_margin >= 0:
+        raise UserError(f"--slurm-margin must not be negative, got {slurm_margin}")
     outs = output_list(out)
     for o in outs:
         check_output_settings(out=o, grid=grid, batch=batch, shard_size=shard_size, model_name=model_name)
@@ -490,7 +485,7 @@ def generation_request(*, seeds: str | Sequence[int], out: str | os.PathLike | S
     return dict(seeds=all_seeds, out=out, sets=sets, solver=solver, num_steps=num_steps,
                 rho=rho, sigma_min=sigma_min, sigma_max=sigma_max, S_churn=S_churn, S_min=S_min, S_max=S_max,
                 S_noise=S_noise, batch=batch, class_labels=parse_class_labels(class_labels), shard_size=shard_size,
-                grid=grid, model_name=model_name, device=device)
+                grid=grid, model_name=model_name, device=device, slurm_margin=slurm_margin)
 
 
 def request_result(req: dict, metas: list[dict | None]) -> dict | list[dict | None] | None:
@@ -530,7 +525,7 @@ def generate_set(*, network: str | os.PathLike,
 
     net, ckpt_meta = load_any_network(network, device="cpu")
     check_class_labels(net, class_labels, what=f"network {network}")
-    with Preemption(raise_on_signal=True):
+    with Preemption(margin=req["slurm_margin"], raise_on_signal=True, log=rank0_print) as preemption:
         try:
             device = resolve_device(_init_distributed(req["device"]))
             net = net.to(device)
@@ -551,7 +546,7 @@ def generate_set(*, network: str | os.PathLike,
                                         sampler_kwargs=sampler_kwargs, batch=req["batch"], device=device,
                                         class_labels=class_labels, shard_size=req["shard_size"], meta=meta,
                                         grid=req["grid"], fingerprint_extra={"precision": meta["precision"]},
-                                        keep_shards=keep_shards)
+                                        keep_shards=keep_shards, preemption=preemption)
             return request_result(req, metas)
         finally:
             if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -3,7 +3,7 @@
 A sample set `X.npz` holds `images` uint8 [N, H, W, C], `labels` int64 [N] (-1 when unconditional),
 `seeds` int64 [N] (image i was made from seed seeds[i], as in EDM's generate.py) and `meta`, a JSON
 string (model, sampler, seeds, num_images, fingerprint, time_s, env; `fingerprint` as below).
-`load_samples` is its one reader; `sample_set_shape` reads only the shape of its images.
+`read_sample_set` is its one reader; `sample_set_shape` reads only the shape of its images.
 
 While a set is being made, finished pieces live in `X.npz.shards/shard-000000.npz`, ... (images,
 labels, seeds, the generation fingerprint and the sampling time of that shard). A shard counts only
@@ -195,7 +195,7 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, max_images: int = 64)
 # The reader
 
 
-def load_samples(path: str | os.PathLike) -> dict:
+def read_sample_set(path: str | os.PathLike) -> dict:
     """Read a sample set npz: dict(images uint8 NHWC, labels, seeds (None if absent), meta=dict).
 
     The one reader of sample sets (FID, reports and DG use it); every problem is a UserError
@@ -232,7 +232,7 @@ def _check_images(path: Path, dtype: np.dtype, shape: tuple) -> None:
 
 def sample_set_shape(path: str | os.PathLike) -> tuple[int, int, int, int]:
     """The shape [N, H, W, C] of a sample set's images from the array's header alone (nothing else is
-    read), with the errors of `load_samples`: a job over several sets checks them all before it works."""
+    read), with the errors of `read_sample_set`: a job over several sets checks them all before it works."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sample set {path} does not exist")

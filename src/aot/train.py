@@ -40,7 +40,7 @@ from .checkpoints import checked_dict, checked_kwargs, load_torch_file, save_net
 from .errors import EXIT_PREEMPTED, UserError
 from .files import atomic_path, write_json_atomic
 from .pickles import byte_limit
-from .runtime import Preemption
+from .runtime import Preemption, cuda_available, cuda_unavailable_reason, set_threads
 
 ARCHS = {
     # EDM's train.py presets for CIFAR-10 (--arch ddpmpp / ncsnpp / adm).
@@ -118,8 +118,7 @@ def training_loop(
     validate(opts, world_size)
     if not Path(opts.data).exists():
         raise UserError(f"dataset {opts.data} does not exist (run the prepare_dataset step first)")
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    set_threads(opts.threads)
     dist = Dist(opts.device)
     try:
         return Training(opts, dist).run()
@@ -129,7 +128,7 @@ def training_loop(
 
 def validate(opts: types.SimpleNamespace, world_size: int) -> None:
     """Impossible settings fail here, before anything is built or written; fills in batch_gpu."""
-    from .pairing import check_pool_size
+    from .settings.rules import check_global_batch, check_pool_batch
 
     if opts.duration <= 0:
         raise UserError(f"--duration must be positive, got {opts.duration}")
@@ -142,12 +141,11 @@ def validate(opts: types.SimpleNamespace, world_size: int) -> None:
         opts.batch_gpu = per_rank
     if opts.batch_gpu <= 0:
         raise UserError(f"--batch-gpu must be positive, got {opts.batch_gpu}")
-    if opts.batch_gpu > per_rank:
-        opts.batch_gpu = per_rank
-    if per_rank % opts.batch_gpu != 0:
-        raise UserError(f"--batch {opts.batch} over {world_size} process(es) is {per_rank} per process, "
-                        f"not a multiple of --batch-gpu {opts.batch_gpu}")
-    check_pool_size(opts.pool_size, opts.batch_gpu)
+    # B is the recipe (AOT serves pools in minibatches of B): a process count that cannot keep it is
+    # refused, never answered with another B
+    check_global_batch(opts.batch, opts.batch_gpu, world_size, batch_name="--batch", batch_gpu_name="--batch-gpu",
+                       gpus_name="process(es)")
+    check_pool_batch(opts.pool_size, opts.batch_gpu)
     for name in ("lr", "ema", "tick"):
         if getattr(opts, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(opts, name)}")
@@ -196,9 +194,9 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         auto = device in (None, "", "auto")
-        want_cuda = torch.cuda.is_available() if auto else str(device).startswith("cuda")
-        if want_cuda and not torch.cuda.is_available():
-            raise UserError("--device cuda was requested but no CUDA device is visible")
+        want_cuda = cuda_available() if auto else str(device).startswith("cuda")
+        if want_cuda and not cuda_available():
+            raise UserError(f"--device {device}: {cuda_unavailable_reason()}")
         if want_cuda:
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
@@ -398,7 +396,7 @@ class Training:
 
     def _build(self, num_images: int, images_u8: torch.Tensor, labels_onehot: torch.Tensor | None) -> None:
         """Seeds, network, EMA, loss, optimizer, augmentation and the pair pool, in EDM's order."""
-        from .augment import AugmentPipe
+        from .augment import edm_augment_pipe
         from .loss import EDMLoss
         from .networks import build_network
         from .pairing import PairPool
@@ -428,8 +426,7 @@ class Training:
         self.optimizer = torch.optim.Adam(self.net.parameters(), **adam_kwargs)
         augment_pipe = None
         if opts.augment > 0:
-            augment_pipe = AugmentPipe(p=opts.augment, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1,
-                                       translate_frac=1)
+            augment_pipe = edm_augment_pipe(p=opts.augment)
         stream = IndexStream(num_images, dist.rank, dist.world_size, seed=opts.seed)
         draw_fn = make_draw_fn(images_u8, labels_onehot, stream, opts.pool_size, augment_pipe, device)
         self.pool = PairPool(draw_fn, pool_size=opts.pool_size, batch_gpu=opts.batch_gpu, aot=opts.aot,
@@ -487,10 +484,7 @@ class Training:
     def run(self) -> int:
         """Train until `duration`, or until a stop is requested; 0 when done, EXIT_PREEMPTED when stopped."""
         opts, dist = self.opts, self.dist
-        stop = Preemption(margin=opts.slurm_margin)
-        if stop.deadline is not None:
-            end = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stop.deadline + opts.slurm_margin))
-            dist.print(f"Slurm job ends at {end}; the state is saved {opts.slurm_margin:.0f} s before")
+        stop = Preemption(margin=opts.slurm_margin, log=dist.print)  # logs the job's end time
         self.start_time = self.tick_start_time = time.time()
         self.start_nimg = self.tick_start_nimg = self.cur_nimg
         self.tick_losses: list[float] = []

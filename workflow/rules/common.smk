@@ -554,6 +554,7 @@ def generate_flags(wildcards):
             "device": DEVICE,
             "fast": config["generate"]["fast"],
             "compile": config["generate"]["fast"],
+            "slurm_margin": WALLTIME["signal_s"],  # stop this long before the job's end
         }
     )
 

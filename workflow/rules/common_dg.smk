@@ -134,6 +134,9 @@ def dg_train_flags(wildcards):
             "lr": recipe["lr"],
             "weight_decay": recipe["weight_decay"],
             "device": DEVICE,
+            # a requeued job continues from its saved state, stopping this long before its end
+            "resume": True,
+            "slurm_margin": WALLTIME["signal_s"],
         }
     )
 
@@ -165,5 +168,6 @@ def dg_generate_flags(wildcards):
             "batch": config["generate"]["batch"],
             "shard_size": config["generate"]["shard_size"],
             "device": DEVICE,
+            "slurm_margin": WALLTIME["signal_s"],
         }
     )

@@ -2,7 +2,7 @@
 
     python -m aot dg train --data DS.zip --samples GEN.npz --out DIR [--aot --pool-size N] [--cond]
         [--feature-extractor 32x32_classifier.pt|scratch] [--num-images N] [--batch 128] [--epochs 50]
-        [--lr 3e-4] [--weight-decay 1e-7] [--seed 0] [--resume] [--device] [--threads]
+        [--lr 3e-4] [--weight-decay 1e-7] [--seed 0] [--resume] [--device] [--threads] [--slurm-margin S]
       -> DIR/discriminator.pt, DIR/result.json, DIR/stats.jsonl, DIR/training-state.pt,
          DIR/discriminator-snapshot-XXXXXX.pt
     python -m aot dg import discriminator_60.pt --out DIR/discriminator.pt
@@ -10,7 +10,8 @@
       -> a given discriminator (DG's released head, or a file of `dg train`) in our format, checked
     python -m aot dg generate --network NET.pt --discriminator DIR/discriminator.pt --seeds 0-49999
         --out X.npz [--steps 18 --rho 7 --dg-weight-1st-order 2 --dg-weight-2nd-order 0 --time-min 0.01
-        --time-max 1 --boosting --batch --shard-size --class-labels --model-name --device --threads]
+        --time-max 1 --boosting --batch --shard-size --class-labels --model-name --device --threads
+        --slurm-margin S]
       -> a sample set npz as `aot generate` writes it, key `dg{aot|plain}-heun-n18-rho7`.
     python -m aot dg generate ... --seeds 0-149999 --out rep0.npz rep1.npz rep2.npz
       -> as `aot generate` with several --out files: the seeds split into equal, consecutive parts,
@@ -23,31 +24,34 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime import set_threads
 from .fid import check_generated_measurement, measure_generated
-from .options import ArgParser, add_device, add_measurement, add_sampler, add_seeds, bool_flag, number_arg
+from .options import (
+    ArgParser,
+    add_device,
+    add_measurement,
+    add_sampler,
+    add_seeds,
+    add_slurm_margin,
+    bool_flag,
+    number_arg,
+)
 
 
 def _num(name: str, kind: type = float, positive: bool = False, nonneg: bool = False):
     return number_arg(name, kind, positive=positive, nonneg=nonneg, allow_inf=name == "--S-max")
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def cmd_train(args: argparse.Namespace) -> dict:
     from ..dg.training import train
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     return train(data=args.data, samples=args.samples, out=args.out, aot=args.aot, pool_size=args.pool_size,
                  cost=args.cost, cond=args.cond, feature_extractor=args.feature_extractor,
                  scratch_width=args.scratch_width, scratch_depth=args.scratch_depth, width=args.width,
                  depth=args.depth, batch=args.batch, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                  num_data=args.num_data, seed=args.seed, snapshot_epochs=args.snapshot_epochs, resume=args.resume,
-                 device=args.device)
+                 device=args.device, slurm_margin=args.slurm_margin)
 
 
 def cmd_import(args: argparse.Namespace) -> dict:
@@ -78,7 +82,7 @@ def _add_import(sub) -> None:
 def cmd_generate(args: argparse.Namespace) -> dict | list[dict | None] | None:
     from ..dg.sampler import generate
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     measured = check_generated_measurement(args)
     out = args.out[0] if len(args.out) == 1 else args.out
     result = generate(network=args.network, discriminator=args.discriminator, seeds=args.seeds, out=out,
@@ -88,7 +92,8 @@ def cmd_generate(args: argparse.Namespace) -> dict | list[dict | None] | None:
                     dg_weight_1st_order=args.dg_weight_1st_order, dg_weight_2nd_order=args.dg_weight_2nd_order,
                     time_min=args.time_min, time_max=args.time_max, boosting=args.boosting, batch=args.batch,
                     class_labels=args.class_labels, shard_size=args.shard_size, grid=args.grid,
-                    model_name=args.model_name, device=args.device, keep_shards=measured)
+                    model_name=args.model_name, device=args.device, keep_shards=measured,
+                    slurm_margin=args.slurm_margin)
     if measured:
         measure_generated(args)
     return result
@@ -123,6 +128,7 @@ def _add_train(sub) -> None:
                    help="write discriminator-snapshot-XXXXXX.pt every this many epochs (0: none)")
     bool_flag(t, "resume", False, "continue from OUT/training-state.pt if present")
     add_device(t)
+    add_slurm_margin(t, "save the training state after the running pool of batches")
     t.set_defaults(func=cmd_train)
 
 
@@ -153,6 +159,7 @@ def _add_generate(sub) -> None:
     g.add_argument("--shard-size", type=_num("--shard-size", int), default=1000)
     g.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images (of the first set)")
     add_device(g)
+    add_slurm_margin(g, "start no further shard (nor the measurement)")
     add_measurement(g)
     g.set_defaults(func=cmd_generate)
 

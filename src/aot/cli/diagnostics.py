@@ -29,12 +29,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import torch
-
     from ..diagnostics import run_diagnostics
+    from ..runtime import set_threads
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return run_diagnostics(network=args.network, out=args.out, name=args.name, seeds=args.seeds,
                            solver=args.solver, num_steps=args.num_steps, rho=args.rho, sigma_min=args.sigma_min,
                            sigma_max=args.sigma_max, S_churn=args.S_churn, class_labels=args.class_labels,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from ..errors import UserError
+from ..runtime import set_threads
 from .options import ArgParser, add_device, bool_flag, number_arg
 
 # = aot.fid.INCEPTION_URL, repeated so that `--help` needs no numpy or torch (tests check both are clean-fid's)
@@ -93,13 +94,6 @@ def _compute_options(p) -> None:
     add_device(p)
 
 
-def _set_threads(args) -> None:
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 def fetch_assets(args) -> None:
     from .. import fid
 
@@ -111,7 +105,7 @@ def fetch_assets(args) -> None:
 def train_features(args) -> None:
     from .. import fid
 
-    _set_threads(args)
+    set_threads(args.threads)
     fid.train_features(data=args.data, out=args.out, epochs=args.epochs, seed=args.seed,
                        feature_dim=args.feature_dim, width=args.width, max_images=args.max_images,
                        device=args.device, batch=args.batch)
@@ -120,7 +114,7 @@ def train_features(args) -> None:
 def reference(args) -> None:
     from .. import fid
 
-    _set_threads(args)
+    set_threads(args.threads)
     fid.reference(out=args.out, data=args.data, precomputed=args.precomputed, features=args.features,
                   max_images=args.max_images, cache_dir=args.cache_dir, device=args.device, batch=args.batch)
 
@@ -128,7 +122,7 @@ def reference(args) -> None:
 def measure(args) -> None:
     from .. import fid
 
-    _set_threads(args)
+    set_threads(args.threads)
     def one(values):  # one set: the single-set call
         return values[0] if values is not None and len(values) == 1 else values
 
@@ -171,14 +165,17 @@ def measure_generated(args) -> None:
     --fid-out, as `aot fid measure` does, then remove the sets' shard folders, kept so far so that a
     failed measurement (whose job loses its outputs) costs a rerun only the merge. A SIGTERM or
     SIGUSR1 (time limit, preemption) ends the measurement at once with EXIT_PREEMPTED, as it
-    ends the generation: nothing is written, the shards stay, and the requeued job measures again."""
+    ends the generation: nothing is written, the shards stay, and the requeued job measures again.
+    So does a Slurm job whose end time is less than --slurm-margin seconds away: then the measurement
+    does not start, and should it still run at half the margin it is given up as at a signal."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
     from .. import fid
     from ..runtime import Preemption
     from ..samples import remove_shards
 
-    with Preemption(raise_on_signal=True):
+    with Preemption(margin=getattr(args, "slurm_margin", 0.0), raise_on_signal=True, announce=False) as stop:
+        stop.stop_at_deadline("the sets' shards are kept (the rerun merges and measures them)")
         fid.measure(samples=args.out, ref=args.fid_ref, out=args.fid_out, features=args.fid_features,
                     cache_dir=args.fid_cache_dir, device=args.device, batch=args.fid_batch)
     for out in args.out:

@@ -3,13 +3,15 @@
     python -m aot generate --network CKPT --seeds 0-49999 --out X.npz [--solver heun|euler --steps 18
         --rho 7 --sigma-min 0.002 --sigma-max 80 --S-churn 0 --S-min 0 --S-max inf --S-noise 1
         --batch 256 --class-labels random|INT --shard-size 1000 --grid grid.png --model-name NAME
-        --device auto --threads N --fast --compile]
+        --device auto --threads N --fast --compile --slurm-margin 0]
     python -m aot generate --network CKPT --seeds 0-149999 --out rep0.npz rep1.npz rep2.npz [...]
 
 Several --out files split the seeds into equal, consecutive parts (0-49999, 50000-99999, ...), one
 set per file, with the network loaded once; each file is the one a separate run with its part of
 the seeds writes. A finished file made with the same settings is kept; --grid shows the first set.
 With --fid-ref REF --fid-out X.json ... the job then measures each set (as `aot fid measure`).
+Inside a Slurm job, --slurm-margin S stops the job before the next shard, or before the measurement,
+once the job's end time is less than S seconds away: exit 75, finished shards and sets kept.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from .fid import check_generated_measurement, measure_generated
-from .options import add_device, add_measurement, add_sampler, add_seeds, bool_flag, number_arg
+from .options import add_device, add_measurement, add_sampler, add_seeds, add_slurm_margin, bool_flag, number_arg
 
 
 def add_parser(subparsers) -> None:
@@ -43,6 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--grid", default=None, help="optional PNG grid of the first 64 images (of the first set)")
     p.add_argument("--model-name", default=None, help="model name recorded in meta (default: the checkpoint's)")
     add_device(p)
+    add_slurm_margin(p, "start no further shard (nor the measurement)")
     bool_flag(p, "fast", False, "bf16 autocast + channels_last (not bit-identical to EDM's fp32 sampling)")
     bool_flag(p, "compile", False, "with --fast: torch.compile the network")
     add_measurement(p)
@@ -50,12 +53,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> dict | list[dict | None] | None:
-    import torch
-
     from ..generate import generate_set
+    from ..runtime import set_threads
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     measured = check_generated_measurement(args)
     out = args.out[0] if len(args.out) == 1 else args.out
     result = generate_set(network=args.network, seeds=args.seeds, out=out, solver=args.solver,
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> dict | list[dict | None] | None:
                         S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise,
                         batch=args.batch, class_labels=args.class_labels, shard_size=args.shard_size,
                         grid=args.grid, model_name=args.model_name, device=args.device, fast=args.fast,
-                        compile=args.compile, keep_shards=measured)
+                        compile=args.compile, keep_shards=measured, slurm_margin=args.slurm_margin)
     if measured:
         measure_generated(args)
     return result

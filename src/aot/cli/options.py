@@ -56,6 +56,16 @@ def add_device(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (default: torch's choice)")
 
 
+def add_slurm_margin(p: argparse.ArgumentParser, stops: str) -> None:
+    """--slurm-margin S (as `aot train`'s): inside a Slurm job, stop at the next safe point (`stops`)
+    once the job's end time (SLURM_JOB_END_TIME, else squeue) is less than S seconds away, keep what
+    is finished and exit 75, which requeues the job where AOT_SLURM_REQUEUE asks for it. 0 (the
+    default): only a signal (Slurm's --signal, preemption) stops the job early."""
+    p.add_argument("--slurm-margin", type=number_arg("--slurm-margin", nonneg=True), default=0.0, metavar="S",
+                   help=f"inside a Slurm job: {stops} and exit 75 once its end time is less than S seconds "
+                        "away (default 0: only on a signal)")
+
+
 def add_seeds(p: argparse.ArgumentParser, default: str | None = None, help: str | None = None) -> None:
     """--seeds: a range list such as 0-49999 or 0,5,10-19 (EDM's format)."""
     p.add_argument("--seeds", required=default is None, default=default,

@@ -197,7 +197,9 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
     per file from equal, consecutive parts of the seeds, and the list of their metas.
 
     The sampler key `dg{aot|plain}-heun-...` and `sampler.guidance` go into the meta. A SIGTERM or
-    SIGUSR1 ends the job at once with EXIT_PREEMPTED; the finished shards stay for a rerun.
+    SIGUSR1 ends the job at once with EXIT_PREEMPTED; the finished shards stay for a rerun. Inside a
+    Slurm job with `settings['slurm_margin']` > 0, so does reaching the job's end time minus that
+    margin, before the next shard (`aot.generate.run_generation_sets`).
     """
     from ..generate import (
         SAMPLER_SETTINGS,
@@ -205,10 +207,10 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
         model_meta,
         request_result,
         request_sampler_meta,
-        resolve_device,
         run_generation_sets,
         sets_note,
     )
+    from ..runtime import resolve_device
 
     if settings.get("solver", "heun") != "heun":
         raise UserError(f"--solver {settings['solver']}: Discriminator Guidance runs EDM's Heun sampler only (heun)")
@@ -218,7 +220,7 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
     device = resolve_device(req["device"])
     net, ckpt_meta, disc, disc_meta = load_guided_models(network, discriminator, feature_extractor,
                                                          req["class_labels"])
-    with Preemption(raise_on_signal=True):
+    with Preemption(margin=req["slurm_margin"], raise_on_signal=True) as preemption:
         net, disc = net.to(device), disc.to(device)
         aot = bool(disc_meta.get("aot", False))
         guidance = {"method": "dg", "aot": aot, "discriminator": str(discriminator),
@@ -242,5 +244,5 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
                                     batch=req["batch"], device=device, class_labels=req["class_labels"],
                                     shard_size=req["shard_size"], meta=meta,
                                     fingerprint_extra={"discriminator": str(discriminator)}, grid=req["grid"],
-                                    keep_shards=keep_shards)
+                                    keep_shards=keep_shards, preemption=preemption)
         return request_result(req, metas)

@@ -70,6 +70,20 @@ def pool_noise(images: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor |
     return paired, stats
 
 
+def inputs_fingerprint(images: torch.Tensor, targets: torch.Tensor, cls: torch.Tensor | None) -> str:
+    """sha256 of the training images, their real/generated targets and class labels: a training
+    state resumes only on the images it was trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in (images, targets, cls):
+        if part is not None:
+            arr = np.ascontiguousarray(part.numpy())
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
 def seed_span(seeds: np.ndarray | None) -> list[int] | None:
     """[lowest, highest] seed of the generated training images (the first images of a sample set,
     one range): guided sample sets must not reuse these seeds. None when the set has no seeds."""
@@ -129,10 +143,10 @@ def load_training_data(*, data: str | os.PathLike, samples: str | os.PathLike, c
     data's image size, or 'scratch'. Mismatches and missing files are UserErrors naming the file.
     """
     from ..data import ImageFolderDataset, load_all
-    from ..samples import load_samples
+    from ..samples import read_sample_set
 
     ds = ImageFolderDataset(data, use_labels=bool(cond), require_labels=bool(cond))
-    rec = load_samples(samples)
+    rec = read_sample_set(samples)
     fake = rec["images"]
     if fake.ndim != 4:
         raise UserError(f"sample set {samples}: images have shape {list(fake.shape)}, expected [N, H, W, C]")
@@ -227,16 +241,24 @@ class _Trainer:
         self.optimizer.step()
         return float(loss.detach()), float(((pred > 0.5).float() == y).float().mean())
 
-    def epoch(self, epoch: int, stop: Callable[[], bool] | None) -> dict | None:
-        """Train one epoch; its stats record, or None when `stop()` turned true after a batch."""
+    def epoch(self, epoch: int, stop: Callable[[], bool] | None,
+              partial: dict | None = None) -> tuple[dict | None, dict | None]:
+        """Train one epoch, or its rest from `partial`: (its stats record, None), or (None, the
+        partial epoch to save) when `stop()` turned true after a pool of batches (one batch without
+        AOT) that was not the epoch's last. The partial epoch and the generator's state then are
+        exactly what the rest of the epoch needs: resuming from them gives the same weights."""
         t0 = time.monotonic()
         total, batch = self.images.shape[0], self.batch
-        order = torch.randperm(total, generator=self.gen)
         nb = total // batch
-        order = order[: nb * batch]
-        losses, accs, pair_stats = [], [], []
         per_pool = self.pool // batch
-        for p0 in range(0, nb, per_pool):
+        if partial is None:
+            order = torch.randperm(total, generator=self.gen)
+            order = order[: nb * batch]
+            start, losses, accs, pair_stats, spent = 0, [], [], [], 0.0
+        else:
+            order, start, spent = partial["order"], partial["next"], partial["time_s"]
+            losses, accs, pair_stats = list(partial["losses"]), list(partial["accs"]), list(partial["pair_stats"])
+        for p0 in range(start, nb, per_pool):
             idx = order[p0 * batch: min(p0 + per_pool, nb) * batch]
             x0 = to_model_range(self.images[idx])
             z = torch.randn(x0.shape, generator=self.gen)
@@ -253,28 +275,31 @@ class _Trainer:
                 loss, acc = self.step(xt, t, y, c_lab, epoch)
                 losses.append(loss)
                 accs.append(acc)
-                if stop is not None and stop():
-                    return None
+            if stop is not None and p0 + per_pool < nb and stop():
+                return None, {"epoch": epoch, "order": order, "next": p0 + per_pool, "losses": losses, "accs": accs,
+                              "pair_stats": pair_stats, "time_s": spent + time.monotonic() - t0}
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
-               "num_images": nb * batch, "time_s": time.monotonic() - t0}
+               "num_images": nb * batch, "time_s": spent + time.monotonic() - t0}
         if pair_stats:
             rec["paired_l2"] = float(np.mean([s["paired_l2"] for s in pair_stats]))
             rec["unpaired_l2"] = float(np.mean([s["unpaired_l2"] for s in pair_stats]))
             rec["pair_time_s"] = float(np.sum([s["pair_time_s"] for s in pair_stats]))
-        return rec
+        return rec, None
 
-    def state(self, epoch: int, options: dict, stats: list[dict]) -> dict:
-        """The training state after `epoch` epochs (what `resume` restores)."""
+    def state(self, epoch: int, options: dict, stats: list[dict], partial: dict | None = None) -> dict:
+        """The training state after `epoch` epochs and, with `partial`, part of the next (what
+        `resume` restores)."""
         extractor, head = self.disc.feature_extractor, self.disc.head
-        return {"format": TRAIN_STATE_FORMAT, "epoch": epoch, "options": options,
+        return {"format": TRAIN_STATE_FORMAT, "epoch": epoch, "options": options, "partial": partial,
                 "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
                 "extractor": ({k: v.detach().cpu() for k, v in extractor.state_dict().items()}
                               if self.scratch else None),
                 "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(), "stats": stats}
 
-    def restore(self, state_path: Path, options: dict) -> tuple[list[dict], int]:
-        """Load a training state written with the same settings; returns (stats, epochs done).
-        Every part is checked first: a damaged or foreign state is a one-line UserError."""
+    def restore(self, state_path: Path, options: dict) -> tuple[list[dict], int, dict | None]:
+        """Load a training state written with the same settings; returns (stats, epochs done, the
+        partial epoch or None). Every part is checked first: a damaged or foreign state is a
+        one-line UserError."""
         st = read_torch_file(state_path, "training state")
         what = f"training state {state_path}"
         if not isinstance(st, dict) or st.get("format") != TRAIN_STATE_FORMAT:
@@ -287,7 +312,11 @@ class _Trainer:
             if saved.get(key) != options.get(key):
                 raise UserError(one_line(f"cannot resume from {state_path}: {key} was {saved.get(key)!r}, "
                                          f"now {options.get(key)!r}"))
+        if "inputs_sha256" in saved and saved["inputs_sha256"] != options.get("inputs_sha256"):
+            raise UserError(f"cannot resume from {state_path}: it was trained on other images (the data or the "
+                            "sample set changed); delete it to start again")
         stats, epoch = _checked_progress(st["stats"], st["epoch"], what)
+        partial = self._checked_partial(st.get("partial"), epoch, what)
         parts = [(self.disc.head, checked_state_dict(st["head"], f"{what}: head"))]
         if self.scratch:
             parts.append((self.disc.feature_extractor, checked_state_dict(st["extractor"], f"{what}: extractor")))
@@ -299,7 +328,41 @@ class _Trainer:
             self.gen.set_state(st["generator"])
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
             raise UserError(one_line(f"{what} does not fit this run: {describe_failure(exc)}")) from None
-        return stats, epoch
+        return stats, epoch, partial
+
+    def _checked_partial(self, partial: object, epoch: int, what: str) -> dict | None:
+        """A state's partial epoch (None: it ended with a whole epoch), checked against this run."""
+        if partial is None:
+            return None
+        what = f"{what}: partial epoch"
+        checked_dict(partial, what, ("epoch", "order", "next", "losses", "accs", "pair_stats", "time_s"))
+        total, batch = self.images.shape[0], self.batch
+        nb, per_pool = total // batch, self.pool // batch
+        order, nxt = partial["order"], partial["next"]
+        if not is_int(partial["epoch"]) or partial["epoch"] != epoch:
+            raise UserError(one_line(f"{what} is epoch {partial['epoch']!r:.40}, not the one after the {epoch} "
+                                     "finished"))
+        if (not isinstance(order, torch.Tensor) or order.dtype != torch.int64 or order.shape != (nb * batch,)
+                or (order.numel() and (int(order.min()) < 0 or int(order.max()) >= total))
+                or torch.unique(order).numel() != order.numel()):
+            raise UserError(f"{what}: order is not {nb * batch} distinct image indices below {total}")
+        if not is_int(nxt) or not 0 < nxt < nb or nxt % per_pool:
+            raise UserError(one_line(f"{what}: next batch {nxt!r:.40} is not a pool boundary inside the "
+                                     f"{nb} batches of an epoch"))
+        pools = nxt // per_pool if self.aot else 0
+        try:
+            plain = json.loads(json.dumps({k: partial[k] for k in ("losses", "accs", "pair_stats", "time_s")}))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise UserError(one_line(f"{what} holds a value other than plain data ({describe_failure(exc)})")) from None
+        lists = all(type(plain[k]) is list for k in ("losses", "accs", "pair_stats"))
+        if (not lists or not all(type(v) is float for k in ("losses", "accs") for v in plain[k])
+                or len(plain["losses"]) != nxt or len(plain["accs"]) != nxt or len(plain["pair_stats"]) != pools
+                or not all(type(s) is dict and all(type(s.get(k)) is float
+                                                   for k in ("paired_l2", "unpaired_l2", "pair_time_s"))
+                           for s in plain["pair_stats"])
+                or type(plain["time_s"]) not in (int, float) or plain["time_s"] < 0):
+            raise UserError(f"{what}: losses, accuracies, pairing stats or time do not fit its {nxt} batches")
+        return {**plain, "epoch": epoch, "order": order, "next": nxt}
 
 
 def _checked_progress(stats: object, epoch: object, what: str) -> tuple[list[dict], int]:
@@ -340,21 +403,22 @@ def _write_stats(path: Path, stats: list[dict]) -> None:
 
 
 def _start_run(trainer: _Trainer, out_dir: Path, opts: dict, resume: bool,
-               log: Callable[[str], None]) -> tuple[list[dict], int]:
+               log: Callable[[str], None]) -> tuple[list[dict], int, dict | None]:
     """Restore the training state when resuming; write the stats so far and the options. Returns
-    (stats, epochs done)."""
+    (stats, epochs done, the partial epoch to finish or None)."""
     state_path = out_dir / "training-state.pt"
     stats: list[dict] = []
-    start_epoch = 0
+    start_epoch, partial = 0, None
     if resume and state_path.is_file():
-        stats, start_epoch = trainer.restore(state_path, opts)
-        log(f"resuming discriminator training from epoch {start_epoch} ({state_path})")
+        stats, start_epoch, partial = trainer.restore(state_path, opts)
+        within = (f", batch {partial['next'] + 1} of epoch {start_epoch + 1}" if partial else "")
+        log(f"resuming discriminator training from epoch {start_epoch}{within} ({state_path})")
     elif resume:
         log(f"no training state in {out_dir}; starting from scratch")
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_stats(out_dir / "stats.jsonl", stats)
     write_json_atomic(out_dir / "training_options.json", opts)
-    return stats, start_epoch
+    return stats, start_epoch, partial
 
 
 def _finish_run(disc: GuidedDiscriminator, stored_extractor: str | None, out_dir: Path, opts: dict,
@@ -395,8 +459,9 @@ def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: 
     `lr` and `weight_decay`; `seed` fixes weights, order, noise and times. Writes `out_dir/{training-
     state.pt, stats.jsonl, training_options.json, discriminator.pt, discriminator-snapshot-XXXXXX.pt
     (every `snapshot_epochs`), result.json}`; `resume` continues from the state. `options` are
-    recorded with the settings. `stop()` returning True ends training after the current batch without
-    saving (state stays at the last finished epoch; rerun with resume) and returns {"stopped": True}.
+    recorded with the settings. `stop()` is asked after every pool of batches (every batch without
+    AOT) and every epoch: True saves the state there (with the partial epoch) and returns
+    {"stopped": True, "epoch": epochs finished}; `resume` then continues exactly where it stopped.
     """
     log = log or _print_line
     out_dir = Path(out_dir)
@@ -423,9 +488,9 @@ def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: 
     opts.update(dict(aot=aot, pool_size=pool if aot else None, cost=cost, cond=cond, batch=batch, lr=lr,
                      weight_decay=weight_decay, seed=seed, width=width, depth=depth, scratch=scratch,
                      scratch_width=scratch_width if scratch else None, scratch_depth=scratch_depth if scratch else None,
-                     num_real=n_real, num_fake=n_fake))
+                     num_real=n_real, num_fake=n_fake, inputs_sha256=inputs_fingerprint(images, targets, cls)))
     state_path, stats_path = out_dir / "training-state.pt", out_dir / "stats.jsonl"
-    stats, start_epoch = _start_run(trainer, out_dir, opts, resume, log)
+    stats, start_epoch, partial = _start_run(trainer, out_dir, opts, resume, log)
     log(f"discriminator training: {n_real} real + {n_fake} generated images {c}x{h}x{w}, "
         f"{'AOT pools of ' + str(pool) if aot else 'independent noise'}, "
         f"{'scratch encoder' if scratch else 'frozen ADM classifier'}, head width {width} depth {depth}, "
@@ -433,9 +498,12 @@ def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: 
     stored_extractor = None if scratch else extractor_path
 
     for epoch in range(start_epoch, epochs):
-        rec = trainer.epoch(epoch, stop)
+        rec, partial = trainer.epoch(epoch, stop, partial)
         if rec is None:
-            log(f"stopping in epoch {epoch + 1}; state of epoch {epoch} kept in {state_path}")
+            with atomic_path(state_path) as tmp:
+                torch.save(trainer.state(epoch, opts, stats, partial), tmp)
+            log(f"stopped in epoch {epoch + 1} after {partial['next']} of {total // batch} batches; state saved "
+                f"in {state_path}")
             return {"stopped": True, "epoch": epoch}
         stats.append(rec)
         log(_epoch_line(rec, epochs))
@@ -445,6 +513,9 @@ def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: 
         with atomic_path(state_path) as tmp:
             torch.save(trainer.state(epoch + 1, opts, stats), tmp)
         _write_stats(stats_path, stats)
+        if stop is not None and epoch + 1 < epochs and stop():
+            log(f"stopped after epoch {epoch + 1}; state saved in {state_path}")
+            return {"stopped": True, "epoch": epoch + 1}
 
     return _finish_run(disc, stored_extractor, out_dir, opts, stats, epochs, time.monotonic() - t_start, log)
 
@@ -472,22 +543,27 @@ def train(*, data: str | os.PathLike, samples: str | os.PathLike, out: str | os.
           snapshot_epochs: int = 10,        # discriminator-snapshot-XXXXXX.pt every this many epochs (0: none)
           resume: bool = False,             # continue from out/training-state.pt if present
           device: str | torch.device | None = None,  # cuda, cuda:N, cpu or auto/None
+          slurm_margin: float = 0.0,        # in a Slurm job: save and stop this many seconds before its end
           ) -> dict:
     """Train a discriminator on the real images `data` (a dataset in EDM's format) against the model's
     sample set `samples` into the folder `out`; returns the result (also out/result.json).
 
-    SIGTERM or SIGUSR1 ends training after the current batch with EXIT_PREEMPTED; rerun with
-    `resume` to continue from the last finished epoch.
+    SIGTERM or SIGUSR1, or inside a Slurm job its end time coming within `slurm_margin` seconds,
+    ends training after the current pool of batches (a batch without AOT) with the state saved and
+    EXIT_PREEMPTED; rerun with `resume` to continue exactly there (the same weights as a run that
+    was never stopped).
     """
-    from ..generate import resolve_device
+    from ..runtime import resolve_device
 
     pool = check_pool_size(pool_size, batch) if aot else None
+    if not slurm_margin >= 0:
+        raise UserError(f"--slurm-margin must not be negative, got {slurm_margin}")
     device = resolve_device(device)
     inputs = load_training_data(data=data, samples=samples, cond=cond, num_data=num_data,
                                 feature_extractor=feature_extractor)
     options = {"data": str(data), "samples": str(samples), "feature_extractor": feature_extractor,
                "num_data": num_data, "train_seeds": seed_span(inputs.fake_seeds)}
-    with Preemption() as preemption:
+    with Preemption(margin=slurm_margin) as preemption:
         result = train_discriminator(
             inputs.real, inputs.real_labels, inputs.fake, inputs.fake_labels, out, extractor=inputs.extractor,
             extractor_path=inputs.extractor_path, scratch_width=scratch_width, scratch_depth=scratch_depth,
@@ -495,5 +571,7 @@ def train(*, data: str | os.PathLike, samples: str | os.PathLike, out: str | os.
             lr=lr, weight_decay=weight_decay, seed=seed, device=device, resume=resume,
             snapshot_epochs=snapshot_epochs, options=options, stop=lambda: preemption.requested)
     if result.get("stopped"):
+        why = f"signal {preemption.signum}" if preemption.signum is not None else preemption.deadline_note()
+        print(f"stopping: {why}; exiting with code {EXIT_PREEMPTED} (rerun with --resume to continue)", flush=True)
         raise SystemExit(EXIT_PREEMPTED)
     return result

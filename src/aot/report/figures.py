@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import UserError
 from ..files import read_json
 from .curves import DEFAULT_TOLERANCE, plot_best_fid_vs_nfe, plot_curvature, plot_fid_vs_nfe, plot_fid_vs_rho
-from .images import load_diagnostics, load_samples, plot_denoised_grid, plot_sample_grid, plot_trajectory_strip
+from .images import load_diagnostics, load_labelled_images, plot_denoised_grid, plot_sample_grid, plot_trajectory_strip
 from .render import save_figure
 from .results import cond_name, is_published_source, kind_name, load_fid_results
 from .tables import DEFAULT_RHOS
@@ -178,7 +178,7 @@ def make_figure(
     path = _one_input(figure, "samples", samples, inputs, "sample-set npz")
     if count < 1 or columns < 1:
         raise UserError("--count and --columns must be positive")
-    images, labels, meta = load_samples(path)
+    images, labels, meta = load_labelled_images(path)
     return plot_sample_grid(images, labels, count, columns, title or _samples_title(figure, meta))
 
 

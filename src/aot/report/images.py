@@ -173,9 +173,9 @@ def plot_denoised_grid(diag: Any, step: int | None = None, max_seeds: int = 64,
 # Samples
 
 
-def load_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def load_labelled_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """(uint8 images [N, H, W, C], labels or None, meta) of a sample-set npz."""
-    from ..samples import load_samples as read_sample_set
+    from ..samples import read_sample_set
 
     rec = read_sample_set(path)
     return rec["images"], rec["labels"], rec["meta"]

@@ -1,7 +1,4 @@
-"""Checkpoints: our network files, and safe import of official EDM snapshot pickles.
-
-Our network file is a `torch.save` dict that `torch.load(..., weights_only=True)` reads without
-running any pickled code: the network is rebuilt from its class name and constructor arguments.
+"""Safe reading of NVlabs/edm snapshot pickles, and writing networks in their layout.
 
 NVlabs/edm snapshots (`network-snapshot-*.pkl`, the published `edm-cifar10-32x32-*.pkl`) are pickles
 of `dict(ema=..., loss_fn=..., augment_pipe=..., dataset_kwargs=...)` whose objects carry the Python
@@ -9,13 +6,7 @@ source of their module, normally executed by `pickle.load`. `load_edm_pickle` ne
 file's opcodes are checked against a short allow-list of globals before unpickling starts, then
 `aot.pickles.InertUnpickler` maps the allowed ones to inert stand-ins (nothing runs, nothing in the
 process changes, tensors must fit their storages), and the network is rebuilt from its recorded
-class name, constructor arguments and tensors with `aot.networks`. `.pt` files (ours, DG's) are read
-with `torch.load(weights_only=True)` and checked (`load_torch_file`, `checked_state_dict`).
-
-Command line (aot.cli.checkpoints):
-    python -m aot checkpoints import-edm URL_OR_PATH OUT.pt [--sha256 HEX] [--model-name NAME]
-    python -m aot checkpoints export-edm NETWORK.pt OUT.pkl
-    python -m aot checkpoints info PATH
+class name, constructor arguments and tensors with `aot.networks`.
 """
 
 from __future__ import annotations
@@ -26,8 +17,6 @@ import math
 import os
 import pickle
 import pickletools
-import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,12 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import pickles
-from .errors import UserError
-from .files import atomic_path, download, sha256_file
-from .pickles import InertRecord, InertUnpickler, brief, byte_limit, describe_failure, is_int, one_line, refuse
-
-NETWORK_FORMAT = "aot-network/1"
+from .. import pickles
+from ..errors import UserError
+from ..files import atomic_path
+from ..pickles import InertRecord, InertUnpickler, byte_limit, describe_failure, is_int, one_line, refuse
+from .network_file import build_with_weights
 
 # Published networks by file name: (what, where to get it). EDM's README links its CIFAR-10 pickles
 # (direct URLs); the EDM-AOT authors' README links theirs (EDM-format pickles) on Google Drive, which
@@ -67,159 +55,6 @@ def missing_pickle_message(path: str | os.PathLike) -> str:
         return f"EDM pickle {path} does not exist (place the file there, or give its URL)"
     what, where = known
     return f"EDM pickle {path} does not exist: download {what} from {where} and place it at {path}"
-
-
-def network_record(net: torch.nn.Module) -> dict:
-    """Class name and constructor arguments of a network built by `aot.networks`."""
-    init_kwargs = getattr(net, "init_kwargs", None)
-    if init_kwargs is None:
-        raise TypeError(f"{type(net).__name__} does not record its constructor arguments")
-    return {"class_name": type(net).__name__, "init_kwargs": dict(init_kwargs)}
-
-
-def save_network(path: str | os.PathLike, net: torch.nn.Module, **meta: Any) -> None:
-    """Write `net` (weights, class name, constructor arguments) and `meta` atomically."""
-    record = network_record(net)
-    state = {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}
-    payload = {"format": NETWORK_FORMAT, **record, "state_dict": state, "meta": meta}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def read_network_file(path: str | os.PathLike) -> dict:
-    """Read and validate one of our network files; every failure is a one-line UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"network checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"network checkpoint {path} is not a torch checkpoint (truncated or another format)")
-    payload = load_torch_file(path, "network checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != NETWORK_FORMAT:
-        raise UserError(f"network checkpoint {path} is not an aot network file (format {NETWORK_FORMAT!r} expected)")
-    what = f"network checkpoint {path}"
-    checked_dict(payload, what, ("class_name", "init_kwargs", "state_dict"))
-    if type(payload["class_name"]) is not str:
-        raise UserError(f"{what}: class_name is a {type(payload['class_name']).__name__}, not a name")
-    checked_kwargs(payload["init_kwargs"], f"{what}: init_kwargs")
-    checked_state_dict(payload["state_dict"], what)
-    if payload.get("meta") is not None:
-        checked_dict(payload["meta"], f"{what}: meta")
-    return payload
-
-
-def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the network stored by `save_network`; returns (net in eval mode, meta)."""
-    payload = read_network_file(path)
-    net = build_with_weights(payload["class_name"], payload["init_kwargs"], payload["state_dict"],
-                             f"network checkpoint {path}")
-    meta = dict(payload.get("meta") or {})
-    meta.setdefault("class_name", payload["class_name"])
-    meta.setdefault("init_kwargs", payload["init_kwargs"])
-    return net.eval().requires_grad_(False).to(device), meta
-
-
-# ------------------------------------------------------------------------------------------------
-# Checks for `.pt` files we did not necessarily write (ours, DG's classifier and discriminators).
-
-
-def load_torch_file(path: str | os.PathLike, what: str, max_bytes: int | None = None) -> Any:
-    """`torch.load(path, weights_only=True)` on the CPU; a missing, damaged or oversized file is a
-    one-line UserError naming `what` and the path. A zip archive may not unpack to more than
-    `max_bytes` (default 4 GiB or $AOT_MAX_TENSOR_BYTES)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist")
-    limit = byte_limit(max_bytes)
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                total = sum(info.file_size for info in archive.infolist())
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise UserError(f"{what} {path} cannot be read (truncated or not a torch file): "
-                            f"{describe_failure(exc)}") from None
-        if total > limit:
-            raise UserError(f"{what} {path} unpacks to {total} bytes, more than the limit of {limit} "
-                            f"(max_bytes, or ${pickles.MAX_BYTES_ENV})")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged archives
-        raise UserError(f"{what} {path} cannot be read (truncated or not a torch file): "
-                        f"{describe_failure(exc)}") from None
-
-
-def checked_dict(obj: Any, what: str, keys: tuple[str, ...] = ()) -> dict:
-    """`obj` if it is a dict holding every one of `keys`; else a one-line UserError."""
-    if not isinstance(obj, dict):
-        raise UserError(f"{what} holds a {type(obj).__name__} where a dict was expected")
-    missing = [repr(k) for k in keys if k not in obj]
-    if missing:
-        raise UserError(f"{what} has no {', '.join(missing)} entry")
-    return obj
-
-
-def checked_kwargs(obj: Any, what: str) -> dict:
-    """Constructor arguments: a dict with names for keys."""
-    checked_dict(obj, what)
-    bad = [k for k in obj if not isinstance(k, str)]
-    if bad:
-        raise UserError(f"{what} has a key {brief(bad[0])} that is not a name")
-    return obj
-
-
-def checked_state_dict(obj: Any, what: str) -> dict[str, torch.Tensor]:
-    """A state dict: names to tensors, the floating-point ones finite."""
-    if not isinstance(obj, dict):
-        raise UserError(f"{what}: the state dict is a {type(obj).__name__}, not a dict of tensors")
-    for key, value in obj.items():
-        if not isinstance(key, str):
-            raise UserError(f"{what}: the state dict has a key {brief(key)} that is not a name")
-        if not isinstance(value, torch.Tensor):
-            raise UserError(one_line(f"{what}: {key} in the state dict is not a tensor ({type(value).__name__})"))
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise UserError(one_line(f"{what} has non-finite values in {key}"))
-    return obj
-
-
-def build_with_weights(class_name: str, init_kwargs: dict, tensors: dict, what: str,
-                       classes: dict | None = None, build: Any = None) -> torch.nn.Module:
-    """`aot.networks.build_network(class_name, init_kwargs)` loaded with `tensors` (checked tensors);
-    `build(init_kwargs)` builds it instead when given (another family of networks, e.g. DG's).
-
-    The network is first built on the meta device (no memory) and its state dict compared with the
-    file's tensors, so constructor arguments that do not fit the weights (or ask for a huge network)
-    are refused before anything is allocated. `classes` (module path -> class name) must agree too.
-    """
-    if build is None:
-        from .networks import build_network
-
-        build = lambda kwargs: build_network(class_name, kwargs)  # noqa: E731
-    try:
-        with torch.device("meta"):
-            skeleton = build(init_kwargs)
-    except Exception as exc:  # any constructor failure: wrong names, types or values
-        raise UserError(f"{what}: cannot rebuild {class_name} from its constructor arguments: "
-                        f"{describe_failure(exc)}") from None
-    expected = skeleton.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in tensors]
-    problems += [f"unexpected {k}" for k in tensors if k not in expected]
-    problems += [f"{k} is {list(tensors[k].shape)} in the file, {list(v.shape)} here"
-                 for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise UserError(one_line(f"{what}: weights do not match {class_name}({brief(init_kwargs)}): "
-                                 f"{'; '.join(problems[:3])}{more}"))
-    for name, module in skeleton.named_modules():
-        stored = (classes or {}).get(name)
-        if stored is not None and stored != type(module).__name__:
-            raise UserError(one_line(f"{what}: module {name or '<root>'} is a {stored} in the file but a "
-                                     f"{type(module).__name__} here"))
-    try:
-        net = build(init_kwargs)
-        net.load_state_dict(tensors, strict=True)
-    except Exception as exc:
-        raise UserError(f"{what}: weights do not match {class_name}({brief(init_kwargs)}): "
-                        f"{describe_failure(exc)}") from None
-    return net
 
 
 # ------------------------------------------------------------------------------------------------
@@ -534,7 +369,7 @@ def _module_tensors(record: Any, prefix: str, tensors: dict, classes: dict, seen
 
 def edm_record_to_network(record: Any, what: str = "ema") -> torch.nn.Module:
     """Build an `aot.networks` preconditioner from an EDM persistent-object record."""
-    from .networks import PRECONDITIONERS, plain_value
+    from ..networks import PRECONDITIONERS, plain_value
 
     if not isinstance(record, PersistentRecord) or type(record.type) is not str or record.type != "class":
         raise UserError(f"{what} is not a persistent network record")
@@ -580,34 +415,6 @@ def load_edm_pickle(path: str | os.PathLike, max_bytes: int | None = None) -> di
         message = str(exc) if str(path) in str(exc) else f"EDM pickle {path}: {exc}"
         raise type(exc)(one_line(message)) from None
     return out
-
-
-def edm_network_meta(net: torch.nn.Module, source: str, model: str | None = None, **extra: Any) -> dict:
-    """The checkpoint meta of an imported EDM network (see SPEC: network checkpoint meta)."""
-    return {"model": model, "aot": False, "cond": bool(getattr(net, "label_dim", 0)), "kimg": None,
-            "source": f"edm-pickle:{source}", **extra}
-
-
-def is_network_file(path: str | os.PathLike) -> bool:
-    """True for our zip-based network files, False for anything else (e.g. an EDM pickle)."""
-    return zipfile.is_zipfile(path)
-
-
-def load_any_network(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Load our network file (.pt) or an EDM snapshot pickle (.pkl), never running code from it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"network checkpoint {path} does not exist")
-    if is_network_file(path):
-        return load_network(path, device)
-    with path.open("rb") as f:
-        head = f.read(1)
-    if head != b"\x80" and path.suffix != ".pkl":
-        raise UserError(f"network checkpoint {path} is neither an aot network file nor an EDM pickle")
-    net = load_edm_pickle(path)["ema"]
-    meta = edm_network_meta(net, str(path), path.stem)
-    meta.update(format="edm-pickle", class_name=type(net).__name__, init_kwargs=net.init_kwargs)
-    return net.to(device), meta
 
 
 # ------------------------------------------------------------------------------------------------
@@ -658,68 +465,10 @@ def save_edm_pickle(path: str | os.PathLike, net: torch.nn.Module, **extra: Any)
     """
     import inspect
 
-    from . import networks
+    from .. import networks
 
     module_src = inspect.getsource(networks)
     net = net.to("cpu").eval().requires_grad_(False)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             _EdmLayoutPickler(f, module_src).dump(dict(ema=net, **extra))
-
-
-# ------------------------------------------------------------------------------------------------
-# Import and export (`python -m aot checkpoints ...`).
-
-
-def import_edm(source: str, out: str | os.PathLike, sha256: str | None = None, model_name: str | None = None,
-               aot: bool = False) -> dict:
-    """Fetch (URL) or read (path) an EDM snapshot pickle, verify it and write our network file.
-
-    A URL is downloaded next to `out` (never to a shared temporary folder) and removed afterwards;
-    with `sha256` the pickle must have that SHA-256 before anything in it is read. Returns the meta
-    written, which records the pickle's SHA-256.
-    """
-    if sha256 is not None:
-        if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
-            raise UserError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
-        sha256 = sha256.lower()
-    out = Path(out)
-    is_url = re.match(r"^(https?|ftp)://", source) is not None
-    name = model_name or Path(source.rstrip("/").split("?")[0]).stem
-    if is_url:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".import-edm.", dir=out.parent) as tmp:
-            local = Path(tmp) / "snapshot.pkl"
-            digest = download(source, local, sha256=sha256)
-            return _convert(local, out, source, name, digest, aot)
-    local = Path(source)
-    if not local.is_file():
-        raise UserError(missing_pickle_message(local))
-    digest = sha256_file(local)
-    if sha256 and digest != sha256:
-        raise UserError(f"checksum mismatch for {local}: expected sha256 {sha256}, got {digest}")
-    return _convert(local, out, source, name, digest, aot)
-
-
-def _convert(local: Path, out: Path, source: str, name: str, digest: str, aot: bool = False) -> dict:
-    net = load_edm_pickle(local)["ema"]
-    meta = edm_network_meta(net, source, name, sha256=digest, aot=bool(aot))
-    save_network(out, net, **meta)
-    return meta
-
-
-def export_edm(network: str | os.PathLike, out: str | os.PathLike) -> dict:
-    """Our network file -> NVlabs/edm snapshot pickle; returns what was written."""
-    net, meta = load_network(network)
-    save_edm_pickle(out, net)
-    return {"out": str(out), "class_name": type(net).__name__, "model": meta.get("model")}
-
-
-def network_info(path: str | os.PathLike) -> dict:
-    """Class, size, sampler range, image shape and meta of a network file or EDM pickle."""
-    net, meta = load_any_network(path)
-    n_params = sum(p.numel() for p in net.parameters())
-    return {"path": str(path), "class_name": type(net).__name__, "parameters": n_params,
-            "sigma_min": float(net.sigma_min), "sigma_max": float(net.sigma_max),
-            "img_resolution": net.img_resolution, "img_channels": net.img_channels, "label_dim": net.label_dim,
-            "meta": {k: v for k, v in meta.items() if k != "init_kwargs"}, "init_kwargs": net.init_kwargs}
