@@ -30,6 +30,7 @@ from ..errors import EXIT_PREEMPTED, UserError
 from ..files import atomic_path, write_json_atomic, write_text_atomic
 from ..pickles import describe_failure, is_int, one_line
 from ..runtime import Preemption, environment_info
+from ..settings.rules import check_pool_batch
 from .adm import ADMEncoder
 from .discriminator import (
     GuidedDiscriminator,
@@ -92,16 +93,16 @@ def seed_span(seeds: np.ndarray | None) -> list[int] | None:
     return [int(seeds.min()), int(seeds.max())]
 
 
-def check_pool_size(pool_size: int | None, batch: int) -> int:
-    """The AOT pool size N: required, a positive multiple of the batch size."""
+def aot_pool_size(pool_size: int | None, batch: int) -> int:
+    """The AOT pool size N of a discriminator: required, and a positive multiple of the batch
+    (aot.settings.rules.check_pool_batch, the one check of N against B)."""
     if pool_size is None:
         raise UserError(f"--pool-size is required with --aot (the AOT pool size N, a multiple of --batch {batch})")
     try:
         pool = int(pool_size)
     except (TypeError, ValueError):
         raise UserError(f"--pool-size must be an integer, got {pool_size!r}") from None
-    if pool < batch or pool % batch:
-        raise UserError(f"--pool-size {pool} must be a multiple of --batch {batch} (and at least as large)")
+    check_pool_batch(pool, batch, "--pool-size", "--batch")
     return pool
 
 
@@ -474,7 +475,7 @@ def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: 
     total = images.shape[0]
     if batch > total:
         raise UserError(f"--batch {batch} is larger than the {total} training images")
-    pool = check_pool_size(pool_size, batch) if aot else batch
+    pool = aot_pool_size(pool_size, batch) if aot else batch
     _, c, h, w = images.shape
 
     scratch = extractor is None
@@ -555,7 +556,7 @@ def train(*, data: str | os.PathLike, samples: str | os.PathLike, out: str | os.
     """
     from ..runtime import resolve_device
 
-    pool = check_pool_size(pool_size, batch) if aot else None
+    pool = aot_pool_size(pool_size, batch) if aot else None
     if not slurm_margin >= 0:
         raise UserError(f"--slurm-margin must not be negative, got {slurm_margin}")
     device = resolve_device(device)
