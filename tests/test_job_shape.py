@@ -5,6 +5,7 @@ The same requests through the real Slurm are in test_slurm.py."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -264,3 +265,106 @@ def test_executor_options_in_slurm_extra_are_refused_before_any_job(tmp_path, ex
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert f"config error: site.slurm_extra: {extra!r} sets the" in out and f"use {key}" in out, out[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# bench/job_shape.py itself: the budget of a site file, and the time limit
+
+
+def job_shape(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "job_shape.py"), "--repeats", "0", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def budget_rows(stdout: str) -> dict[str, list[float]]:
+    """The per-rule rows of job_shape's table: rule -> [jobs, submissions, work, requested]."""
+    rows = {}
+    for line in stdout.splitlines():
+        m = re.match(r"^  (\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)(\s+\(no GPU\))?$", line)
+        if m:
+            rows[m.group(1)] = [float(m.group(i)) for i in range(2, 6)]
+    return rows
+
+
+def test_job_shape_takes_a_relative_partial_site_file_and_refuses_jobs_past_the_limit(tmp_path):
+    """A partial site file by a relative path is layered onto config/config.yaml (its rates, not the
+    schema's defaults) as the workflow does. A fixed runtime at walltime.max_minutes passes and one a
+    minute longer is refused: exit 1 and one line naming the submission and the limit; a limit below
+    the longest job that cannot resume is refused the same way, naming that job."""
+    (tmp_path / "at.yaml").write_text("resources:\n  diagnostics: {runtime: 2880}\n")
+    (tmp_path / "over.yaml").write_text("resources:\n  diagnostics: {runtime: 2881}\n")
+    (tmp_path / "short.yaml").write_text("walltime: {max_minutes: 29}\n")
+
+    ok = job_shape(tmp_path, "--configfile", "at.yaml")
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr[-3000:]
+    assert "configuration: at.yaml (layered onto config/config.yaml: resources)" in ok.stdout
+    rows = budget_rows(ok.stdout)
+    assert rows["diagnostics"] == [4, 4, 1, 4 * 2880 / 60]  # the site's fixed runtime, 4 jobs of 48 h
+    total = [sum(r[i] for name, r in rows.items() if name != "total") for i in range(4)]
+    assert total == pytest.approx(rows["total"], abs=len(rows))  # rows rounded to whole GPU-hours
+    # the config's rates where the site file is silent (the schema's defaults are 1.0e-3 and 2.0e-3)
+    assert "generate_image_nfe_s 0.0021, guidance_image_nfe_s 0.0032, fid_image_s 0.001," in ok.stdout
+    assert re.search(r"^largest submission\s+2880 min \(48\.0 h\) of walltime\.max_minutes 2880 ", ok.stdout, re.M)
+
+    over = job_shape(tmp_path, "--configfile", "over.yaml")
+    assert over.returncode == 1, over.stderr[-3000:]
+    assert re.fullmatch(r"error: Slurm submission diagnostics \(part=u?n?cond, key=heun-n\d+-rho7\) asks for 2881 "
+                        r"min \(48\.0 h\), more than walltime\.max_minutes = 2880 \(48\.0 h\) \(and 3 more\)\n",
+                        over.stderr), over.stderr
+    assert re.search(r"^largest submission\s+2881 min ", over.stdout, re.M)
+    assert "Slurm submissions, sets=1" not in over.stdout  # stopped before the second dry run
+
+    short = job_shape(tmp_path, "--configfile", "short.yaml")
+    assert short.returncode == 1, short.stderr[-3000:]
+    assert re.fullmatch(r"error: (prepare_dataset|diagnostics \(.*?\)) needs 30 min \(safety 2\.0 x \(start-up 300 s "
+                        r"\+ work 600 s\)\), more than walltime\.max_minutes = 29, and cannot resume in a requeued "
+                        r"job \(and \d+ more\)\n", short.stderr), short.stderr
+
+
+def test_the_docs_state_the_budget_job_shape_prints():
+    """README.md and docs/slurm.md give the paper's GPU-hours that bench/job_shape.py prints."""
+    res = job_shape(ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = budget_rows(res.stdout)
+    readme = (ROOT / "README.md").read_text()
+    slurm = (ROOT / "docs" / "slurm.md").read_text()
+    jobs_, subs, work, req = (int(v) for v in rows.pop("total"))
+    assert f"| **total** | {jobs_} | {subs} | **{work}** | **{req}** |" in readme
+    assert f"between {work} GPU-hours (the estimated work) and {req}" in readme
+    assert f"| GPU-hours, total | {work} of estimated work, {req} requested " in slurm
+    assert f"| Slurm submissions | {subs} (" in slurm
+    for rule, (n, s, w, r) in rows.items():
+        assert re.search(rf"^\| {rule}\b[^|]*\| {n:.0f} \| {s:.0f}\b[^|]*\| {w:.0f}\b[^|]*\| {r:.0f}\b[^|]*\|$",
+                         readme, re.M), rule
+    per_model = re.findall(r"^training \S+\s+(\d+) GPU-h of work, .*?\((\d+) GPU-h requested;", res.stdout, re.M)
+    assert len(per_model) == 4 and len(set(per_model)) == 1
+    work_1, req_1 = per_model[0]
+    assert f"{work_1} per model" in readme and f"{req_1} per model" in readme
+    assert f"({work_1} per model:" in slurm
+
+
+def test_the_checkouts_slurm_profile_wins_over_a_users_own(tmp_path):
+    """`snakemake --profile slurm all` from the checkout uses the checkout's `slurm` (a link to
+    profiles/slurm: Snakemake looks in the working directory first), not a `slurm` profile the user
+    already has in ~/.config/snakemake, which stays untouched. Imposed: a user profile that would
+    break the run (an unknown option)."""
+    xdg = tmp_path / "xdg"
+    mine = xdg / "snakemake" / "slurm"
+    mine.mkdir(parents=True)
+    (mine / "config.yaml").write_text("executor: slurm\nno-such-option-of-snakemake: 1\n")
+    before = (mine / "config.yaml").read_bytes()
+    env = {**os.environ, "XDG_CONFIG_HOME": str(xdg), "HOME": str(tmp_path)}
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--directory", str(work), "--", "table1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert f"Using profile {ROOT / 'slurm'}" in out or "Using profiles slurm" in out or \
+        re.search(r"Using profiles? \S*slurm", out), out[:2000]
+    assert str(mine) not in out
+    assert (mine / "config.yaml").read_bytes() == before
+    # away from the checkout, the user's own profile is the one Snakemake finds (and it breaks)
+    res = subprocess.run([*cmd[:-2], "-s", str(ROOT / "Snakefile"), "--", "table1"], capture_output=True, text=True,
+                         cwd=work, timeout=300, env=env)
+    assert res.returncode != 0 and "no-such-option" in res.stdout + res.stderr

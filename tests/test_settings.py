@@ -310,3 +310,37 @@ def test_packed_groups_fit_the_limit_and_never_change(seed):
 
 def test_a_member_longer_than_the_limit_goes_alone():
     assert pack_groups({"a": 900, "b": 10, "c": 10}, 720, 3) == [["a"], ["b", "c"]]
+
+
+# ------------------------------------------------------------------------------------------------
+# The site file (config/site.yaml): the cluster's settings under the command line's config
+
+
+def test_site_file_is_layered_under_the_given_config(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"site": {"account": "lab", "partition": "gpu"},
+                                    "walltime": {"max_minutes": 720}, "resources": {"train": {"gpus": 2}}}))
+    paper = RunSettings.load({}, schema=SCHEMA, paper=PAPER_PATH, site=site)
+    assert paper.site_file == str(site) and paper.layered_from == []
+    assert paper.config["site"]["account"] == "lab" and paper.config["walltime"]["max_minutes"] == 720
+    assert paper.config["resources"]["train"]["gpus"] == 2 and paper.config["models"] == PAPER["models"]
+    # the command line's config wins over the site file
+    given = RunSettings.load({"walltime": {"max_minutes": 60}}, schema=SCHEMA, paper=PAPER_PATH, site=site)
+    assert given.config["walltime"]["max_minutes"] == 60 and given.config["site"]["partition"] == "gpu"
+    # a complete config (the demo) keeps its own resources and takes the site's cluster keys
+    demo = RunSettings.load(copy.deepcopy(DEMO), schema=SCHEMA, paper=PAPER_PATH, site=site)
+    assert demo.config["run"] == "demo" and demo.config["site"]["account"] == "lab"
+    assert demo.config["resources"]["train"]["gpus"] == DEMO["resources"]["train"].get("gpus", 0)
+    assert RunSettings.load({}, schema=SCHEMA, paper=PAPER_PATH, site=tmp_path / "absent.yaml").site_file is None
+
+
+def test_site_file_sets_only_cluster_keys(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"site": {"account": "lab"}, "fid": {"repeats": 1}}))
+    with pytest.raises(ConfigError, match=r"site\.yaml: fid: a site file sets only site, resources, walltime"):
+        RunSettings.load({}, schema=SCHEMA, paper=PAPER_PATH, site=site)
+
+
+def test_example_site_file_loads():
+    run = RunSettings.load({}, schema=SCHEMA, paper=PAPER_PATH, site=ROOT / "config" / "site.example.yaml")
+    assert run.config["site"]["gpu_model"] == "a100"

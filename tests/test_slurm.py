@@ -65,10 +65,12 @@ def test_cluster_profile_settings():
     assert prof["group-components"] == ["sets=3", "guided=3"] and prof["resources"] == ["group_slot=1"]
     resources = dict(item.split("=", 1) for item in prof["default-resources"])
     assert int(resources["mem_mb"]) > 0 and "runtime" not in resources  # runtimes: from the work
-    # account and partition are placeholders for the user, not a made-up value
+    # account and partition are the site file's (config/site.yaml), never a made-up value here
     assert "slurm_account" not in resources and "slurm_partition" not in resources
     text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
-    assert "slurm_account=" in text and "slurm_partition=" in text
+    assert "config/site.yaml" in text and "slurm-qos:" not in text.replace("# QOS", "")
+    example = yaml.safe_load((REPO / "config" / "site.example.yaml").read_text())
+    assert {"account", "partition", "constraint", "gpu_model", "cpus_per_gpu"} <= set(example["site"])
 
 
 # sbatch options the Slurm plugin sets itself and refuses in slurm_extra (checked here without

@@ -37,6 +37,9 @@ from aot.keys import (
 # a module of another one.
 SCHEMA = "../schemas/config.schema.yaml"
 PAPER_CONFIG = "../../config/config.yaml"
+# The cluster's settings (site, resources, walltime), read when it exists in the working directory
+# (the checkout, for `snakemake --profile slurm all`): copy config/site.example.yaml there.
+SITE_FILE = "config/site.yaml"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,6 +69,7 @@ def load_settings():
             config,
             schema=workflow.source_path(SCHEMA),
             paper=workflow.source_path(PAPER_CONFIG),
+            site=SITE_FILE,
             validate=not workflow.modifier.skip_validation,
         )
         # the same check of batch vs GPUs x nodes x B for a command line's or profile's resources
@@ -80,6 +84,8 @@ def load_settings():
             f"config: {', '.join(settings.layered_from)} from the given config, "
             "everything else from config/config.yaml"
         )
+    if settings.site_file:
+        logger.info(f"config: cluster settings from {settings.site_file}")
     for line in settings.warnings:
         logger.warning(line)
     return settings

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .rules import check_global_batch, check_heun_nfe, check_pool_batch
-from .schema import ConfigError, check_schema, layer_partial, load_yaml, set_defaults
+from .schema import ConfigError, check_schema, layer_partial, load_yaml, read_site_file, set_defaults
 
 # name -> (channels, classes) of the built-in datasets
 BUILTIN_DATASETS = {"cifar10": (3, 10), "digits": (1, 10)}
@@ -52,20 +52,26 @@ class RunSettings:
         self.models: dict[str, dict] = {m["name"]: m for m in config["models"]}
         self.parts = [p for p in PARTS if p in config["tables"]]  # the tables' parts
         self.pool_study_entries: list[dict] = []
+        self.layered_from: list[str] = []
+        self.site_file: str | None = None
 
     # --- building --------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, config: dict, *, schema: str | Path, paper: str | Path, validate: bool = True) -> RunSettings:
-        """Layer a partial config onto the paper's (in place), check it against the schema, fill in
+    def load(cls, config: dict, *, schema: str | Path, paper: str | Path, site: str | Path | None = None,
+             validate: bool = True) -> RunSettings:
+        """Layer a partial config onto the paper's (in place), with the site file's cluster settings
+        (`site`, when it exists) under the given config; check the result against the schema, fill in
         the defaults, derive and check everything else. Raises ConfigError."""
         schema_doc = load_yaml(schema)
-        given = layer_partial(config, schema_doc, paper)
+        site_doc = read_site_file(site)
+        given = layer_partial(config, schema_doc, paper, site_doc)
         if validate:
             check_schema(config, schema_doc)
         set_defaults(config, schema_doc)
         run = cls(config)
         run.layered_from = given
+        run.site_file = str(site) if site_doc else None
         run.check()
         return run
 

@@ -36,18 +36,43 @@ def merge(base: dict, update: dict) -> dict:
     return base
 
 
-def layer_partial(config: dict, schema: dict, paper: str | Path) -> list[str]:
+# the keys a site file (config/site.yaml) may set: the cluster, not the experiment
+SITE_FILE_KEYS = ("site", "resources", "walltime")
+
+
+def read_site_file(path: str | Path | None) -> dict | None:
+    """The site file's settings (None when there is none): a mapping of SITE_FILE_KEYS only."""
+    if path is None or not Path(path).is_file():
+        return None
+    doc = load_yaml(path)
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a site file is a mapping of {', '.join(SITE_FILE_KEYS)}")
+    other = sorted(set(doc) - set(SITE_FILE_KEYS))
+    if other:
+        raise ConfigError(f"{path}: {', '.join(other)}: a site file sets only {', '.join(SITE_FILE_KEYS)} "
+                          "(the experiment belongs in the run's config)")
+    return doc
+
+
+def layer_partial(config: dict, schema: dict, paper: str | Path, site: dict | None = None) -> list[str]:
     """A config that lacks some of the schema's required top-level keys is a partial (site) file:
-    it is merged, in place, onto the paper's config (`paper`, config/config.yaml). A complete config
-    stands alone. Returns the top-level keys the given config set when it was layered (else [])."""
-    missing = [key for key in schema["required"] if key not in config]
-    if not missing:
+    it is merged, in place, onto the paper's config (`paper`, config/config.yaml); a complete config
+    stands alone. A site file's settings (`site`, read_site_file) come between: the config given on
+    the command line wins over them. Returns the top-level keys the given config set when it was
+    layered onto the paper's (else [])."""
+    partial = any(key not in config for key in schema["required"])
+    if not partial and not site:
         return []
+    layered = load_yaml(paper) if partial else {}
+    if site:
+        merge(layered, site)
     given = sorted(config)
-    layered = merge(load_yaml(paper), dict(config))
+    merge(layered, dict(config))
     config.clear()
     config.update(layered)
-    return given
+    return given if partial else []
 
 
 def key_path(path) -> str:
