@@ -83,11 +83,14 @@ def test_paper_dag_job_counts(paper_cfg, paper_dry_run):
     n_sets = len(paper_sample_sets(paper_cfg))
     assert counts["generate"] == n_sets  # one job per sample set writes its `reps` repeats
     # Table 3: EDM+DG (retrained and published), EDM-AOT+DG w/o AOT, EDM-AOT+DG w/ AOT, both parts.
-    assert counts["train_discriminator"] == 8
-    assert counts["generate_dg"] == 8
-    assert counts["fetch_edm_pickle"] == 2  # EDM's published VP networks
+    guided = sum(len([m for m in (t["edm"], t.get("edm_published")) if m]) + 2
+                 for t in paper_cfg["tables"].values())
+    assert counts["train_discriminator"] == guided == 8
+    assert counts["generate_dg"] == guided
+    models = paper_cfg["models"]
+    assert counts["fetch_edm_pickle"] == sum(m["source"] == "edm-pickle" for m in models) == 2  # EDM's VP networks
     assert "fid" not in counts and "fid_dg" not in counts  # a set's job measures its FID
-    assert counts["train"] == 4
+    assert counts["train"] == sum(m["source"] == "train" for m in models) == 4
     for rule in ("prepare_dataset", "download_cifar10", "fetch_fid_assets", "reference_stats", "report"):
         assert counts[rule] == 1, rule
     for i in range(1, 6):
