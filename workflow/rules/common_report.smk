@@ -122,7 +122,7 @@ def diagnostics_networks(wildcards):
 
 
 def network_flags(wildcards, input):
-    """`--network PATH` for every input network of the diagnostics rule."""
+    """`--network PATH` for every input network of a diagnostics rule (its `networks` input)."""
     return " ".join(f"--network {shlex.quote(p)}" for p in input.networks)
 
 

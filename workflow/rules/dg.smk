@@ -102,10 +102,8 @@ rule generate_dg:
         discriminator=f"{RESULTS}/dg/{{model}}/{{mode}}/discriminator.pt",
         ref=reference_path(),
     output:
-        samples=set_files(
-            f"{RESULTS}/samples/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.npz"
-        ),
-        fid=set_files(f"{RESULTS}/fid/{{model}}/dg{{mode}}-{{key}}/rep{{rep}}.json"),
+        samples=set_files(sample_path("{model}", "dg{mode}-{key}", "{rep}")),
+        fid=set_files(fid_path("{model}", "dg{mode}-{key}", "{rep}")),
     log:
         GENERATE_DG_LOG,
     benchmark:

@@ -11,7 +11,7 @@
 
 rule pool_study_diagnostics:
     input:
-        lambda wildcards: pool_study_networks(wildcards.part),
+        networks=lambda wildcards: pool_study_networks(wildcards.part),
     output:
         npz=f"{RESULTS}/pool_study/diagnostics-{{part}}-{{key}}.npz",
         json=f"{RESULTS}/pool_study/diagnostics-{{part}}-{{key}}.json",
@@ -28,9 +28,7 @@ rule pool_study_diagnostics:
         **resources_for("diagnostics"),
     params:
         aot=AOT_CLI,
-        networks=lambda wildcards, input: " ".join(
-            f"--network {shlex.quote(p)}" for p in input
-        ),
+        networks=network_flags,
         args=pool_study_diagnostics_flags,
     shell:
         "{params.aot} diagnostics {params.networks} {params.args} "

@@ -18,8 +18,8 @@ rule generate:
         network=lambda wildcards: network_path(wildcards.model),
         ref=reference_path(),
     output:
-        samples=set_files(f"{RESULTS}/samples/{{model}}/{{key}}/rep{{rep}}.npz"),
-        fid=set_files(f"{RESULTS}/fid/{{model}}/{{key}}/rep{{rep}}.json"),
+        samples=set_files(sample_path("{model}", "{key}", "{rep}")),
+        fid=set_files(fid_path("{model}", "{key}", "{rep}")),
     log:
         GENERATE_LOG,
     benchmark:
