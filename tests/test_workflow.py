@@ -374,8 +374,15 @@ def test_documented_commands_name_targets_before_configfile():
     file and the command fails: every command the docs and configs show names its targets first
     (or ends the file list with `--`)."""
     after = re.compile(r"--configfile(?:\s+[\w./-]+\.ya?ml)+[ \t]+(?!-)([\w.]+)")
-    files = [ROOT / "README.md", ROOT / "Snakefile", *sorted((ROOT / "docs").glob("*.md")),
+    files = [ROOT / "README.md", ROOT / "Snakefile", *sorted((ROOT / "docs").glob("*.md")), *ROOT.glob("profiles/*/*.yaml"),
              *sorted((ROOT / "config").glob("*.yaml")), ROOT / "config" / "README.md",
              *sorted((ROOT / "workflow").rglob("*.smk"))]
     bad = [f"{p.relative_to(ROOT)}: ...{m.group(0)}" for p in files for m in after.finditer(p.read_text())]
+    assert not bad, bad
+    # --config KEY=VALUE ... takes several values too; and an option's value that starts with a
+    # dash must be attached with `=` (`--apptainer-args="--nv"`), or argparse reads it as an option
+    config_after = re.compile(r"--config(?:\s+[^\s`]+=[^\s`]+)+[ \t]+(?!-)(\w+)\b(?!=)")
+    dash_value = re.compile(r"--[\w-]+(?:-args|_args)\s+[\"']-")
+    bad = [f"{p.relative_to(ROOT)}: ...{m.group(0)}" for p in files for rx in (config_after, dash_value)
+           for m in rx.finditer(p.read_text())]
     assert not bad, bad
