@@ -535,3 +535,152 @@ def test_benchmark_stages():
     assert stage("train_features.tsv") == "fid" and stage("reference_stats.tsv") == "fid"
     assert stage("prepare_dataset.tsv") == "other" and stage("report/table1.tsv") == "other"
     assert stage("diagnostics/uncond-heun-n18-rho7.tsv") == "other"
+
+
+# ------------------------------------------------------------------------------ in-flight report
+
+
+def tiny_run_config(**sampling) -> dict:
+    """tests/configs/tiny.yaml as the workflow's run_config rule writes it (layered, with the
+    schema's defaults), with `sampling` keys replaced."""
+    import yaml
+
+    from aot.settings import RunSettings
+
+    cfg = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    cfg["sampling"].update(sampling)
+    RunSettings.load(cfg, schema=REPO / "workflow" / "schemas" / "config.schema.yaml",
+                     paper=REPO / "config" / "config.yaml")
+    return json.loads(json.dumps(cfg, sort_keys=True))
+
+
+def put_fid(run: Path, config: dict, model: str, key: str, fids: list[float]) -> list[Path]:
+    """The FID results of one sample set where the workflow writes them, repeat r = the r-th value."""
+    from aot.keys import parse_key
+
+    m = next(m for m in config["models"] if m["name"] == model)
+    k = parse_key(key)
+    guidance = {"aot": DG_AOT, "plain": DG_PLAIN, None: None}[k["guidance"]]
+    paths = []
+    for r, f in enumerate(fids):
+        obj = fid_json(model, m["aot"], m["cond"], f, repeat=r, steps=k["num_steps"], rho=k["rho"],
+                       guidance=guidance, features="offline-classifier")
+        p = run / "fid" / model / key / f"rep{r}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(obj))
+        paths.append(p)
+    return paths
+
+
+def md_table(text: str, number: int) -> tuple[str, list[dict]]:
+    """(the count line, the rows as {column: cell}) of Table `number` of an in-flight report."""
+    section = text.split(f"## Table {number}:", 1)[1].split("\n## ", 1)[0]
+    count = next(line for line in section.splitlines() if line.startswith("**"))
+    lines = [line for line in section.splitlines() if line.startswith("|") and not line.startswith("|:")]
+    cells = [[c.strip() for c in line.strip()[1:-1].split("|")] for line in lines]
+    return count.strip("*"), [dict(zip(cells[0], c)) for c in cells[1:]]
+
+
+def md_row(rows: list[dict], **match) -> dict:
+    hits = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    assert len(hits) == 1, f"{match}: {len(hits)} rows"
+    return hits[0]
+
+
+def test_in_flight_report_pending_so_far_and_complete(tmp_path, capsys):
+    from aot.report.in_flight import RunPlan
+
+    run = tmp_path / "results" / "tiny"
+    config = tiny_run_config(table5={"rho": [9, 81], "nfe": [7, 15],
+                                     "models": ["edm-uncond", "aot-uncond", "edm-cond", "aot-cond"]})
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config, sort_keys=True) + "\n")
+    put_fid(run, config, "edm-uncond", "heun-n8-rho7", [2.5, 2.4])    # Tables 1, 3: both repeats
+    put_fid(run, config, "aot-uncond", "heun-n6-rho90", [2.2])        # Tables 1, 3: one of two
+    put_fid(run, config, "aot-uncond", "heun-n4-rho9", [5.0, 5.1])    # Table 5: NFE 7, rho 9 of 9, 81
+    report_cli(["in-flight", "--run-dir", str(run)])
+    out = run / "README-in-flight.md"
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    text = out.read_text()
+    assert "In-flight snapshot" in text and "5 of the 56 FID results" in text
+    assert "2 of 28 sample sets complete" in text
+
+    count, rows = md_table(text, 1)
+    assert count == "1 of 3 sample sets measured; 1 more has some of its 2 repeats."
+    ours = "FD-offline (ours, min)"
+    edm = md_row(rows, Model=f"{RETRAINED[:-1]}; rho=7, 8 steps)")
+    assert (edm["Source"], edm[ours], edm["mean ± std"], edm["n"]) == ("measured", "2.40", "2.45 ± 0.0707", "2")
+    default = md_row(rows, Model="EDM-AOT (rho=7, 8 steps)")
+    assert default["NFE"] == "15" and {default[c] for c in ("Source", ours, "mean ± std", "n")} == {"pending"}
+    assert md_row(rows, Model="EDM-AOT (rho=90, 6 steps)")[ours] == "2.20 (so far)"
+    paper_only = md_row(rows, Model="EDM-AOT (rho=90, 14 steps)")  # the paper's row, not this run's
+    assert (paper_only["Source"], paper_only[ours]) == ("not measured", "")
+    count, rows = md_table(text, 2)
+    assert count == "0 of 3 sample sets measured."
+    assert [r["Model"] for r in rows if r[ours] == "pending"] == [
+        f"{RETRAINED[:-1]}; rho=7, 8 steps)", "EDM-AOT (rho=72, 6 steps)", "EDM-AOT (rho=7, 8 steps)"]
+    count, rows = md_table(text, 3)
+    assert count == "1 of 10 sample sets measured; 1 more has some of its 2 repeats."
+    row3 = md_row(rows, Model=f"{RETRAINED} w/o DG")
+    assert (row3["uncond: FD-offline (ours)"], row3["cond: FD-offline (ours)"]) == ("2.40", "pending")
+    assert md_row(rows, Model="EDM-AOT + DG w/ AOT")["uncond: FD-offline (ours)"] == "pending"
+    assert md_row(rows, Model=f"{report.PUBLISHED_EDM} w/o DG")["uncond: FD-offline (ours)"] == ""
+    count, rows = md_table(text, 4)
+    assert count == "0 of 4 sample sets measured."
+    cell = md_row(rows, Setting="EDM-AOT, 8 steps, uncond", **{"": "FD-offline (ours)"})
+    assert (cell["rho=9"], cell["rho=81"], cell["rho=3"]) == ("pending", "pending", "")
+    count, rows = md_table(text, 5)
+    assert count == "1 of 16 sample sets measured."
+    best = md_row(rows, Setting="EDM-AOT, uncond", **{"": "FD-offline (ours)"})
+    assert (best["nfe=7"], best["nfe=15"]) == ("5.00 (so far)", "pending")  # rho 81 to come
+    rho = md_row(rows, Setting="EDM-AOT, uncond", **{"": "best rho"})
+    assert (rho["nfe=7"], rho["nfe=15"]) == ("9 (so far)", "pending")
+
+    # every result there: no "pending", and each table is the workflow's table
+    plan = RunPlan(config)
+    table_sets = plan.table_sets()
+    every = sorted({s for sets in table_sets.values() for s in sets})
+    for i, (model, key) in enumerate(every):
+        put_fid(run, config, model, key, [3.0 + 0.1 * i, 3.05 + 0.1 * i])
+    mine = tmp_path / "snapshot.md"
+    report_cli(["in-flight", "--run-dir", str(run), "--out", str(mine)])
+    text = mine.read_text()
+    assert "| pending" not in text and "(so far) |" not in text and "56 of the 56 FID results" in text
+    for number, sets in table_sets.items():
+        assert md_table(text, number)[0] == f"{len(sets)} of {len(sets)} sample sets measured."
+        files = [p for m, k in sets for p in plan.fid_paths(run, m, k)]
+        report.write_table(number, report.load_fid_results(files), tmp_path / "t" / f"table{number}",
+                           plan.rhos, config["dataset"]["name"])
+        final = (tmp_path / "t" / f"table{number}.md").read_text()
+        table = next(b for b in final.split("\n\n") if b.startswith("| "))
+        assert f"\n\n{table}\n\n" in text.split(f"## Table {number}:", 1)[1]  # the same Markdown table
+
+
+@pytest.mark.parametrize("case", ["no run folder", "no config", "bad config", "config without sampling",
+                                  "bad fid json"])
+def test_in_flight_report_bad_input(tmp_path, capsys, case):
+    run = tmp_path / "results" / "tiny"
+    if case != "no run folder":
+        run.mkdir(parents=True)
+    config = tiny_run_config()
+    if case == "config without sampling":
+        del config["sampling"]
+    if case in ("bad fid json", "config without sampling"):
+        (run / "config.json").write_text(json.dumps(config))
+    if case == "bad config":
+        (run / "config.json").write_text('{"run": "tiny", ')
+    if case == "bad fid json":
+        put_fid(run, config, "aot-uncond", "heun-n6-rho90", [2.2])
+        (run / "fid" / "aot-uncond" / "heun-n6-rho90" / "rep1.json").write_text('{"kind": "fid", "model": ')
+    out = tmp_path / "snapshot" / "README-in-flight.md"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exc:
+        report_cli(["in-flight", "--run-dir", str(run), "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    expect = {"no run folder": "does not exist", "no config": "config.json does not exist",
+              "bad config": "config.json is not valid JSON", "config without sampling": "'sampling'",
+              "bad fid json": "rep1.json is not valid JSON"}[case]
+    assert expect in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written

@@ -1,5 +1,5 @@
-"""`python -m aot report table|figure|readme`: the paper's tables and figures, and the run report
-(aot.report). One artefact per call, so that the workflow's rules stay fine grained; every call
+"""`python -m aot report table|figure|readme|in-flight`: the paper's tables and figures, and the run
+report (aot.report). One artefact per call, so that the workflow's rules stay fine grained; every call
 writes all of its files or none.
 
     python -m aot report table --table {1,2,3,4,5} --out-prefix results/RUN/tables/table4 \\
@@ -20,6 +20,8 @@ writes all of its files or none.
     python -m aot report readme --run-dir results/RUN --config results/RUN/config.json \\
         [--tables results/RUN/tables/table1.csv ...] [--figures results/RUN/figures/figure1.png ...] \\
         [--benchmarks benchmarks/RUN] [--out results/RUN/README.md]
+    python -m aot report in-flight --run-dir results/RUN [--out results/RUN/README-in-flight.md]
+                                  # Tables 1-5 so far, while the run runs: "pending" where missing
 
 FID arguments may be folders: every `*.json` below them whose "kind" is "fid" is read. The input of
 a figure is positional or named (`--diagnostics traj.npz`, `--samples X.npz`). `--rhos` is accepted
@@ -100,6 +102,12 @@ def cmd_readme(args: argparse.Namespace) -> None:
                          figures=args.figures, benchmarks=args.benchmarks)])
 
 
+def cmd_in_flight(args: argparse.Namespace) -> None:
+    from ..report.in_flight import write_in_flight
+
+    _wrote([write_in_flight(args.run_dir, out=args.out)])
+
+
 def _add_table(sub) -> None:
     t = sub.add_parser("table", help="one table as CSV, Markdown and LaTeX")
     t.add_argument("--table", type=number_arg("--table", int), required=True, choices=[1, 2, 3, 4, 5])
@@ -170,6 +178,17 @@ def _add_readme(sub) -> None:
     r.set_defaults(func=cmd_readme)
 
 
+def _add_in_flight(sub) -> None:
+    r = sub.add_parser("in-flight", help="Tables 1-5 from the FID results so far, while the run runs",
+                       description="Tables 1-5 of a run that is still running, from RUN_DIR/config.json "
+                                   "and the FID results under RUN_DIR/fid that exist: \"pending\" in the "
+                                   "cells still missing, per table how many sample sets are measured. "
+                                   "Needs no Snakemake (whose lock blocks a second one) and no figures.")
+    r.add_argument("--run-dir", required=True, help="the run's results folder, results/RUN")
+    r.add_argument("--out", default=None, help="default RUN_DIR/README-in-flight.md")
+    r.set_defaults(func=cmd_in_flight)
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("report", help="the paper's tables and figures, and the run report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,3 +197,4 @@ def add_parser(subparsers) -> None:
     _add_figure(sub)
     _add_pool_study(sub)
     _add_readme(sub)
+    _add_in_flight(sub)

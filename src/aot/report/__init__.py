@@ -15,17 +15,20 @@ One concern a module:
     images    trajectory strips, denoised grids, sample grids (Figures 2, 3, 6-11)
     figures   the figures by number: titles, kinds, `make_figure`
     readme    the run's README.md: tables inline, figures linked, compute time, settings
+    in_flight Tables 1-5 of a run still running (README-in-flight.md): the results so far,
+              "pending" where a sample set has none yet; the final tables and report unchanged
 
 A table or figure with no measurement at all is still made (paper values only): missing
 measurements are empty cells, never errors. Bad input fails with one line naming the file before
 anything is written. When the results use the offline feature network ("offline-classifier"),
 every table, figure and the report carry `OFFLINE_CAVEAT` and leave out the difference to the paper.
-The command line is `python -m aot report table|figure|readme` (aot/cli/report.py).
+The command line is `python -m aot report table|figure|readme|in-flight` (aot/cli/report.py).
 """
 
 from .curves import minimal_step_optimum, plot_best_fid_vs_nfe, plot_curvature, plot_fid_vs_nfe, plot_fid_vs_rho
 from .figures import make_figure, write_figure
 from .images import plot_denoised_grid, plot_sample_grid, plot_trajectory_strip
+from .in_flight import write_in_flight
 from .readme import benchmark_stage, write_readme
 from .render import read_table_csv, save_figure
 from .results import (
@@ -48,5 +51,5 @@ __all__ = [
     "benchmark_stage", "load_fid_results", "make_figure", "make_table", "minimal_step_optimum", "paper_table",
     "parse_fid_result", "plot_best_fid_vs_nfe", "plot_curvature", "plot_denoised_grid", "plot_fid_vs_nfe",
     "plot_fid_vs_rho", "plot_sample_grid", "plot_trajectory_strip", "read_table_csv", "save_figure", "write_figure",
-    "write_readme", "write_table",
+    "write_in_flight", "write_readme", "write_table",
 ]
