@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def test_flop_counter_matches_closed_forms():
     assert gpu.forward_flops(gpu.SMOKE_NET, torch.device("cpu"), batch=2) == independent_forward_flops(gpu.SMOKE_NET)
 
 
-def check_smoke_result(res: dict, stdout: str, compile: bool) -> None:
+def check_smoke_result(res: dict, stdout: str, compile: bool, snippet_file: Path | None = None) -> None:
     gpu = load_bench()
     assert res["smoke"] is True and res["mode"] == "smoke" and res["compile"] is compile
     assert res["network"] == json.loads(json.dumps(gpu.SMOKE_NET))
@@ -115,7 +116,8 @@ def check_smoke_result(res: dict, stdout: str, compile: bool) -> None:
     assert res["forward_gflop_per_img"] * 1e9 == pytest.approx(independent_forward_flops(gpu.SMOKE_NET), rel=1e-12)
     # Measured rates: finite and positive; a CPU's bf16 matmul rate is between 1 MFLOP/s and 100 TFLOP/s.
     rates = [res["peak_bf16_flops"], *res["train_img_s"].values(), *res["sample_img_s"].values(),
-             res["aot"]["step_s_edm"], res["aot"]["step_s_aot"]]
+             res["aot"]["step_s_edm"], res["aot"]["step_s_aot"], res["guidance"]["img_s"],
+             res["discriminator_img_s"], res["fid_img_s"]]
     assert all(math.isfinite(v) and v > 0 for v in rates)
     assert 1e6 < res["peak_bf16_flops"] < 1e14
     # Ratios and projections are the closed forms of the measured numbers.
@@ -138,8 +140,21 @@ def check_smoke_result(res: dict, stdout: str, compile: bool) -> None:
     # AOT pools were built and paired: the optimal pairing costs less than the pairing it started from.
     aot = res["aot"]
     assert aot["pools"] >= 1 and 0 < aot["cost_paired"] < aot["cost_random"]
-    # The printed table: the smoke banner and the same numbers.
-    lines = stdout.splitlines()
+    # The config's walltime rates: the closed forms of the measured numbers, in the config's units.
+    z = gpu.SIZES["smoke"]
+    assert res["aot"]["batch"] == z["aot_batch"] and res["guidance"]["nfe"] == 2 * z["dg_steps"] - 1
+    assert res["site_walltime"] == pytest.approx({
+        "train_kimg_s": 1000 * max(aot["step_s_edm"], aot["step_s_aot"]) / z["aot_batch"],
+        "generate_image_nfe_s": 1 / (s["edm_fp32_eager"] * res["sample_nfe"]),
+        "guidance_image_nfe_s": 1 / (res["guidance"]["img_s"] * res["guidance"]["nfe"]),
+        "fid_image_s": 1 / res["fid_img_s"],
+        "discriminator_image_epoch_s": 1 / res["discriminator_img_s"]}, rel=1e-12)
+    # The printed table: the smoke banner and the same numbers; then the site snippet.
+    table_text, snippet = stdout.split("\n\n", 1)
+    check_site_snippet(snippet, res)
+    if snippet_file is not None:
+        assert snippet_file.read_text() == snippet
+    lines = table_text.splitlines()
     assert lines[0].startswith("SMOKE RUN (") and "not results" in lines[0]
     printed = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines[1:])
     assert printed["forward cost"].startswith(f"{res['forward_gflop_per_img']:.6g} GFLOP/img")
@@ -147,15 +162,39 @@ def check_smoke_result(res: dict, stdout: str, compile: bool) -> None:
     sample_row = next(v for k, v in printed.items() if k.startswith(f"sample img/s at {res['sample_nfe']} NFE"))
     assert f"{r['sample_fast_over_edm']:.2f}x" in sample_row
     assert f"{r['train_fast_over_edm']:.2f}x" in printed["train img/s EDM fp32 / fast"]
+    assert printed["FID features img/s"].startswith(f"{res['fid_img_s']:.4g}")
+
+
+def check_site_snippet(snippet: str, res: dict) -> None:
+    """The snippet: marked as a smoke run, valid YAML with the config's walltime keys, positive numbers
+    within rounding of the measured rates, and taken by the workflow's config loader as a partial
+    config layered onto config/config.yaml."""
+    from aot.settings import RunSettings
+
+    gpu = load_bench()
+    assert snippet.startswith("# SMOKE RUN (") and "not rates for a site file" in snippet.splitlines()[0]
+    doc = yaml.safe_load(snippet)
+    assert list(doc) == ["walltime"] and tuple(doc["walltime"]) == gpu.WALLTIME_KEYS
+    for key, value in doc["walltime"].items():
+        assert type(value) is float and value > 0 and math.isfinite(value), (key, value)
+        assert value == pytest.approx(res["site_walltime"][key], rel=5e-3), key  # 3 significant digits
+    settings = RunSettings.load(doc, schema=ROOT / "workflow" / "schemas" / "config.schema.yaml",
+                                paper=ROOT / "config" / "config.yaml")
+    assert settings.layered_from == ["walltime"]
+    paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert settings.config["walltime"] == {**settings.config["walltime"], **paper["walltime"],
+                                           **doc["walltime"]}
+    assert settings.config["models"] == paper["models"]
 
 
 def test_smoke_run_on_cpu(tmp_path):
     """Every code path except torch.compile (the next test), in a few seconds."""
     before = snapshot()
-    out = tmp_path / "smoke.json"
-    res = run_bench("--smoke", "--device", "cpu", "--no-compile", "--threads", "1", "--out", str(out))
+    out, snippet = tmp_path / "smoke.json", tmp_path / "rates" / "site.yaml"
+    res = run_bench("--smoke", "--device", "cpu", "--no-compile", "--threads", "1", "--out", str(out),
+                    "--site-snippet", str(snippet))
     assert res.returncode == 0, res.stderr[-3000:]
-    check_smoke_result(json.loads(out.read_text()), res.stdout, compile=False)
+    check_smoke_result(json.loads(out.read_text()), res.stdout, compile=False, snippet_file=snippet)
     assert snapshot() == before
 
 
@@ -179,6 +218,8 @@ def test_smoke_run_on_cpu_with_compile(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--device", "cpu"], "the full benchmark needs a GPU; on a CPU run --smoke"),
     (["--smoke", "--device", "cpu", "--out", str(ROOT / "bench" / "results" / "gpu.json")],
+     "smoke numbers are not results"),
+    (["--smoke", "--device", "cpu", "--site-snippet", str(ROOT / "bench" / "results" / "site.yaml")],
      "smoke numbers are not results"),
     (["--smoke", "--device", "tpu"], "is not cuda or cpu"),
 ])

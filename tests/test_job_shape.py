@@ -287,15 +287,16 @@ def budget_rows(stdout: str) -> dict[str, list[float]]:
 
 
 def test_job_shape_takes_a_relative_partial_site_file_and_refuses_jobs_past_the_limit(tmp_path):
-    """A partial site file by a relative path is layered onto config/config.yaml (its rates, not the
+    """A partial config by a relative path is layered onto config/config.yaml (its rates, not the
     schema's defaults) as the workflow does. A fixed runtime at walltime.max_minutes passes and one a
-    minute longer is refused: exit 1 and one line naming the submission and the limit; a limit below
-    the longest job that cannot resume is refused the same way, naming that job."""
+    minute longer is refused: exit 1 and one line naming the submission and the limit; a site file
+    (relative too) whose limit is below the longest job that cannot resume is refused the same way,
+    naming that job."""
     (tmp_path / "at.yaml").write_text("resources:\n  diagnostics: {runtime: 2880}\n")
     (tmp_path / "over.yaml").write_text("resources:\n  diagnostics: {runtime: 2881}\n")
     (tmp_path / "short.yaml").write_text("walltime: {max_minutes: 29}\n")
 
-    ok = job_shape(tmp_path, "--configfile", "at.yaml")
+    ok = job_shape(tmp_path, "--configfile", "at.yaml", "--no-site")
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr[-3000:]
     assert "configuration: at.yaml (layered onto config/config.yaml: resources)" in ok.stdout
     rows = budget_rows(ok.stdout)
@@ -306,7 +307,7 @@ def test_job_shape_takes_a_relative_partial_site_file_and_refuses_jobs_past_the_
     assert "generate_image_nfe_s 0.0021, guidance_image_nfe_s 0.0032, fid_image_s 0.001," in ok.stdout
     assert re.search(r"^largest submission\s+2880 min \(48\.0 h\) of walltime\.max_minutes 2880 ", ok.stdout, re.M)
 
-    over = job_shape(tmp_path, "--configfile", "over.yaml")
+    over = job_shape(tmp_path, "--configfile", "over.yaml", "--no-site")
     assert over.returncode == 1, over.stderr[-3000:]
     assert re.fullmatch(r"error: Slurm submission diagnostics \(part=u?n?cond, key=heun-n\d+-rho7\) asks for 2881 "
                         r"min \(48\.0 h\), more than walltime\.max_minutes = 2880 \(48\.0 h\) \(and 3 more\)\n",
@@ -314,8 +315,9 @@ def test_job_shape_takes_a_relative_partial_site_file_and_refuses_jobs_past_the_
     assert re.search(r"^largest submission\s+2881 min ", over.stdout, re.M)
     assert "Slurm submissions, sets=1" not in over.stdout  # stopped before the second dry run
 
-    short = job_shape(tmp_path, "--configfile", "short.yaml")
+    short = job_shape(tmp_path, "--site", "short.yaml")  # the paper's config, this cluster's limit
     assert short.returncode == 1, short.stderr[-3000:]
+    assert "cluster settings: short.yaml" in short.stdout
     assert re.fullmatch(r"error: (prepare_dataset|diagnostics \(.*?\)) needs 30 min \(safety 2\.0 x \(start-up 300 s "
                         r"\+ work 600 s\)\), more than walltime\.max_minutes = 29, and cannot resume in a requeued "
                         r"job \(and \d+ more\)\n", short.stderr), short.stderr
@@ -323,7 +325,7 @@ def test_job_shape_takes_a_relative_partial_site_file_and_refuses_jobs_past_the_
 
 def test_the_docs_state_the_budget_job_shape_prints():
     """README.md and docs/slurm.md give the paper's GPU-hours that bench/job_shape.py prints."""
-    res = job_shape(ROOT)
+    res = job_shape(ROOT, "--no-site")  # the paper's config, not this checkout's cluster
     assert res.returncode == 0, res.stderr[-3000:]
     rows = budget_rows(res.stdout)
     readme = (ROOT / "README.md").read_text()
