@@ -10,6 +10,10 @@ the repeat aggregate (the Frechet distance and the feature networks are in aot.m
         --out rep0.json rep1.json rep2.json [--repeat 0 1 2]   # one loading of features and reference
     python -m aot fid aggregate rep0.json rep1.json rep2.json --out agg.json
 
+Each result names what it measured by checksums (`identity`: the generation fingerprint and the
+digest of the sample set's meta, the SHA-256 of the reference file and of the feature network), so
+that a job can keep a result that is still the one it would write (`current_result`).
+
 Inception values are clean-fid `legacy_tensorflow` FIDs. The assets clean-fid would download on first
 use live in a cache folder, `--cache-dir` or else `$AOT_FID_CACHE`, which the Inception commands
 require: there is no shared default (clean-fid's is the world-writable /tmp, and the weights are
@@ -22,6 +26,7 @@ with the command that fetches it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -298,6 +303,11 @@ class FeatureSpace:
     def record(self) -> dict:
         return {"name": self.name, "mode": self.mode, "path": self.path}
 
+    @property
+    def digest(self) -> str | None:
+        """SHA-256 of the feature network's file (the Inception weights, or the offline network)."""
+        return self.sha256 or getattr(self, "weights_sha256", None)
+
     def features(self, images_nchw: np.ndarray, batch: int, what: str) -> np.ndarray:
         if self._feature_fn is None:
             if self.net is None:
@@ -450,11 +460,63 @@ def measure(*, samples, ref, out, features: str | None = None, repeat=None, cach
         t0 = time.time()
     for path_out, result in zip(outs, results):
         write_json_atomic(path_out, result)
-    label = "FID" if space.name == metrics.INCEPTION_NAME else "Frechet distance (offline-classifier features)"
     for path_out, result in zip(outs, results):
-        print(f"measure: {label} {result['fid']:.4f} ({result['num_images']} images, {result['time_s']:.1f} s) "
-              f"-> {path_out}", flush=True)
+        _print_result(path_out, result, space)
     return results if several else results[0]
+
+
+def measure_set(samples, out, repeat: int, ref, reference_stats: dict, space: FeatureSpace, device, batch: int
+                ) -> dict:
+    """One set of `measure`, with the reference and feature space already open (`open_measurement`):
+    a job that measures each set as soon as it is made. Writes `out` and returns the record, the
+    one `measure` writes for the set."""
+    result = _measure_one(samples, repeat, ref, reference_stats, space, device, batch, time.time())
+    write_json_atomic(out, result)
+    _print_result(out, result, space)
+    return result
+
+
+def _print_result(out, result: dict, space: FeatureSpace) -> None:
+    label = "FID" if space.name == metrics.INCEPTION_NAME else "Frechet distance (offline-classifier features)"
+    print(f"measure: {label} {result['fid']:.4f} ({result['num_images']} images, {result['time_s']:.1f} s) "
+          f"-> {out}", flush=True)
+
+
+# Entries of a result that are measured or record when and where; the others name what was measured.
+MEASURED_ENTRIES = ("fid", "time_s", "env")
+
+
+def current_result(out, samples, repeat: int, ref, reference_stats: dict, space: FeatureSpace) -> dict | None:
+    """The result already at `out` if it is the one measuring sample set `samples` (as repeat
+    `repeat`) against `ref` in `space` would write now, apart from MEASURED_ENTRIES: the same set
+    (the generation fingerprint and the digest of the meta stored in `samples`, which a set made
+    again changes), the same reference file and feature network (SHA-256), the same paths; else
+    None. Reads the result, the set's meta and the header of its images, never the images."""
+    from .samples import sample_set_meta
+
+    try:
+        stored = json.loads(Path(out).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("kind") != "fid":
+        return None
+    value = stored.get("fid")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    meta = sample_set_meta(samples)
+    if meta is None or not meta.get("fingerprint") or "seeds" not in meta:
+        return None  # only sets of `aot generate` are identified by their meta
+    try:
+        n = sample_set_shape(samples)[0]
+    except UserError:
+        return None
+    want = _result_record(samples, repeat, ref, reference_stats, space, meta, None, n,
+                          int(reference_stats["mu"].shape[0]), env=False)
+    want = json.loads(json.dumps(want, default=str))
+    named = {k: v for k, v in want.items() if k not in MEASURED_ENTRIES}
+    if {k: stored.get(k) for k in named} != named or set(stored) != set(want) | {"env"}:
+        return None
+    return stored
 
 
 def _check_sample_shape(samples, shape_nchw: tuple, ref, reference_stats: dict, space: FeatureSpace) -> None:
@@ -481,8 +543,16 @@ def _measure_one(samples, repeat: int, ref, reference_stats: dict, space: Featur
                         f"the feature network gives {mu.shape[0]}")
     print(f"measure: Frechet distance of {mu.shape[0]}-dimensional statistics (matrix square root)", flush=True)
     fid = metrics.frechet_distance(mu, sigma, reference_stats["mu"], reference_stats["sigma"])
+    return _result_record(samples, repeat, ref, reference_stats, space, meta, seeds, n, int(mu.shape[0]),
+                          fid=float(fid), time_s=float(time.time() - t0))
+
+
+def _result_record(samples, repeat: int, ref, reference_stats: dict, space: FeatureSpace, meta: dict,
+                   seeds: np.ndarray | None, n: int, dims: int, fid: float | None = None,
+                   time_s: float | None = None, env: bool = True) -> dict:
+    """The result record of one sample set; `identity` names, by checksums, what was measured."""
     sampler = meta.get("sampler")
-    return {
+    record = {
         "kind": "fid",
         "model": meta.get("model"),
         "sampler": sampler,
@@ -490,14 +560,29 @@ def _measure_one(samples, repeat: int, ref, reference_stats: dict, space: Featur
         "repeat": int(repeat),
         "seeds": _seed_range(meta, seeds),
         "num_images": int(n),
-        "feature_network": dict(space.record(), dims=int(mu.shape[0])),
+        "feature_network": dict(space.record(), dims=int(dims)),
         "reference": {"name": str(reference_stats.get("name")), "path": str(ref),
                       "num_images": reference_stats["num_images"], "source": str(reference_stats.get("source"))},
-        "fid": float(fid),
-        "time_s": float(time.time() - t0),
+        "fid": fid,
+        "time_s": time_s,
         "samples": str(samples),
-        "env": environment_info(),
+        "identity": {
+            "samples_fingerprint": meta.get("fingerprint"),
+            "samples_meta_sha256": hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest(),
+            "reference_sha256": _reference_sha256(ref, reference_stats),
+            "feature_network_sha256": space.digest,
+        },
     }
+    if env:
+        record["env"] = environment_info()
+    return record
+
+
+def _reference_sha256(ref, reference_stats: dict) -> str:
+    """SHA-256 of the reference statistics file, computed once per loaded reference."""
+    if "file_sha256" not in reference_stats:
+        reference_stats["file_sha256"] = sha256_file(ref)
+    return reference_stats["file_sha256"]
 
 
 def _seed_range(meta: dict, seeds: np.ndarray | None) -> list | None:

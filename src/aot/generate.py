@@ -266,14 +266,19 @@ def run_generation_sets(net: torch.nn.Module, sets: Sequence[tuple[str | os.Path
                         fingerprint_extra: Any = None, grid: str | os.PathLike | None = None,
                         after_shard: Callable[[Path, int], None] | None = None,
                         log: Callable[[str], None] | None = None, keep_shards: bool = False,
-                        preemption: Preemption | None = None) -> list[dict | None]:
+                        preemption: Preemption | None = None, before_sets: Callable[[], None] | None = None,
+                        after_set: Callable[[Path], None] | None = None) -> list[dict | None]:
     """`run_generation` for several sample sets `sets` = [(out, seeds), ...], one after the other with
     the same network and sampler: each file is the one `run_generation(net, out, seeds)` writes.
     The grid shows the first set. `after_shard(out, k)` follows shard k of set `out`. With
     `keep_shards` each set's shard folder stays after its file is written (a job that measures the
     sets next removes them once the measurement is written). With `preemption` (entered by the
     caller), no shard starts once its Slurm deadline is reached: the job exits 75 with the finished
-    shards kept (`Preemption.stop_at_deadline`). Returns the sets' metas (None on ranks > 0)."""
+    shards kept (`Preemption.stop_at_deadline`). On rank 0, `before_sets()` is called once the
+    settings are checked, before the first set is looked at (a job that links finished sets back
+    from their records, aot.kept), and `after_set(out)` once set `out` is written or kept, before
+    the next set starts (a job that measures and records each set as it is finished). Returns the
+    sets' metas (None on ranks > 0)."""
     log = log or (lambda s: print(s, flush=True))
     sampler_fn = sampler_fn or get_sampler("heun")
     sampler_kwargs = dict(sampler_kwargs or {})
@@ -284,10 +289,12 @@ def run_generation_sets(net: torch.nn.Module, sets: Sequence[tuple[str | os.Path
     check_class_labels(net, class_labels)
     device = resolve_device(device)
     fingerprint = generation_fingerprint(net, sampler_fn, sampler_kwargs, class_labels, fingerprint_extra)
+    if before_sets is not None and _dist_info()[0] == 0:
+        before_sets()  # the other ranks wait for rank 0's look at the first set
     return [_generate_one(net, out, seeds, fingerprint, sampler_fn=sampler_fn, sampler_kwargs=sampler_kwargs,
                           batch=batch, device=device, class_labels=class_labels, shard_size=shard_size, meta=meta,
                           grid=grid if i == 0 else None, after_shard=after_shard, log=log,
-                          keep_shards=keep_shards, preemption=preemption)
+                          keep_shards=keep_shards, preemption=preemption, after_set=after_set)
             for i, (out, seeds) in enumerate(sets)]
 
 
@@ -295,7 +302,8 @@ def _generate_one(net: torch.nn.Module, out: Path, seeds: list[int], fingerprint
                   sampler_kwargs: dict, batch: int, device: torch.device, class_labels: str | int, shard_size: int,
                   meta: dict | None, grid: str | os.PathLike | None,
                   after_shard: Callable[[Path, int], None] | None, log: Callable[[str], None],
-                  keep_shards: bool = False, preemption: Preemption | None = None) -> dict | None:
+                  keep_shards: bool = False, preemption: Preemption | None = None,
+                  after_set: Callable[[Path], None] | None = None) -> dict | None:
     """One sample set of `run_generation_sets` (settings checked there)."""
     rank, world = _dist_info()
     set_meta = dict(meta or {})
@@ -308,6 +316,8 @@ def _generate_one(net: torch.nn.Module, out: Path, seeds: list[int], fingerprint
         if grid is not None:
             save_grid(grid, finished["images"])
         log(f"kept {out}: made earlier with these settings ({len(seeds)} images; delete it to make it again)")
+        if after_set is not None:
+            after_set(out)
         return finished["meta"]
 
     chunks = [seeds[i:i + shard_size] for i in range(0, len(seeds), shard_size)]
@@ -350,6 +360,8 @@ def _generate_one(net: torch.nn.Module, out: Path, seeds: list[int], fingerprint
         save_grid(grid, images)
     write_sample_set(out, images, labels, seeds_arr, final_meta, keep_shards=keep_shards)
     log(f"wrote {len(seeds)} images to {out} ({time_s:.1f} s of sampling)")
+    if after_set is not None:
+        after_set(out)
     return final_meta
 
 
@@ -510,6 +522,8 @@ def generate_set(*, network: str | os.PathLike,
                  fast: bool = False,              # bf16 autocast + channels_last (not bit-identical to fp32)
                  compile: bool = False,           # with fast: torch.compile the network
                  keep_shards: bool = False,       # keep shard folders (the sets are measured next)
+                 before_sets: Callable[[], None] | None = None,  # rank 0, before the first set
+                 after_set: Callable[[Path], None] | None = None,  # rank 0, once each set is finished
                  **settings: Any) -> dict | None:
     """Generate the sample set `settings['out']` for `settings['seeds']` from the network file
     `network` (ours, or an EDM pickle); settings as `generation_request`. Returns its meta (None on
@@ -546,7 +560,8 @@ def generate_set(*, network: str | os.PathLike,
                                         sampler_kwargs=sampler_kwargs, batch=req["batch"], device=device,
                                         class_labels=class_labels, shard_size=req["shard_size"], meta=meta,
                                         grid=req["grid"], fingerprint_extra={"precision": meta["precision"]},
-                                        keep_shards=keep_shards, preemption=preemption)
+                                        keep_shards=keep_shards, preemption=preemption,
+                                        before_sets=before_sets, after_set=after_set)
             return request_result(req, metas)
         finally:
             if torch.distributed.is_available() and torch.distributed.is_initialized():

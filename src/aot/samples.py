@@ -3,7 +3,8 @@
 A sample set `X.npz` holds `images` uint8 [N, H, W, C], `labels` int64 [N] (-1 when unconditional),
 `seeds` int64 [N] (image i was made from seed seeds[i], as in EDM's generate.py) and `meta`, a JSON
 string (model, sampler, seeds, num_images, fingerprint, time_s, env; `fingerprint` as below).
-`read_sample_set` is its one reader; `sample_set_shape` reads only the shape of its images.
+`read_sample_set` is its one reader; `sample_set_shape` reads only the shape of its images and
+`sample_set_meta` only its meta.
 
 While a set is being made, finished pieces live in `X.npz.shards/shard-000000.npz`, ... (images,
 labels, seeds, the generation fingerprint and the sampling time of that shard). A shard counts only
@@ -228,6 +229,20 @@ def _check_images(path: Path, dtype: np.dtype, shape: tuple) -> None:
     if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
         raise UserError(f"sample set {path}: 'images' must be uint8 [N, H, W, C] with C in (1, 3), "
                         f"got {dtype} {tuple(shape)}")
+
+
+def sample_set_meta(path: str | os.PathLike) -> dict | None:
+    """The meta dict of a sample set, reading nothing but its `meta` entry (a job that keeps a
+    finished measurement checks it in moments); None when the file has no readable meta."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                return None
+            raw = z["meta"]
+        meta = json.loads(str(raw.item() if raw.ndim == 0 else raw[0]))
+    except Exception:
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def sample_set_shape(path: str | os.PathLike) -> tuple[int, int, int, int]:

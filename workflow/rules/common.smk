@@ -136,6 +136,10 @@ RUN_NAME = config["run"]
 RESULTS = f"results/{RUN_NAME}"  # the run's outputs and report
 LOGS = f"logs/{RUN_NAME}"
 BENCH = f"benchmarks/{RUN_NAME}"  # Snakemake's per-job timings
+# Finished sample sets (npz + FID json) hard-linked where Snakemake's removal of a rerun group's
+# outputs does not reach: a requeued or failed group restores them in seconds (aot.kept). Never
+# an output of any rule.
+KEPT = f"{RESULTS}/kept"
 DOWNLOADS = config["downloads"]
 FID_CACHE = f"{DOWNLOADS}/clean-fid"
 DATASET = f"{RESULTS}/data/dataset.zip"
@@ -561,6 +565,7 @@ def generate_flags(wildcards):
             "fast": config["generate"]["fast"],
             "compile": config["generate"]["fast"],
             "slurm_margin": WALLTIME["signal_s"],  # stop this long before the job's end
+            "kept_dir": KEPT,
         }
     )
 

@@ -169,5 +169,6 @@ def dg_generate_flags(wildcards):
             "shard_size": config["generate"]["shard_size"],
             "device": DEVICE,
             "slurm_margin": WALLTIME["signal_s"],
+            "kept_dir": KEPT,
         }
     )

@@ -18,6 +18,8 @@
          network and discriminator loaded once, each file as a separate run with its part writes it.
     python -m aot dg generate ... --out rep0.npz rep1.npz --fid-ref REF.npz --fid-out rep0.json rep1.json
       -> then each set measured in the same process, as `aot fid measure` writes it.
+    python -m aot dg generate ... --kept-dir DIR
+      -> as `aot generate --kept-dir`: finished sets and results recorded in DIR, restored from there.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from __future__ import annotations
 import argparse
 
 from ..runtime import set_threads
-from .fid import check_generated_measurement, measure_generated
+from .fid import check_generated_measurement, finished_sets, measure_generated
 from .options import (
     ArgParser,
     add_device,
+    add_kept_dir,
     add_measurement,
     add_sampler,
     add_seeds,
@@ -84,6 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> dict | list[dict | None] | None:
 
     set_threads(args.threads)
     measured = check_generated_measurement(args)
+    kept = finished_sets(args, measured)
     out = args.out[0] if len(args.out) == 1 else args.out
     result = generate(network=args.network, discriminator=args.discriminator, seeds=args.seeds, out=out,
                     feature_extractor=args.feature_extractor, solver=args.solver, num_steps=args.num_steps,
@@ -93,8 +97,9 @@ def cmd_generate(args: argparse.Namespace) -> dict | list[dict | None] | None:
                     time_min=args.time_min, time_max=args.time_max, boosting=args.boosting, batch=args.batch,
                     class_labels=args.class_labels, shard_size=args.shard_size, grid=args.grid,
                     model_name=args.model_name, device=args.device, keep_shards=measured,
-                    slurm_margin=args.slurm_margin)
-    if measured:
+                    slurm_margin=args.slurm_margin, before_sets=kept.restore if kept else None,
+                    after_set=kept.after_set if kept else None)
+    if measured and kept is None:  # with --kept-dir each set was measured once it was finished
         measure_generated(args)
     return result
 
@@ -161,6 +166,7 @@ def _add_generate(sub) -> None:
     add_device(g)
     add_slurm_margin(g, "start no further shard (nor the measurement)")
     add_measurement(g)
+    add_kept_dir(g)
     g.set_defaults(func=cmd_generate)
 
 

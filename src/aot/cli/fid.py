@@ -180,3 +180,72 @@ def measure_generated(args) -> None:
                     cache_dir=args.fid_cache_dir, device=args.device, batch=args.fid_batch)
     for out in args.out:
         remove_shards(out)
+
+
+class FinishedSets:
+    """`--kept-dir DIR` of a generation command (aot.kept): before generation, missing outputs are
+    linked back from their records in DIR (rank 0); then each set, once written or kept, is measured
+    at once into its --fid-out (a result already there that names this very set, reference and
+    feature network is kept, aot.fid.current_result), its shards are removed, and the set and its
+    result are recorded in DIR, so that whatever is finished survives the removal of the job's
+    outputs (Snakemake's, before a requeued or failed group runs again)."""
+
+    def __init__(self, args, measured: bool) -> None:
+        from ..kept import check_kept_dir
+
+        self.args, self.measured = args, measured
+        self.folder = check_kept_dir(args.kept_dir, [*args.out, *(args.fid_out or [])])
+        self.index = {os.path.abspath(o): i for i, o in enumerate(args.out)}
+        self._session = None
+
+    def files(self, i: int) -> list[str]:
+        """The outputs of set i: its sample set and, when measured, its result."""
+        return [self.args.out[i], *([self.args.fid_out[i]] if self.measured else [])]
+
+    def restore(self) -> None:
+        """Link missing outputs back from their records (rank 0, once the command's settings are
+        checked and its network loaded, before the first set is looked at)."""
+        from ..kept import restore
+
+        restore(self.folder, [self.files(i) for i in range(len(self.args.out))])
+
+    def after_set(self, out) -> None:
+        """Set `out` is written or kept (rank 0): measure it unless its result is current, then
+        record the set and its result."""
+        from ..kept import keep
+        from ..samples import remove_shards
+
+        i = self.index[os.path.abspath(out)]
+        if self.measured:
+            self._measure(i)
+            remove_shards(self.args.out[i])
+        keep(self.folder, self.files(i))
+
+    def _measure(self, i: int) -> None:
+        from .. import fid
+        from ..runtime import Preemption, resolve_device
+
+        args = self.args
+        if self._session is None:  # the feature network and the reference, loaded once
+            device = resolve_device(args.device)
+            self._session = (device, *fid.open_measurement(args.fid_ref, args.fid_features, args.fid_cache_dir,
+                                                           device))
+        device, reference_stats, space = self._session
+        samples, out = args.out[i], args.fid_out[i]
+        if fid.current_result(out, samples, i, args.fid_ref, reference_stats, space) is not None:
+            print(f"measure: kept {out}: measured earlier from this sample set, reference and feature network",
+                  flush=True)
+            return
+        if os.path.lexists(out):  # a result of something else (a set made again): never left beside the set
+            os.unlink(out)
+        with Preemption(margin=getattr(args, "slurm_margin", 0.0), raise_on_signal=True, announce=False) as stop:
+            stop.stop_at_deadline("the sets' shards and the finished sets' records are kept (the rerun restores, "
+                                  "merges and measures them)")
+            fid.measure_set(samples, out, i, args.fid_ref, reference_stats, space, device, args.fid_batch)
+
+
+def finished_sets(args, measured: bool) -> FinishedSets | None:
+    """The FinishedSets of a generation command with --kept-dir (the folder checked); None without."""
+    if getattr(args, "kept_dir", None) is None:
+        return None
+    return FinishedSets(args, measured)

@@ -12,14 +12,26 @@ the seeds writes. A finished file made with the same settings is kept; --grid sh
 With --fid-ref REF --fid-out X.json ... the job then measures each set (as `aot fid measure`).
 Inside a Slurm job, --slurm-margin S stops the job before the next shard, or before the measurement,
 once the job's end time is less than S seconds away: exit 75, finished shards and sets kept.
+With --kept-dir DIR each set is measured as soon as it is made, and each finished set and result is
+hard-linked into DIR; a rerun whose outputs were removed links them back instead of making them
+again (aot.kept).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .fid import check_generated_measurement, measure_generated
-from .options import add_device, add_measurement, add_sampler, add_seeds, add_slurm_margin, bool_flag, number_arg
+from .fid import check_generated_measurement, finished_sets, measure_generated
+from .options import (
+    add_device,
+    add_kept_dir,
+    add_measurement,
+    add_sampler,
+    add_seeds,
+    add_slurm_margin,
+    bool_flag,
+    number_arg,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -49,6 +61,7 @@ def add_parser(subparsers) -> None:
     bool_flag(p, "fast", False, "bf16 autocast + channels_last (not bit-identical to EDM's fp32 sampling)")
     bool_flag(p, "compile", False, "with --fast: torch.compile the network")
     add_measurement(p)
+    add_kept_dir(p)
     p.set_defaults(func=run)
 
 
@@ -58,13 +71,16 @@ def run(args: argparse.Namespace) -> dict | list[dict | None] | None:
 
     set_threads(args.threads)
     measured = check_generated_measurement(args)
+    kept = finished_sets(args, measured)
     out = args.out[0] if len(args.out) == 1 else args.out
     result = generate_set(network=args.network, seeds=args.seeds, out=out, solver=args.solver,
                         num_steps=args.num_steps, rho=args.rho, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                         S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise,
                         batch=args.batch, class_labels=args.class_labels, shard_size=args.shard_size,
                         grid=args.grid, model_name=args.model_name, device=args.device, fast=args.fast,
-                        compile=args.compile, keep_shards=measured, slurm_margin=args.slurm_margin)
-    if measured:
+                        compile=args.compile, keep_shards=measured, slurm_margin=args.slurm_margin,
+                        before_sets=kept.restore if kept else None,
+                        after_set=kept.after_set if kept else None)
+    if measured and kept is None:  # with --kept-dir each set was measured once it was finished
         measure_generated(args)
     return result

@@ -66,6 +66,16 @@ def add_slurm_margin(p: argparse.ArgumentParser, stops: str) -> None:
                         "away (default 0: only on a signal)")
 
 
+def add_kept_dir(p: argparse.ArgumentParser) -> None:
+    """--kept-dir DIR (generation commands): records of finished sets that outlive the removal of
+    the job's outputs (aot.kept); absent, nothing is recorded or restored."""
+    p.add_argument("--kept-dir", default=None, metavar="DIR",
+                   help="hard-link each finished set (and its --fid-out result) into DIR, and link missing "
+                        "outputs back from there at the start: a rerun whose outputs were removed (a requeued "
+                        "or failed Slurm group) keeps what was finished. DIR must be on the outputs' file "
+                        "system and hold none of them")
+
+
 def add_seeds(p: argparse.ArgumentParser, default: str | None = None, help: str | None = None) -> None:
     """--seeds: a range list such as 0-49999 or 0,5,10-19 (EDM's format)."""
     p.add_argument("--seeds", required=default is None, default=default,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,6 +190,8 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
              time_max: float = 1.0,
              boosting: bool = False,            # DG's boosting of low log-ratio samples
              keep_shards: bool = False,         # keep shard folders (the sets are measured next)
+             before_sets: Callable[[], None] | None = None,  # before the first set
+             after_set: Callable[[Path], None] | None = None,  # once each set is finished
              **settings: Any) -> dict | None:
     """Generate the guided sample set `settings['out']` for `settings['seeds']` from the network file
     `network` (ours, or an EDM pickle) and `discriminator` (a file of `aot.dg.train`, or DG's head);
@@ -244,5 +247,6 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
                                     batch=req["batch"], device=device, class_labels=req["class_labels"],
                                     shard_size=req["shard_size"], meta=meta,
                                     fingerprint_extra={"discriminator": str(discriminator)}, grid=req["grid"],
-                                    keep_shards=keep_shards, preemption=preemption)
+                                    keep_shards=keep_shards, preemption=preemption,
+                                    before_sets=before_sets, after_set=after_set)
         return request_result(req, metas)
