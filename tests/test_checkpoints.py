@@ -337,3 +337,20 @@ def test_cli_import_edm_local_path(tmp_path, monkeypatch, capsys):
         checkpoints.import_edm("http://127.0.0.1:9/edm.pkl", tmp_path / "never.pt")
     assert not (tmp_path / "never.pt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".import-edm")]
+
+
+def test_equal_networks_give_byte_equal_files(tmp_path):
+    """torch names the folder inside its zip after the file it writes; written through a file object
+    the name is fixed, so two saves of one network (each via its own random temporary name) give the
+    same bytes, in any folder and under any name."""
+    from aot.checkpoints import save_network
+    from aot.networks import EDMPrecond
+
+    torch.manual_seed(0)
+    net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16,
+                     channel_mult=[1, 2], num_blocks=1, attn_resolutions=[])
+    save_network(tmp_path / "a" / "network-final.pt", net, model="x")
+    save_network(tmp_path / "b" / "other-name.pt", net, model="x")
+    a, b = (tmp_path / "a" / "network-final.pt").read_bytes(), (tmp_path / "b" / "other-name.pt").read_bytes()
+    assert a == b
+    assert not any(".tmp" in n for n in zipfile.ZipFile(tmp_path / "a" / "network-final.pt").namelist())

@@ -30,6 +30,16 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj)` to `path` atomically (atomic_path). Written through a file object, so the
+    folder name inside torch's zip archive is torch's fixed one, not the random temporary file name:
+    equal objects give byte-equal files."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` when the block succeeds.

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .files import atomic_path
+from .files import save_torch_atomic
 from .runtime import progress
 
 INCEPTION_NAME = "inception-v3-tf"
@@ -289,8 +289,7 @@ def save_feature_net(path: str | os.PathLike, net: FeatureNet, **meta) -> None:
     payload = {"format": FEATNET_FORMAT, "class_name": "FeatureNet", "init_kwargs": dict(net.init_kwargs),
                "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
                "meta": json.loads(json.dumps(meta, default=str))}  # plain types only (weights_only)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(payload, path)
 
 
 def load_feature_net(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FeatureNet, dict]:

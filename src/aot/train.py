@@ -38,7 +38,7 @@ import torch
 
 from .checkpoints import checked_dict, checked_kwargs, load_torch_file, save_network
 from .errors import EXIT_PREEMPTED, UserError
-from .files import atomic_path, write_json_atomic
+from .files import save_torch_atomic, write_json_atomic
 from .pickles import byte_limit
 from .runtime import Preemption, cuda_available, cuda_unavailable_reason, set_threads
 
@@ -612,8 +612,7 @@ class Training:
                        "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
                        "cur_nimg": self.cur_nimg, "cur_tick": self.cur_tick, "world_size": dist.world_size,
                        "ranks": ranks}
-            with atomic_path(self.state_path) as tmp:
-                torch.save(payload, tmp)
+            save_torch_atomic(payload, self.state_path)
         dist.barrier()
 
     def save_snapshot(self, final: bool = False) -> None:

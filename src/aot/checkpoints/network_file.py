@@ -14,7 +14,7 @@ import torch
 
 from .. import pickles
 from ..errors import UserError
-from ..files import atomic_path
+from ..files import save_torch_atomic
 from ..pickles import brief, byte_limit, describe_failure, one_line
 
 NETWORK_FORMAT = "aot-network/1"
@@ -33,8 +33,7 @@ def save_network(path: str | os.PathLike, net: torch.nn.Module, **meta: Any) -> 
     record = network_record(net)
     state = {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}
     payload = {"format": NETWORK_FORMAT, **record, "state_dict": state, "meta": meta}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(payload, path)
 
 
 def read_network_file(path: str | os.PathLike) -> dict:

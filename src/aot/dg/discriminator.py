@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from ..checkpoints import build_with_weights, checked_dict, checked_kwargs, checked_state_dict, load_torch_file
 from ..errors import UserError
-from ..files import atomic_path
+from ..files import atomic_path, save_torch_atomic
 from ..pickles import brief, describe_failure, is_int, one_line
 from .adm import ADMEncoder, dg_classifier_kwargs, dg_discriminator_kwargs
 
@@ -199,8 +199,7 @@ def _is_bare_state_dict(obj: Any) -> bool:
 
 def save_encoder(path: str | os.PathLike, model: ADMEncoder, **meta: Any) -> None:
     """An ADM encoder as a weights_only-safe file (constructor args + state dict), atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": ENCODER_FORMAT, **_encoder_record(model), "meta": meta}, tmp)
+    save_torch_atomic({"format": ENCODER_FORMAT, **_encoder_record(model), "meta": meta}, path)
 
 
 def load_feature_extractor(path: str | os.PathLike, image_size: int | None = None,
@@ -245,8 +244,7 @@ def save_discriminator(path: str | os.PathLike, disc: GuidedDiscriminator, extra
     else:
         payload["feature_extractor_path"] = str(extractor_path)
         payload["feature_extractor_kwargs"] = dict(disc.feature_extractor.init_kwargs)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(payload, path)
 
 
 def _plain_meta(obj: dict, what: str) -> dict:

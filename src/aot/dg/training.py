@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from ..checkpoints import checked_dict, checked_state_dict
 from ..errors import EXIT_PREEMPTED, UserError
-from ..files import atomic_path, write_json_atomic, write_text_atomic
+from ..files import save_torch_atomic, write_json_atomic, write_text_atomic
 from ..pickles import describe_failure, is_int, one_line
 from ..runtime import Preemption, environment_info
 from ..settings.rules import check_pool_batch
@@ -155,7 +155,8 @@ def load_training_data(*, data: str | os.PathLike, samples: str | os.PathLike, c
     if list(fake.shape[1:]) != [ds.num_channels, ds.resolution, ds.resolution]:
         raise UserError(f"sample set {samples} has images {list(fake.shape[1:])} (CHW), dataset {data} "
                         f"has {[ds.num_channels, ds.resolution, ds.resolution]}")
-    fake_labels = rec["labels"].astype(np.int64)
+    fake_labels = (np.full(fake.shape[0], -1, np.int64) if rec["labels"] is None  # a set without labels
+                   else rec["labels"].astype(np.int64))
     fake_seeds = rec["seeds"]
     if fake_seeds is not None and (fake_seeds.ndim != 1 or fake_seeds.shape[0] != fake.shape[0]
                                    or not np.issubdtype(fake_seeds.dtype, np.integer)):
@@ -501,8 +502,7 @@ def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: 
     for epoch in range(start_epoch, epochs):
         rec, partial = trainer.epoch(epoch, stop, partial)
         if rec is None:
-            with atomic_path(state_path) as tmp:
-                torch.save(trainer.state(epoch, opts, stats, partial), tmp)
+            save_torch_atomic(trainer.state(epoch, opts, stats, partial), state_path)
             log(f"stopped in epoch {epoch + 1} after {partial['next']} of {total // batch} batches; state saved "
                 f"in {state_path}")
             return {"stopped": True, "epoch": epoch}
@@ -511,8 +511,7 @@ def train_discriminator(real: np.ndarray, real_labels: np.ndarray | None, fake: 
         if snapshot_epochs and (epoch + 1) % snapshot_epochs == 0 and epoch + 1 < epochs:
             save_discriminator(out_dir / f"discriminator-snapshot-{epoch + 1:06d}.pt", disc, stored_extractor,
                                kind="dg-discriminator", aot=aot, cond=cond, epoch=epoch + 1, scratch=scratch)
-        with atomic_path(state_path) as tmp:
-            torch.save(trainer.state(epoch + 1, opts, stats), tmp)
+        save_torch_atomic(trainer.state(epoch + 1, opts, stats), state_path)
         _write_stats(stats_path, stats)
         if stop is not None and epoch + 1 < epochs and stop():
             log(f"stopped after epoch {epoch + 1}; state saved in {state_path}")
