@@ -37,7 +37,16 @@ import numpy as np
 
 from . import metrics
 from .errors import UserError, positive_int
-from .files import atomic_path, checksum_value, download, read_npz_arrays, sha256_file, write_json_atomic
+from .files import (
+    atomic_path,
+    checksum_value,
+    download,
+    read_json,
+    read_npz,
+    read_npz_arrays,
+    sha256_file,
+    write_json_atomic,
+)
 from .runtime import environment_info, resolve_device
 from .samples import sample_set_shape
 
@@ -106,12 +115,13 @@ def _fetch_hint(cache_dir) -> str:
 
 def read_manifest(cache: Path | None) -> dict:
     """The asset records (`files`) of the cache folder's assets.json; {} when absent or unreadable."""
-    if cache is None:
+    if cache is None or not (cache / MANIFEST).is_file():
         return {}
     try:
-        files = json.loads((cache / MANIFEST).read_text()).get("files")
-    except (OSError, ValueError, AttributeError):
+        doc = read_json(cache / MANIFEST, "FID asset record")
+    except UserError:
         return {}
+    files = doc.get("files") if isinstance(doc, dict) else None
     return files if isinstance(files, dict) else {}
 
 
@@ -165,11 +175,11 @@ def _valid_inception(path: Path) -> bool:
 
 def _valid_stats(path: Path) -> bool:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            mu, sigma = z["mu"], z["sigma"]
-    except Exception:
+        z = read_npz(path, "clean-fid statistics", ("mu", "sigma"))
+        check_statistics(z.get("mu"), z.get("sigma"), "clean-fid statistics")
+    except UserError:
         return False
-    return mu.ndim == 1 and sigma.shape == (mu.shape[0], mu.shape[0])
+    return True
 
 
 def fetch_assets(*, cache_dir=None, only=("inception", "cifar10"), inception_url: str = INCEPTION_URL,
@@ -253,18 +263,74 @@ def load_sample_images(path: str | os.PathLike) -> tuple[np.ndarray, dict, np.nd
     return metrics.images_to_nchw(images), rec["meta"], rec["seeds"]
 
 
+# Reference statistics: the covariance must be symmetric and positive semi-definite (its eigenvalues
+# at least -PSD_TOLERANCE times the largest, what rounding leaves of an honest np.cov), or the
+# Frechet distance is meaningless (and may be NaN or complex).
+PSD_TOLERANCE = 1e-6
+REF_TEXT = ("format", "feature", "name", "source", "mode", "feature_path", "feature_sha256")
+REF_INTS = {"resolution": (1, 1 << 16), "channels": (1, 3), "num_images": (-1, 1 << 53)}
+
+
+def check_statistics(mu, sigma, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """`mu` [D] and `sigma` [D, D] as float64 if they are finite feature statistics: the shapes fit,
+    sigma symmetric and positive semi-definite within PSD_TOLERANCE; else a UserError naming the field."""
+    for key, arr, ndim in (("mu", mu, 1), ("sigma", sigma, 2)):
+        if not isinstance(arr, np.ndarray):
+            raise UserError(f"{what} has no {key!r} array")
+        if arr.dtype.kind != "f" or arr.ndim != ndim or 0 in arr.shape:
+            want = "[D]" if ndim == 1 else "[D, D]"
+            raise UserError(f"{what}: {key!r} is {arr.dtype} {list(arr.shape)}, not a float array {want}")
+    d = mu.shape[0]
+    if sigma.shape != (d, d):
+        raise UserError(f"{what}: 'sigma' is {list(sigma.shape)}, not [{d}, {d}] for {d}-dimensional 'mu'")
+    mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
+    for key, arr in (("mu", mu), ("sigma", sigma)):
+        if not np.isfinite(arr).all():
+            raise UserError(f"{what}: {key!r} holds {'NaN' if np.isnan(arr).any() else 'infinite'} values")
+    scale = float(np.abs(sigma).max())
+    if float(np.abs(sigma - sigma.T).max()) > PSD_TOLERANCE * max(scale, 1e-300):
+        raise UserError(f"{what}: 'sigma' is not symmetric, so it is not a covariance")
+    eig = np.linalg.eigvalsh(sigma)
+    if eig[0] < -PSD_TOLERANCE * max(float(np.abs(eig).max()), 1e-300):
+        raise UserError(f"{what}: 'sigma' is not positive semi-definite (eigenvalue {eig[0]:.3g}, largest "
+                        f"{eig[-1]:.3g}), so it is not a covariance")
+    return mu, sigma
+
+
 def load_reference(path: str | os.PathLike) -> dict:
+    """Reference statistics written by `reference`, every field checked (types, ranges, finite
+    statistics, a positive semi-definite covariance); a UserError naming the file and the field."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"reference statistics {path} do not exist (make them with: python -m aot fid reference)")
     ref = read_npz_arrays(path, "reference statistics")
     missing = [k for k in ("format", "mu", "sigma", "feature", "resolution", "channels") if k not in ref]
-    if missing or str(ref["format"]) != REF_FORMAT:
+    what = f"reference statistics {path}"
+    if missing or ref["format"].ndim != 0 or str(ref["format"]) != REF_FORMAT:
         raise UserError(f"{path} is not an aot reference statistics file (missing {', '.join(missing) or 'format'})")
-    out = {k: (v.item() if v.ndim == 0 else v) for k, v in ref.items()}
-    out["num_images"] = None if int(out.get("num_images", -1)) < 0 else int(out["num_images"])
+    out: dict = {}
+    for key in REF_TEXT:
+        if key in ref:
+            arr = ref[key]
+            if arr.ndim != 0 or arr.dtype.kind != "U":
+                raise UserError(f"{what}: {key!r} is {arr.dtype} {list(arr.shape)}, not a text")
+            out[key] = str(arr)
+    for key, (lo, hi) in REF_INTS.items():
+        if key in ref:
+            arr = ref[key]
+            if arr.ndim != 0 or arr.dtype.kind not in "iu" or not lo <= int(arr) <= hi:
+                shown = f"{arr.dtype} {list(arr.shape)}" if arr.ndim or arr.dtype.kind not in "iu" else int(arr)
+                raise UserError(f"{what}: {key!r} is {shown}, not a whole number in {lo}..{hi}")
+            out[key] = int(arr)
+    if out["feature"] not in (metrics.INCEPTION_NAME, metrics.OFFLINE_NAME):
+        raise UserError(f"{what}: 'feature' is {out['feature']!r}, not {metrics.INCEPTION_NAME} or "
+                        f"{metrics.OFFLINE_NAME}")
+    if out["channels"] not in (1, 3):
+        raise UserError(f"{what}: 'channels' is {out['channels']}, not 1 or 3")
+    out["mu"], out["sigma"] = check_statistics(ref["mu"], ref["sigma"], what)
+    out["num_images"] = None if out.get("num_images", -1) < 0 else out["num_images"]
     for key in ("feature_path", "feature_sha256"):
-        out[key] = str(out.get(key, "")) or None
+        out[key] = out.get(key) or None
     return out
 
 
@@ -393,8 +459,8 @@ def _precomputed_statistics(key: str, data, features: str, cache_dir) -> tuple[n
         if (ds.resolution, ds.num_channels) != (p["res"], p["channels"]):
             raise UserError(f"dataset {data} has {ds.num_channels}x{ds.resolution}x{ds.resolution} images; "
                             f"--precomputed {key} is for {p['channels']}x{p['res']}x{p['res']}")
-    with np.load(src, allow_pickle=False) as z:
-        mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+    z = read_npz(src, "clean-fid statistics", ("mu", "sigma"))
+    mu, sigma = check_statistics(z.get("mu"), z.get("sigma"), f"clean-fid statistics {src}")
     record = dict(name=f"cleanfid:{src.stem}", source=precomputed_url(key), num_images=p["num_images"],
                   resolution=p["res"], channels=p["channels"], feature=metrics.INCEPTION_NAME,
                   mode=metrics.INCEPTION_MODE, feature_path="", feature_sha256="")
@@ -495,8 +561,8 @@ def current_result(out, samples, repeat: int, ref, reference_stats: dict, space:
     from .samples import sample_set_meta
 
     try:
-        stored = json.loads(Path(out).read_text())
-    except (OSError, ValueError):
+        stored = read_json(out, "FID result")
+    except UserError:
         return None
     if not isinstance(stored, dict) or stored.get("kind") != "fid":
         return None
@@ -542,7 +608,14 @@ def _measure_one(samples, repeat: int, ref, reference_stats: dict, space: Featur
         raise UserError(f"reference {ref} has {reference_stats['mu'].shape[0]}-dimensional features, "
                         f"the feature network gives {mu.shape[0]}")
     print(f"measure: Frechet distance of {mu.shape[0]}-dimensional statistics (matrix square root)", flush=True)
-    fid = metrics.frechet_distance(mu, sigma, reference_stats["mu"], reference_stats["sigma"])
+    try:
+        fid = metrics.frechet_distance(mu, sigma, reference_stats["mu"], reference_stats["sigma"])
+    except ValueError as exc:
+        raise UserError(f"the Frechet distance of sample set {samples} to reference {ref} cannot be computed: "
+                        f"{exc}") from None
+    if not np.isfinite(fid):
+        raise UserError(f"the Frechet distance of sample set {samples} to reference {ref} is {fid} (the features "
+                        "of the set are not finite); nothing written")
     return _result_record(samples, repeat, ref, reference_stats, space, meta, seeds, n, int(mu.shape[0]),
                           fid=float(fid), time_s=float(time.time() - t0))
 
@@ -586,7 +659,7 @@ def _reference_sha256(ref, reference_stats: dict) -> str:
 
 
 def _seed_range(meta: dict, seeds: np.ndarray | None) -> list | None:
-    if "seeds" in meta:
+    if isinstance(meta.get("seeds"), list):  # a set's meta comes from outside: only a list is a seed range
         return list(meta["seeds"])
     if seeds is not None and len(seeds):
         return [int(np.min(seeds)), int(np.max(seeds))]
@@ -596,13 +669,17 @@ def _seed_range(meta: dict, seeds: np.ndarray | None) -> list | None:
 def aggregate(*, results, out) -> dict:
     """min / mean / std (ddof=1; null for one repeat) of repeated measurements of one model and
     sampler (`results`: FID result files of `measure`), written to `out` and returned."""
-    from .files import read_json
-
     results = [str(p) for p in results]
     records = [read_json(p, "FID result") for p in results]
     for p, r in zip(results, records):
         if not isinstance(r, dict) or r.get("kind") != "fid" or "fid" not in r:
             raise UserError(f"{p} is not an FID result of python -m aot fid measure")
+        value = r["fid"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise UserError(f"FID result {p}: 'fid' is {str(value)[:60]!r}, not a finite number")
+        for key in ("model", "sampler", "feature_network"):
+            if r.get(key) is not None and not isinstance(r[key], dict):
+                raise UserError(f"FID result {p}: {key!r} is a JSON {type(r[key]).__name__}, not an object")
     first = records[0]
     for p, r in zip(results[1:], records[1:]):
         if r.get("feature_network") != first.get("feature_network"):

@@ -9,16 +9,21 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import resource
+import stat
 import sys
 import tempfile
 import time
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .limits import ARRAY_BYTES, JSON_BYTES, JSON_DEPTH, MEMBER_BYTES, Limit, check_size
 
 
 def _read_umask() -> int:
@@ -121,7 +126,29 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """`obj` as JSON at `path`, atomically. NaN and infinities are refused (JSON has neither): a
+    UserError naming the file and the key, and nothing is written."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    except ValueError:
+        where = _non_finite_key(json.loads(json.dumps(obj, default=_json_default)))
+        raise UserError(f"refusing to write {path}: {where} is not a finite number (JSON has no NaN or "
+                        "infinity)") from None
+    write_text_atomic(path, text + "\n")
+
+
+def _non_finite_key(obj: Any, where: str = "the value") -> str:
+    """Where in `obj` the first NaN or infinity is ('fid', 'models[0].curvature', ...)."""
+    todo = [(obj, "")]
+    while todo:
+        value, key = todo.pop(0)
+        if isinstance(value, float) and not math.isfinite(value):
+            return key or where
+        if isinstance(value, dict):
+            todo += [(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            todo += [(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return where
 
 
 def _json_default(obj: Any) -> Any:
@@ -134,26 +161,190 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+# ------------------------------------------------------------------------------------------------
+# Reading JSON, zip members and npz arrays from outside, within aot.limits
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(data: str | bytes, what: str, invalid: str = "is not valid JSON") -> Any:
+    """JSON text read from outside (`what` names the file): at most $AOT_MAX_JSON_BYTES bytes, values
+    nested at most aot.limits.JSON_DEPTH levels, no NaN or infinity; else a one-line UserError
+    (`invalid` says what text that does not parse is)."""
+    check_size(len(data), JSON_BYTES, f"{what} is")
+    try:
+        obj = json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise UserError(f"{what} nests JSON values more than {JSON_DEPTH} levels deep") from None
+    except MemoryError:
+        raise UserError(f"{what} holds more values than fit in memory ({len(data)} bytes; lower "
+                        f"${JSON_BYTES.env} to refuse such files before parsing)") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{what} {invalid}: {one_line_text(str(exc))}") from None
+    if json_depth(obj) > JSON_DEPTH:
+        raise UserError(f"{what} nests JSON values more than {JSON_DEPTH} levels deep")
+    return obj
+
+
+def json_depth(obj: Any) -> int:
+    """How deeply lists and dicts nest in `obj` (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            if depth <= JSON_DEPTH:
+                todo.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return deepest
+
+
+def one_line_text(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON file read from outside, within the limits of `parse_json`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
+    check_size(path.stat().st_size, JSON_BYTES, f"{what} {path} is")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {path} is not valid JSON: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    return parse_json(data, f"{what} {path}")
+
+
+def _supported_compression() -> dict[int, str]:
+    methods = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+    if getattr(zipfile, "bz2", None) is not None:
+        methods[zipfile.ZIP_BZIP2] = "bzip2"
+    if getattr(zipfile, "lzma", None) is not None:
+        methods[zipfile.ZIP_LZMA] = "lzma"
+    return methods
+
+
+ZIP_COMPRESSION = _supported_compression()
+
+
+def zip_member_problem(info: zipfile.ZipInfo, archive_bytes: int | None = None) -> str | None:
+    """Why the zip member `info` may not be read (None: it may): only regular files, unencrypted,
+    of a compression this reader supports, whose stored bytes lie within the archive."""
+    mode = info.external_attr >> 16
+    if info.is_dir():
+        return "a folder, not a file"
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+        return "a symbolic link, not a file" if stat.S_ISLNK(mode) else "not a regular file"
+    if info.flag_bits & 0x1:
+        return "encrypted"
+    if info.compress_type not in ZIP_COMPRESSION:
+        return (f"compressed with method {info.compress_type}, which is not supported "
+                f"({', '.join(ZIP_COMPRESSION.values())})")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        return f"stored (not compressed) but declares {info.file_size} bytes in {info.compress_size}"
+    if archive_bytes is not None and info.header_offset + info.compress_size > archive_bytes:
+        return f"declared to reach byte {info.header_offset + info.compress_size} of a {archive_bytes}-byte archive"
+    return None
+
+
+def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str, limit: Limit = MEMBER_BYTES,
+                    archive_bytes: int | None = None) -> bytes:
+    """The bytes of member `info` (checked by zip_member_problem), at most `limit` of them: read
+    into memory, never extracted to the file system. Errors name `what` (the archive) and the member."""
+    name = one_line_text(info.filename)
+    problem = zip_member_problem(info, archive_bytes)
+    if problem:
+        raise UserError(f"{what}: {name} is {problem}")
+    check_size(info.file_size, limit, f"{what}: {name} unpacks to")
+    cap = limit.value()
+    try:
+        with zf.open(info) as f:
+            data = f.read(cap + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError,
+            ValueError) as exc:
+        raise UserError(f"{what}: {name} cannot be read (truncated or corrupt: {one_line_text(str(exc))})") from None
+    if len(data) > cap:
+        check_size(len(data), limit, f"{what}: {name} unpacks to more than")
+    return data
+
+
+def npz_headers(path: str | os.PathLike, what: str, keys: Any = None) -> dict:
+    """{key: (shape, dtype)} of the arrays of an .npz file (only `keys` when given), from their
+    headers alone: each a regular, supported member whose declared array fits in the member and in
+    $AOT_MAX_ARRAY_BYTES, of a plain (not object) dtype. Nothing is allocated."""
+    return {k: v[:2] for k, v in _npz_members(Path(path), what, keys).items()}
+
+
+def _npz_members(path: Path, what: str, keys: Any = None, caps: dict | None = None) -> dict:
+    import numpy as np
+
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    out = {}
+    try:
+        archive_bytes = path.stat().st_size
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            names = [n[:-4] for n in infos]
+            for key in names if keys is None else [k for k in keys if k in names]:
+                info = infos[key + ".npy"]
+                problem = zip_member_problem(info, archive_bytes)
+                if problem:
+                    raise UserError(f"{what} {path}: {key!r} is {problem}")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in readers:  # 3.0 only adds UTF-8 field names, which plain arrays lack
+                        raise UserError(f"{what} {path}: {key!r} has .npy format version {version}, "
+                                        "not 1.0 or 2.0")
+                    shape, _fortran, dtype = readers[version](f)
+                    header = f.tell()
+                if dtype.hasobject:
+                    raise UserError(f"{what} {path}: {key!r} holds Python objects (not read)")
+                nbytes = math.prod(shape) * dtype.itemsize
+                limit, factor = (caps or {}).get(key, (ARRAY_BYTES, 1))
+                check_size(nbytes, limit, f"{what} {path}: {key!r} ({dtype} {list(shape)}) holds",
+                           limit.value() * factor)
+                if header + nbytes > info.file_size:
+                    raise UserError(f"{what} {path}: {key!r} declares {dtype} {list(shape)} ({nbytes} bytes), "
+                                    f"more than its member holds ({info.file_size - header})")
+                out[key] = (tuple(int(n) for n in shape), dtype, info)
+    except UserError:
+        raise
+    except Exception as exc:  # zipfile/ValueError/OSError: not an npz
+        raise UserError(f"{what} {path} cannot be read: {one_line_text(str(exc)) or type(exc).__name__}") from None
+    return out
+
+
+def read_npz(path: str | os.PathLike, what: str, keys: Any = None, caps: dict | None = None) -> dict:
+    """The arrays of an .npz file (only `keys` when given; pickles refused), each checked from its
+    header before it is read (npz_headers); `caps` {key: (Limit, factor)} caps a key at factor times
+    another limit than $AOT_MAX_ARRAY_BYTES (a JSON string: aot.limits.JSON_BYTES). A UserError
+    naming `what` and the file when it is not a readable npz."""
+    import numpy as np
+
+    path = Path(path)
+    members = _npz_members(path, what, keys, caps)
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key, (_shape, _dtype, info) in members.items():
+                with zf.open(info) as f:
+                    out[key] = np.lib.format.read_array(f, allow_pickle=False)
+    except Exception as exc:
+        raise UserError(f"{what} {path} cannot be read: {one_line_text(str(exc)) or type(exc).__name__}") from None
+    return out
 
 
 def read_npz_arrays(path: str | os.PathLike, what: str) -> dict:
-    """Every array of an existing .npz file (pickles refused); a UserError naming `what` and the
-    file when it is not a readable npz."""
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as exc:  # zipfile/ValueError/OSError: not an npz
-        raise UserError(f"{what} {path} cannot be read: {exc}") from None
+    """Every array of an existing .npz file (pickles refused, sizes checked before reading); a
+    UserError naming `what` and the file when it is not a readable npz."""
+    return read_npz(path, what)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
 import re
 from collections import OrderedDict
@@ -36,11 +35,12 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .limits import TENSOR_BYTES
 
 MAX_DEPTH = 100
 MAX_VALUES = 10_000_000
-DEFAULT_MAX_BYTES = 4 << 30
-MAX_BYTES_ENV = "AOT_MAX_TENSOR_BYTES"
+DEFAULT_MAX_BYTES = TENSOR_BYTES.default
+MAX_BYTES_ENV = TENSOR_BYTES.env
 NUMERIC_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex
 
 _PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes)
@@ -56,18 +56,8 @@ def refuse(message: str) -> PickleRefused:
 
 
 def byte_limit(max_bytes: int | None = None) -> int:
-    """`max_bytes`, else $AOT_MAX_TENSOR_BYTES, else 4 GiB."""
-    if max_bytes is None:
-        text = os.environ.get(MAX_BYTES_ENV, "").strip()
-        if not text:
-            return DEFAULT_MAX_BYTES
-        try:
-            max_bytes = int(text)
-        except ValueError:
-            raise UserError(f"${MAX_BYTES_ENV} must be a whole number of bytes, got {text!r}") from None
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise UserError(f"the tensor byte limit must be a positive number of bytes, got {max_bytes!r}")
-    return max_bytes
+    """`max_bytes`, else $AOT_MAX_TENSOR_BYTES, else 4 GiB (aot.limits.TENSOR_BYTES)."""
+    return TENSOR_BYTES.value(max_bytes)
 
 
 class ByteBudget:

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .files import atomic_path
+from .files import atomic_path, npz_headers, parse_json, read_npz
+from .limits import JSON_BYTES
 
 SHARD_RE = re.compile(r"^shard-(\d{6})\.npz$")
 SHARD_KEYS = ("images", "labels", "seeds", "fingerprint", "time_s")
@@ -101,12 +102,13 @@ def shard_path(sdir: Path, k: int) -> Path:
 
 
 def read_shard(path: Path) -> dict | None:
-    """A shard's arrays, or None when it is missing or damaged (a damaged shard is simply redone)."""
+    """A shard's arrays, or None when it is missing or damaged (a damaged shard is simply redone);
+    sizes are checked from the arrays' headers before anything is read (aot.files.read_npz)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in SHARD_KEYS}
+        rec = read_npz(path, "shard", SHARD_KEYS)
     except Exception:
         return None
+    return rec if set(rec) == set(SHARD_KEYS) else None
 
 
 def shard_is_valid(rec: dict | None, fingerprint: str, seeds: Sequence[int]) -> bool:
@@ -196,37 +198,64 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, max_images: int = 64)
 # The reader
 
 
+# The entries of a sample set and the largest `meta` string (a JSON text of $AOT_MAX_JSON_BYTES bytes
+# in numpy's 4-byte characters).
+SAMPLE_SET_KEYS = ("images", "labels", "seeds", "meta")
+_META_CAP = {"meta": (JSON_BYTES, 4)}
+
+
 def read_sample_set(path: str | os.PathLike) -> dict:
     """Read a sample set npz: dict(images uint8 NHWC, labels, seeds (None if absent), meta=dict).
 
     The one reader of sample sets (FID, reports and DG use it); every problem is a UserError
-    naming the file."""
+    naming the file and the entry. Every array's shape and dtype are checked from its header before
+    it is read (aot.files.npz_headers: within $AOT_MAX_ARRAY_BYTES); `labels` and `seeds` hold one
+    integer per image; `meta` is a JSON object within the limits of aot.files.parse_json."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sample set {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise UserError(f"sample set {path} has no 'images' array (keys: {', '.join(z.files)})")
-            rec = {k: (z[k] if k in z.files else None) for k in ("images", "labels", "seeds")}
-            meta_raw = z["meta"] if "meta" in z.files else None
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"sample set {path} cannot be read ({type(exc).__name__}: {exc})") from None
-    _check_images(path, rec["images"].dtype, rec["images"].shape)
-    meta: dict = {}
-    if meta_raw is not None:
-        try:
-            meta = json.loads(str(meta_raw.item() if meta_raw.ndim == 0 else meta_raw[0]))
-        except (json.JSONDecodeError, ValueError, IndexError) as exc:
-            raise UserError(f"sample set {path}: 'meta' is not a JSON string: {exc}") from None
-    rec["meta"] = meta
+    headers = npz_headers(path, "sample set", SAMPLE_SET_KEYS)
+    if "images" not in headers:
+        raise UserError(f"sample set {path} has no 'images' array (keys: {', '.join(_npz_keys(path))})")
+    shape, dtype = headers["images"]
+    _check_images(path, dtype, shape)
+    for key in ("labels", "seeds"):
+        if key in headers:
+            kshape, kdtype = headers[key]
+            if kdtype.kind not in "iu" or kshape != (shape[0],):
+                raise UserError(f"sample set {path}: {key!r} must be one integer per image ({shape[0]}), got "
+                                f"{kdtype} {list(kshape)}")
+    if "meta" in headers:
+        mshape, mdtype = headers["meta"]
+        if mdtype.kind not in "US" or mshape not in ((), (1,)):
+            raise UserError(f"sample set {path}: 'meta' must be one JSON string, got {mdtype} {list(mshape)}")
+    arrays = read_npz(path, "sample set", SAMPLE_SET_KEYS, caps=_META_CAP)
+    rec = {k: arrays.get(k) for k in ("images", "labels", "seeds")}
+    rec["meta"] = _parse_meta(arrays["meta"], path) if "meta" in arrays else {}
     return rec
 
 
+def _npz_keys(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n[:-4] if n.endswith(".npy") else n for n in zf.namelist()]
+    except Exception:
+        return []
+
+
+def _parse_meta(raw: np.ndarray, path: Path) -> dict:
+    """A sample set's `meta` entry: one JSON object (aot.files.parse_json's limits)."""
+    text = raw.item() if raw.ndim == 0 else raw[0]
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    meta = parse_json(str(text), f"sample set {path}: 'meta'", invalid="is not a JSON string")
+    if not isinstance(meta, dict):
+        raise UserError(f"sample set {path}: 'meta' is a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
 def _check_images(path: Path, dtype: np.dtype, shape: tuple) -> None:
-    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3) or 0 in shape[1:3]:
         raise UserError(f"sample set {path}: 'images' must be uint8 [N, H, W, C] with C in (1, 3), "
                         f"got {dtype} {tuple(shape)}")
 
@@ -235,14 +264,10 @@ def sample_set_meta(path: str | os.PathLike) -> dict | None:
     """The meta dict of a sample set, reading nothing but its `meta` entry (a job that keeps a
     finished measurement checks it in moments); None when the file has no readable meta."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                return None
-            raw = z["meta"]
-        meta = json.loads(str(raw.item() if raw.ndim == 0 else raw[0]))
-    except Exception:
+        arrays = read_npz(path, "sample set", ("meta",), caps=_META_CAP)
+        return _parse_meta(arrays["meta"], Path(path)) if "meta" in arrays else None
+    except UserError:
         return None
-    return meta if isinstance(meta, dict) else None
 
 
 def sample_set_shape(path: str | os.PathLike) -> tuple[int, int, int, int]:
@@ -251,23 +276,9 @@ def sample_set_shape(path: str | os.PathLike) -> tuple[int, int, int, int]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sample set {path} does not exist")
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if "images.npy" not in names:
-                keys = ", ".join(n[:-4] if n.endswith(".npy") else n for n in names)
-                raise UserError(f"sample set {path} has no 'images' array (keys: {keys})")
-            with zf.open("images.npy") as f:
-                version = np.lib.format.read_magic(f)
-                if version in readers:
-                    shape, _, dtype = readers[version](f)
-                else:  # a newer header format: numpy reads the array itself
-                    images = np.load(f, allow_pickle=False)
-                    shape, dtype = images.shape, images.dtype
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"sample set {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    headers = npz_headers(path, "sample set", ("images",))
+    if "images" not in headers:
+        raise UserError(f"sample set {path} has no 'images' array (keys: {', '.join(_npz_keys(path))})")
+    shape, dtype = headers["images"]
     _check_images(path, dtype, shape)
     return tuple(int(v) for v in shape)

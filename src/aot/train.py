@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import checked_dict, checked_kwargs, load_torch_file, save_network
+from .checkpoints import checked_dict, checked_kwargs, checked_state_dict, load_torch_file, save_network
 from .errors import EXIT_PREEMPTED, UserError
 from .files import save_torch_atomic, write_json_atomic
+from .limits import STATE_SIZE_FACTOR, whole_number
 from .pickles import byte_limit
 from .runtime import Preemption, cuda_available, cuda_unavailable_reason, set_threads
 
@@ -289,9 +290,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["torch_cuda"])
 
 
-# A training state holds the network, its EMA, Adam's two moments and every process's pair pool:
-# it may unpack to this many times the size limit of one network's tensors ($AOT_MAX_TENSOR_BYTES).
-STATE_SIZE_FACTOR = 8
+# A training state holds the network, its EMA, Adam's two moments and every process's pair pool: it
+# may unpack to STATE_SIZE_FACTOR times the size limit of one network's tensors ($AOT_MAX_TENSOR_BYTES).
 
 
 def load_training_state(path: Path) -> dict:
@@ -304,8 +304,28 @@ def load_training_state(path: Path) -> dict:
     checked_dict(state, what, ("class_name", "init_kwargs", "net", "ema", "optimizer", "cur_nimg", "cur_tick",
                                "ranks"))
     checked_kwargs(state["init_kwargs"], f"{what}: init_kwargs")
+    for key in ("net", "ema"):
+        checked_state_dict(state[key], f"{what}: {key}")
+    checked_dict(state["optimizer"], f"{what}: optimizer", ("state", "param_groups"))
+    checked_dict(state["optimizer"]["state"], f"{what}: optimizer state")
+    if type(state["optimizer"]["param_groups"]) is not list:
+        raise UserError(f"{what}: optimizer param_groups is a {type(state['optimizer']['param_groups']).__name__}, "
+                        "not a list")
+    for key in ("cur_nimg", "cur_tick"):  # counters: whole numbers a float64 holds exactly
+        whole_number(state[key], f"{what}: {key}")
     if type(state["ranks"]) is not list:
         raise UserError(f"{what}: ranks is a {type(state['ranks']).__name__}, not a list of process states")
+    whole_number(state.get("world_size", len(state["ranks"])), f"{what}: world_size", 1, 1 << 20)
+    for i, rank in enumerate(state["ranks"]):
+        where = f"{what}: ranks[{i}]"
+        checked_dict(rank, where, ("pool", "sigma_gen", "rng"))
+        pool = checked_dict(rank["pool"], f"{where}.pool", ("format", "pool_index", "position"))
+        for key in ("pool_index", "position"):
+            whole_number(pool[key], f"{where}.pool.{key}")
+        rng = checked_dict(rank["rng"], f"{where}.rng", ("torch_cpu",))
+        for key, value in (("sigma_gen", rank["sigma_gen"]), ("rng.torch_cpu", rng["torch_cpu"])):
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.ndim != 1:
+                raise UserError(f"{where}.{key} is not a random generator's state (a uint8 tensor)")
     return state
 
 
@@ -368,11 +388,15 @@ class Training:
     def _load_dataset(self):
         """The dataset, checked against the model before anything is written, all in memory."""
         from .data import ImageFolderDataset, load_all
+        from .data.reader import check_dataset_bytes
 
         opts = self.opts
         dataset = ImageFolderDataset(opts.data, use_labels=opts.cond, xflip=opts.xflip)
         if opts.cond and not dataset.has_labels:
             raise UserError(f"--cond needs class labels, but dataset {opts.data} has no labels (dataset.json)")
+        n, (c, h, w) = len(dataset), dataset.image_shape
+        onehot = n * dataset.label_dim * 4 if opts.cond else 0  # float32 one-hot labels
+        check_dataset_bytes(dataset, n * c * h * w + onehot, f" and {dataset.label_dim} classes" if opts.cond else "")
         images_np, labels_np = load_all(dataset)
         labels_onehot = None
         if opts.cond:
@@ -454,7 +478,7 @@ class Training:
             self.pool.load_state_dict(rank_state["pool"])
             self.sigma_gen.set_state(rank_state["sigma_gen"])
             _set_rng_state(rank_state["rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
             why = " ".join(str(exc).split())[:300]
             raise UserError(f"training state {self.state_path} does not fit this run ({why}); "
                             f"use the same settings or a new --outdir") from None

@@ -543,7 +543,9 @@ def train_flags(wildcards):
     settings.update(t["arch_overrides"])
     for option in ("bf16", "tf32", "channels_last", "compile"):
         settings[option] = t["fast"]
-    return " ".join(filter(None, [flags(settings), t["extra_args"]]))
+    # extra_args: checked against `aot train`'s own parser when the config is loaded, then quoted
+    extra = shlex.join(SETTINGS.train_extra_args(wildcards.model))
+    return " ".join(filter(None, [flags(settings), extra]))
 
 
 def edm_pickle_flags(wildcards):

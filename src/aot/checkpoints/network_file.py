@@ -91,10 +91,30 @@ def load_torch_file(path: str | os.PathLike, what: str, max_bytes: int | None = 
             raise UserError(f"{what} {path} unpacks to {total} bytes, more than the limit of {limit} "
                             f"(max_bytes, or ${pickles.MAX_BYTES_ENV})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged archives
         raise UserError(f"{what} {path} cannot be read (truncated or not a torch file): "
                         f"{describe_failure(exc)}") from None
+    check_tensor_bytes(obj, f"{what} {path}", limit)
+    return obj
+
+
+def check_tensor_bytes(obj: Any, what: str, limit: int) -> None:
+    """The tensors in `obj` (as torch.load returns them: views of the file's storages, nothing
+    allocated yet) counted at their own shapes, after views and broadcasting (a zero stride shows
+    one stored value as many), within `limit` bytes; else a UserError before anything touches them."""
+    total, todo, seen = 0, [obj], set()
+    while todo:
+        item = todo.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+            if total > limit:
+                raise UserError(f"{what}: its tensors hold more than {limit} bytes at their shapes (a view may "
+                                f"repeat stored values; raise max_bytes or ${pickles.MAX_BYTES_ENV} if the file "
+                                "is trusted and this large)")
+        elif isinstance(item, (dict, list, tuple, set)) and id(item) not in seen:
+            seen.add(id(item))
+            todo.extend(item.values() if isinstance(item, dict) else item)
 
 
 def checked_dict(obj: Any, what: str, keys: tuple[str, ...] = ()) -> dict:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
+import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import PIL.Image
 
 from ..errors import UserError
+from ..files import one_line_text, parse_json, read_zip_member, zip_member_problem
+from ..limits import CLASSES, DATASET_BYTES, IMAGE_PIXELS, MEMBER_BYTES, check_size
 from ..runtime import progress as progress_bar
 
 LABELS_FILE = "dataset.json"
@@ -34,17 +37,54 @@ def _image_extensions() -> set[str]:
     return set(PIL.Image.EXTENSION)
 
 
-def _decode_image(data: bytes, fname: str, where: str) -> np.ndarray:
-    """PNG/JPEG/... bytes -> uint8 CHW array (as EDM's loader: HW -> HW1 -> CHW)."""
+# The image formats decoded (PIL's names): plain raster formats. Others that PIL lists (EPS, PDF,
+# ...) may run external programs or parse far more than pixels; their files are refused.
+DECODED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
+def _check_pixels(width: int, height: int, fname: str, where: str) -> None:
+    """An image's declared dimensions within $AOT_MAX_IMAGE_PIXELS, before it is decoded."""
+    check_size(int(width) * int(height), IMAGE_PIXELS,
+               f"dataset {where}: image {fname} declares {width}x{height} =")
+
+
+@contextlib.contextmanager
+def _pil_guard():
+    """PIL's decompression-bomb check at our limit, its warning an error (nothing on stderr)."""
+    saved = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = IMAGE_PIXELS.value()
     try:
-        with PIL.Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            yield
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode_image(data: bytes, fname: str, where: str) -> np.ndarray:
+    """PNG/JPEG/... bytes -> uint8 CHW array (as EDM's loader: HW -> HW1 -> CHW). The dimensions are
+    checked before the pixels are decoded; anything the decoder raises is a one-line UserError."""
+    try:
+        with _pil_guard(), PIL.Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
+            _check_pixels(*img.size, fname, where)
             image = np.array(img)
-    except (OSError, ValueError, SyntaxError, zlib.error) as exc:
-        raise UserError(f"dataset {where}: image {fname} cannot be decoded ({exc})") from None
+    except UserError:
+        raise
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as exc:
+        raise UserError(f"dataset {where}: image {fname} is too large to decode ({one_line_text(str(exc))}; "
+                        f"raise ${IMAGE_PIXELS.env} if it is trusted)") from None
+    except PIL.UnidentifiedImageError:
+        raise UserError(f"dataset {where}: image {fname} cannot be decoded (not a {', '.join(DECODED_FORMATS)} "
+                        "image, or damaged)") from None
+    except Exception as exc:  # a damaged or crafted image makes decoders raise many types
+        raise UserError(f"dataset {where}: image {fname} cannot be decoded "
+                        f"({one_line_text(str(exc)) or type(exc).__name__})") from None
     if image.dtype != np.uint8:
         raise UserError(f"dataset {where}: image {fname} is not 8-bit (dtype {image.dtype})")
     if image.ndim == 2:
         image = image[:, :, np.newaxis]
+    if image.ndim != 3:
+        raise UserError(f"dataset {where}: image {fname} has shape {list(image.shape)}, not height x width x channels")
     return image.transpose(2, 0, 1)
 
 
@@ -57,14 +97,45 @@ def _header_attrs(head: bytes, opener, fname: str, where: str) -> tuple[int, int
             raise UserError(f"dataset {where}: image {fname} is not 8-bit (PNG bit depth {bit_depth})")
         if colour not in _PNG_CHANNELS:
             raise UserError(f"dataset {where}: image {fname} has an invalid PNG colour type {colour}")
+        _check_pixels(width, height, fname, where)
         return _PNG_CHANNELS[colour], height, width
     try:
-        with opener() as f, PIL.Image.open(f) as img:
+        with _pil_guard(), opener() as f, PIL.Image.open(f, formats=DECODED_FORMATS) as img:
             width, height = img.size
             channels = len(img.getbands())
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"dataset {where}: image {fname} cannot be read ({exc})") from None
+    except UserError:
+        raise
+    except PIL.UnidentifiedImageError:
+        raise UserError(f"dataset {where}: image {fname} cannot be read (not a {', '.join(DECODED_FORMATS)} "
+                        "image, or damaged)") from None
+    except Exception as exc:  # as in _decode_image
+        raise UserError(f"dataset {where}: image {fname} cannot be read "
+                        f"({one_line_text(str(exc)) or type(exc).__name__})") from None
+    _check_pixels(width, height, fname, where)
     return channels, height, width
+
+
+def _list_folder(root: str) -> tuple[set[str], dict[str, str]]:
+    """(file names, {name: why it may not be read}) under folder `root`, relative, '/'-separated.
+    Links are never followed (a linked folder is not entered; a linked file is not read), and only
+    regular files may be read."""
+    names: set[str] = set()
+    unreadable: dict[str, str] = {}
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        with os.scandir(os.path.join(root, rel) if rel else root) as entries:
+            for entry in entries:
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(name)
+                    continue
+                names.add(name)
+                if entry.is_symlink():
+                    unreadable[name] = "a symbolic link (links are not followed)"
+                elif not entry.is_file(follow_symlinks=False):
+                    unreadable[name] = "not a regular file (a FIFO, socket or device)"
+    return names, unreadable
 
 
 class ImageFolderDataset:
@@ -84,22 +155,28 @@ class ImageFolderDataset:
                  use_pyspng: bool = True) -> None:  # use_pyspng: accepted for EDM's dataset_kwargs, unused
         self._path = str(path)
         self._zipfile: zipfile.ZipFile | None = None
+        self._infos: dict[str, zipfile.ZipInfo] = {}
+        self._unreadable: dict[str, str] = {}
         p = Path(self._path)
         if p.is_dir():
             self._type = "dir"
-            self._all_fnames = {
-                os.path.relpath(os.path.join(root, fname), start=self._path).replace("\\", "/")
-                for root, _dirs, files in os.walk(self._path) for fname in files
-            }
+            try:
+                self._all_fnames, self._unreadable = _list_folder(self._path)
+            except OSError as exc:
+                raise UserError(f"dataset {self._path} cannot be listed: {exc.strerror}") from None
         elif p.is_file():
             if _file_ext(self._path) != ".zip":
                 raise UserError(f"dataset {self._path} is neither a folder nor a .zip archive")
             self._type = "zip"
             try:
-                self._all_fnames = set(self._get_zipfile().namelist())
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise UserError(
-                    f"dataset {self._path} is not a readable zip archive (truncated or corrupt: {exc})") from None
+                self._archive_bytes = p.stat().st_size
+                self._infos = {info.filename: info for info in self._get_zipfile().infolist()}
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                raise UserError(f"dataset {self._path} is not a readable zip archive (truncated or corrupt: "
+                                f"{one_line_text(str(exc))})") from None
+            self._all_fnames = set(self._infos)
+        elif p.exists():
+            raise UserError(f"dataset {self._path} is neither a folder nor a regular file (a FIFO, socket or device)")
         else:
             raise UserError(f"dataset {self._path} does not exist")
 
@@ -107,6 +184,8 @@ class ImageFolderDataset:
         self._image_fnames = sorted(f for f in self._all_fnames if _file_ext(f) in exts)
         if not self._image_fnames:
             raise UserError(f"dataset {self._path} contains no image files")
+        for fname in [*self._image_fnames, *([LABELS_FILE] if LABELS_FILE in self._all_fnames else [])]:
+            self._check_member(fname)  # every file that will be read: a regular file within the limits
         self._name = os.path.splitext(os.path.basename(self._path.rstrip("/")))[0]
 
         first = self._load_raw_image(0)
@@ -151,17 +230,59 @@ class ImageFolderDataset:
             self._zipfile = zipfile.ZipFile(self._path)
         return self._zipfile
 
+    def _check_member(self, fname: str) -> None:
+        """A file of the dataset may be read: a regular file (no link, FIFO or device; in a zip
+        archive, unencrypted and of a supported compression) of at most $AOT_MAX_MEMBER_BYTES."""
+        name = one_line_text(fname)
+        if self._type == "dir":
+            if fname in self._unreadable:
+                raise UserError(f"dataset {self._path}: {name} is {self._unreadable[fname]}")
+            return
+        info = self._infos[fname]
+        problem = zip_member_problem(info, self._archive_bytes)
+        if problem:
+            raise UserError(f"dataset {self._path}: {name} is {problem}")
+        check_size(info.file_size, MEMBER_BYTES, f"dataset {self._path}: {name} unpacks to")
+
     def _open_file(self, fname: str):
         if self._type == "dir":
-            return open(os.path.join(self._path, fname), "rb")
-        return self._get_zipfile().open(fname, "r")
+            return self._open_regular(fname)
+        return self._get_zipfile().open(self._infos[fname], "r")
+
+    def _open_regular(self, fname: str):
+        """A folder's file, opened without following a link or waiting on a FIFO, if it is a regular
+        file of at most $AOT_MAX_MEMBER_BYTES (it may have changed since the folder was listed)."""
+        name = one_line_text(fname)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(os.path.join(self._path, fname), flags)
+        except OSError as exc:
+            if os.path.islink(os.path.join(self._path, fname)):
+                raise UserError(f"dataset {self._path}: {name} is a symbolic link (links are not followed)") from None
+            raise UserError(f"dataset {self._path}: {name} cannot be opened: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UserError(f"dataset {self._path}: {name} is not a regular file (a FIFO, socket or device)")
+            check_size(st.st_size, MEMBER_BYTES, f"dataset {self._path}: {name} holds")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _read_bytes(self, fname: str) -> bytes:
+        if self._type == "zip":
+            return read_zip_member(self._get_zipfile(), self._infos[fname], f"dataset {self._path}",
+                                   archive_bytes=self._archive_bytes)
+        cap = MEMBER_BYTES.value()
         try:
             with self._open_file(fname) as f:
-                return f.read()
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-            raise UserError(f"dataset {self._path}: {fname} cannot be read (truncated or corrupt: {exc})") from None
+                data = f.read(cap + 1)
+        except OSError as exc:
+            raise UserError(f"dataset {self._path}: {fname} cannot be read ({exc.strerror or exc})") from None
+        if len(data) > cap:  # the file grew since it was opened
+            check_size(len(data), MEMBER_BYTES, f"dataset {self._path}: {one_line_text(fname)} holds more than")
+        return data
 
     def _check_headers(self) -> None:
         """Every image has the first image's channels and resolution (headers only, no decoding)."""
@@ -170,8 +291,9 @@ class ImageFolderDataset:
             try:
                 with self._open_file(fname) as f:
                     head = f.read(33)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                raise UserError(f"dataset {self._path}: {fname} cannot be read (truncated or corrupt: {exc})") from None
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as exc:
+                raise UserError(f"dataset {self._path}: {one_line_text(fname)} cannot be read (truncated or "
+                                f"corrupt: {one_line_text(str(exc))})") from None
             attrs = _header_attrs(head, lambda fn=fname: self._open_file(fn), fname, self._path)
             if attrs != (c, h, w):
                 ac, ah, aw = attrs
@@ -200,32 +322,53 @@ class ImageFolderDataset:
         return _decode_image(self._read_bytes(fname), fname, self._path)
 
     def _load_raw_labels(self) -> np.ndarray | None:
+        """dataset.json's labels, checked before any array is made: one per image, either class
+        indices 0 .. $AOT_MAX_CLASSES - 1 (int64) or vectors of one length of finite numbers (float32)."""
         if LABELS_FILE not in self._all_fnames:
             return None
-        try:
-            labels = json.loads(self._read_bytes(LABELS_FILE))["labels"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"dataset {self._path}: {LABELS_FILE} is malformed ({type(exc).__name__}: {exc})") from None
+        where = f"dataset {self._path}: {LABELS_FILE}"
+        doc = parse_json(self._read_bytes(LABELS_FILE), where, invalid="is malformed (not valid JSON)")
+        if not isinstance(doc, dict) or "labels" not in doc:
+            raise UserError(f"{where} is malformed (not an object with a 'labels' entry)")
+        labels = doc["labels"]
         if labels is None:
             return None
-        try:
-            labels = dict(labels)
-        except (TypeError, ValueError):
-            raise UserError(
-                f"dataset {self._path}: {LABELS_FILE} 'labels' is not a list of [file, label] pairs") from None
-        missing = [f for f in self._image_fnames if f not in labels]
+        pairs = labels.items() if isinstance(labels, dict) else labels
+        if not isinstance(labels, (dict, list)) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
+            raise UserError(f"{where} 'labels' is not a list of [file, label] pairs")
+        mapping = dict(pairs)
+        missing = [f for f in self._image_fnames if f not in mapping]
         if missing:
-            raise UserError(f"dataset {self._path}: {LABELS_FILE} has no label for {missing[0]} "
-                            f"({len(missing)} images unlabelled)")
-        try:
-            arr = np.array([labels[f] for f in self._image_fnames])
-            arr = arr.astype({1: np.int64, 2: np.float32}[arr.ndim])
-        except (KeyError, ValueError, TypeError):
-            raise UserError(
-                f"dataset {self._path}: {LABELS_FILE} labels are neither class indices nor vectors") from None
-        if arr.dtype == np.int64 and arr.size and arr.min() < 0:
-            raise UserError(f"dataset {self._path}: {LABELS_FILE} has a negative class label ({arr.min()})")
-        return arr
+            raise UserError(f"{where} has no label for {one_line_text(missing[0])} ({len(missing)} images unlabelled)")
+        values = [mapping[f] for f in self._image_fnames]
+        max_classes = CLASSES.value()
+        if all(type(v) is int or (type(v) is float and v.is_integer()) for v in values):
+            values = [int(v) for v in values]  # EDM casts whole-number floats to class indices too
+            for fname, v in zip(self._image_fnames, values):
+                if v < 0:
+                    raise UserError(f"{where} has a negative class label ({v}) for {one_line_text(fname)}")
+                if v >= max_classes:
+                    shown = v if v.bit_length() <= 128 else f"a {v.bit_length()}-bit integer"
+                    raise UserError(f"{where}: the label of {one_line_text(fname)} is {shown}, outside the class "
+                                    f"range 0..{max_classes - 1} ({CLASSES.hint()})")
+            return np.array(values, dtype=np.int64)
+        if all(isinstance(v, list) for v in values):
+            dim = len(values[0])
+            for fname, v in zip(self._image_fnames, values):
+                if len(v) != dim or not all(type(x) is float or (type(x) is int and x.bit_length() <= 128) for x in v):
+                    raise UserError(f"{where}: the label of {one_line_text(fname)} is not a vector of {dim} numbers "
+                                    "like the first image's")
+            if not 0 < dim <= max_classes:
+                raise UserError(f"{where}: label vectors have {dim} entries, not 1..{max_classes} ({CLASSES.hint()})")
+            arr = np.array(values, dtype=np.float64)
+            wrong = ~(np.abs(arr) <= np.finfo(np.float32).max).all(axis=1)  # NaN, infinite or beyond float32
+            if wrong.any():
+                bad = int(np.argmax(wrong))
+                raise UserError(f"{where}: the label of {one_line_text(self._image_fnames[bad])} holds a value that is "
+                                "not a finite float32 number")
+            return arr.astype(np.float32)
+        raise UserError(f"{where} labels are neither class indices nor vectors")
 
     def _get_raw_labels(self) -> np.ndarray:
         if self._raw_labels is None:
@@ -322,6 +465,7 @@ def load_all(ds: ImageFolderDataset, progress: bool = False) -> tuple[np.ndarray
     """
     n = len(ds)
     c, h, w = ds.image_shape
+    check_dataset_bytes(ds, n * c * h * w)
     images = np.empty([n, c, h, w], dtype=np.uint8)
     prog = progress_bar(n, f"loading {ds.name}") if progress else None
     decoded: dict[int, np.ndarray] = {}
@@ -347,6 +491,13 @@ def load_all(ds: ImageFolderDataset, progress: bool = False) -> tuple[np.ndarray
         raw = ds._get_raw_labels()[ds._raw_idx]
         labels = raw.astype(np.int64) if raw.dtype == np.int64 else np.argmax(raw, axis=1).astype(np.int64)
     return images, labels
+
+
+def check_dataset_bytes(ds: ImageFolderDataset, nbytes: int, labels: str = "") -> None:
+    """What loading `ds` into memory takes (`nbytes`: its images, x-flips counted, and `labels`'
+    arrays) within $AOT_MAX_DATASET_BYTES, checked before anything is allocated."""
+    check_size(nbytes, DATASET_BYTES, f"dataset {ds.path}: {len(ds)} images of {'x'.join(map(str, ds.image_shape))}"
+               f"{labels} take")
 
 
 # --------------------------------------------------------------------------------------------

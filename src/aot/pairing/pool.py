@@ -336,6 +336,8 @@ class PairPool:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` (from state_dict) left off. Config must match."""
+        if not isinstance(state, dict):
+            raise ValueError(f"not a pair-pool state: a {type(state).__name__}, not a dict")
         if state.get("format") != "aot-pair-pool/1":
             raise ValueError(f"not a pair-pool state: format {state.get('format')!r}")
         state = dict(state)
@@ -344,8 +346,10 @@ class PairPool:
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"pair-pool state has {key}={state.get(key)!r}, this run has "
                                  f"{getattr(self, key)!r}")
-        k, pos = int(state["pool_index"]), int(state["position"])
-        if k < 0 or not 0 <= pos <= self.batches_per_pool:
+        k, pos = state.get("pool_index"), state.get("position")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (k, pos)):
+            raise ValueError(f"pair-pool state has a position that is not two whole numbers ({k!r:.40}, {pos!r:.40})")
+        if not 0 <= k < 1 << 53 or not 0 <= pos <= self.batches_per_pool:
             raise ValueError(f"pair-pool state has invalid position ({k}, {pos})")
         self._stop_thread()
         self._pool_index, self._position = k, pos

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..files import read_npz
 from .render import new_figure
 
 
@@ -71,12 +72,7 @@ def load_diagnostics(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"diagnostics {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as exc:  # zipfile/ValueError/OSError: not an npz
-        raise UserError(f"diagnostics {path} is not a readable npz file: {exc}") from None
-    return check_diagnostics(data, path)
+    return check_diagnostics(read_npz(path, "diagnostics"), path)  # sizes checked before reading
 
 
 def check_diagnostics(data: dict, path: Any = "<diagnostics>") -> dict:

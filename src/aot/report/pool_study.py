@@ -25,7 +25,6 @@ draws each quantity against N on a log axis.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -36,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
-from ..files import read_json
+from ..files import parse_json, read_json
 from ..keys import fmt
 from .render import fmt_value, new_figure, save_figure, to_latex, to_markdown, write_outputs
 from .results import OFFLINE_CAVEAT, as_aggregate, cond_name, is_offline, plain_heun, single_feature_network
@@ -63,10 +62,7 @@ def load_training_run(folder: str | os.PathLike) -> dict:
     for i, line in enumerate(stats_path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"training statistics {stats_path}, line {i}: not JSON ({exc.msg})") from None
+        rec = parse_json(line, f"training statistics {stats_path}, line {i}:", invalid="not JSON")
         if not isinstance(rec, dict):
             raise UserError(f"training statistics {stats_path}, line {i}: not a JSON object")
         ticks.append(rec)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,16 @@ class RunSettings:
                              where=where or f"models[{name}] with resources.train gpus={gpus}, nodes={nodes}",
                              gpus_name="GPU(s)")
 
+    def train_extra_args(self, model: str) -> list[str]:
+        """The model's `extra_args` (training.extra_args, or its own train.extra_args) as the list of
+        arguments of `python -m aot train` they are, checked against that command's own parser;
+        a ConfigError otherwise (see extra_train_args)."""
+        where = ("training.extra_args" if "extra_args" not in self.models[model].get("train", {})
+                 else f"models[{model}].train.extra_args")
+        return extra_train_args(self.train_settings(model).get("extra_args"), where,
+                                set_by_config=set(self.train_settings(model)) | set(
+                                    self.train_settings(model).get("arch_overrides") or {}))
+
     def check_models(self) -> None:
         config = self.config
         names = [m["name"] for m in config["models"]]
@@ -144,6 +155,8 @@ class RunSettings:
                 _raise_as_config(check_pool_batch, t["pool_size"], t["batch_gpu"],
                                  f"models[{m['name']}]: pool_size", "batch_gpu")
         self.check_training_batch(self.train_resources())
+        for name in self.trained:
+            self.train_extra_args(name)
         for part in self.parts:
             for role in ("edm", "aot"):
                 name = config["tables"][part][role]
@@ -375,6 +388,70 @@ class RunSettings:
 
     def pool_study_problems(self) -> list[str]:
         return [e["problem"] for e in self.pool_study_entries if e["problem"]]
+
+
+# Options of `aot train` that the train rule sets from the job itself, besides the training settings
+# (whose keys are option names too): extra_args may not give them again.
+RULE_TRAIN_OPTIONS = ("outdir", "data", "model_name", "cond", "aot", "device", "slurm_margin", "bf16", "tf32",
+                      "channels_last", "compile")
+# The characters an argument of extra_args may hold: those that need no quoting in a shell
+# (shlex.quote leaves them alone), so that the words the shell sees are the arguments checked here.
+_SAFE_ARGUMENT = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
+
+
+def extra_train_args(value: Any, where: str = "training.extra_args", set_by_config: set | None = None) -> list[str]:
+    """`extra_args` (a string of shell words separated by spaces, or a list of arguments) as a list
+    of arguments of `python -m aot train`, validated against that command's own parser: known
+    options with valid values, none that the config or the train rule already sets (`set_by_config`:
+    the settings' keys; RULE_TRAIN_OPTIONS), each argument made of characters that need no shell
+    quoting (letters, digits, and @%+=:,./-_), no line break, so that the job's command line runs
+    exactly these arguments and nothing else, quoted (shlex.join) or pasted as they are."""
+    import shlex
+
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        if re.search(r"[^\S ]", value):  # a line break would end the command in the job's shell
+            _fail(f"{where}: {value!r} holds a line break or tab; separate arguments with spaces")
+        try:
+            args = shlex.split(value)
+        except ValueError as exc:
+            _fail(f"{where}: {value!r} is not a list of arguments ({exc})")
+    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
+        args = list(value)
+    else:
+        _fail(f"{where}: {value!r} is neither a string of arguments nor a list of them")
+    for arg in args:
+        if not _SAFE_ARGUMENT.fullmatch(arg):
+            _fail(f"{where}: the argument {arg!r} holds a character other than letters, digits and @%+=:,./-_ "
+                  "(extra_args are options of `python -m aot train`, never shell code)")
+        if arg == "-h" or (len(arg) > 2 and "--help".startswith(arg.split("=")[0])):
+            _fail(f"{where}: {arg} is not an option a training job can take")
+    base = ["train", "--outdir", "OUTDIR", "--data", "DATA"]
+    parser = _train_parser()
+    from ..errors import UserError
+
+    try:
+        given = vars(parser.parse_args(base + args))
+    except (UserError, SystemExit) as exc:
+        _fail(f"{where}: {' '.join(args)!r} is not a valid list of options of `python -m aot train` ({exc})")
+    plain = vars(parser.parse_args(base))
+    changed = sorted(k for k, v in given.items() if k not in plain or plain[k] != v)
+    taken = [k for k in changed if k in RULE_TRAIN_OPTIONS or k in (set_by_config or ())]
+    if taken:
+        options = ", ".join("--" + k.replace("_", "-") for k in taken)
+        _fail(f"{where}: {options} is set by the config or the train rule already; set it there, not in extra_args")
+    return args
+
+
+def _train_parser():
+    """A parser of `python -m aot train ...` alone (aot.cli.train), whose errors are UserErrors."""
+    from ..cli.options import ArgParser
+    from ..cli.train import add_parser
+
+    parser = ArgParser(prog="python -m aot", add_help=False)
+    add_parser(parser.add_subparsers(dest="command", required=True, parser_class=ArgParser))
+    return parser
 
 
 def load_run_settings(config: dict, workflow_dir: str | Path, validate: bool = True) -> RunSettings:
