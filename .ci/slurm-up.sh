@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start a small Slurm cluster on this host (Debian/Ubuntu, run as root):
 #   * node <hostname> in partition `debug` (the default partition), for one-node jobs;
-#   * nodes n1 and n2 in partition `multi`, for multi-node jobs (`sbatch -p multi -N 2`).
+#   * nodes n1 and n2 in partition `multi`, for multi-node jobs (`sbatch -p multi -N 2`);
+#   * partition `short`: the node <hostname> again, with a MaxTime of 10 minutes (a cluster
+#     whose time limit is shorter than a naive job; tests/test_cluster.py runs through it).
 # All are slurmd daemons on this host (Debian's Slurm is built with
 # --enable-multiple-slurmd): `slurmd -N <hostname>` on SlurmdPort (6818),
 # `slurmd -N n1` on port 17001, `slurmd -N n2` on 17002. Stopping one of them
@@ -20,6 +22,9 @@
 #   SLURM_CI_MULTI_PARTITION  partition of the nodes n1..nK     (default: multi)
 #   SLURM_CI_MULTI_NODES K, the number of nodes n1..nK on ports 17001.. (default: 2;
 #                        0 leaves the multi-node partition out)
+#   SLURM_CI_SHORT_PARTITION  partition with a short time limit on the one-node
+#                        jobs' node (default: short)
+#   SLURM_CI_SHORT_MINUTES    its MaxTime in minutes (default: 10; 0 leaves it out)
 #   SLURM_CI_CPUS        CPUs advertised for the node          (default: nproc)
 #                        more than nproc oversubscribes the cores, which helps a
 #                        CI run of many short, mostly idle jobs
@@ -45,6 +50,8 @@ set -euo pipefail
 PARTITION="${SLURM_CI_PARTITION:-debug}"
 MULTI_PARTITION="${SLURM_CI_MULTI_PARTITION:-multi}"
 MULTI_NODES="${SLURM_CI_MULTI_NODES:-2}"
+SHORT_PARTITION="${SLURM_CI_SHORT_PARTITION:-short}"
+SHORT_MINUTES="${SLURM_CI_SHORT_MINUTES:-10}"
 TIMEOUT="${SLURM_CI_TIMEOUT:-90}"
 PROCTRACK="${SLURM_CI_PROCTRACK:-linuxproc}"
 STATE="${SLURM_CI_STATE:-/var/spool/slurm-ci}"
@@ -69,6 +76,9 @@ case "$MULTI_NODES" in
     ''|*[!0-9]*) die "SLURM_CI_MULTI_NODES must be a number of nodes (0-99), not '$MULTI_NODES'" ;;
 esac
 [ "$MULTI_NODES" -le 99 ] || die "SLURM_CI_MULTI_NODES must be at most 99, not $MULTI_NODES"
+case "$SHORT_MINUTES" in
+    ''|*[!0-9]*) die "SLURM_CI_SHORT_MINUTES must be a number of minutes, not '$SHORT_MINUTES'" ;;
+esac
 
 # ---------------------------------------------------------------- packages
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
@@ -147,6 +157,13 @@ KillWait=30
 InactiveLimit=0
 Waittime=0
 SchedulerType=sched/backfill
+# A requeued job (scontrol requeue: a job that stopped for its time limit with exit 75) may start
+# again cred_expire + 1 seconds later (default 120 s) and then waits for the next scheduling pass
+# (sched_interval, default 60 s; backfill every bf_interval, default 30 s): about two minutes per
+# requeue with the defaults, about 12 s with these. cred_expire is also how long a job step's
+# credential stays valid on its way to slurmd (5 s at least), ample on one host.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$DEF_MEM_PER_CPU
@@ -154,6 +171,11 @@ $OVERRIDES
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+if [ "$SHORT_MINUTES" -gt 0 ]; then
+    # the same node under a short time limit (jobs of both partitions share its CPUs)
+    echo "PartitionName=$SHORT_PARTITION Nodes=$HOST Default=NO MaxTime=$SHORT_MINUTES State=UP" \
+        "OverSubscribe=NO" >>"$NEW_CONF"
+fi
 if [ "$MULTI_NODES" -gt 0 ]; then
     for i in $(seq 1 "$MULTI_NODES"); do
         echo "NodeName=n$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$(( 17000 + i ))" \
@@ -269,5 +291,7 @@ for node in "${NODES[@]}"; do
     done
     say "node $node is $state"
 done
-say "partition $PARTITION ready${MULTI[0]:+; partition $MULTI_PARTITION (${MULTI[*]}) ready}"
+SHORT_READY=""
+if [ "$SHORT_MINUTES" -gt 0 ]; then SHORT_READY="; partition $SHORT_PARTITION (MaxTime $SHORT_MINUTES min) ready"; fi
+say "partition $PARTITION ready${MULTI[0]:+; partition $MULTI_PARTITION (${MULTI[*]}) ready}$SHORT_READY"
 sinfo

@@ -79,6 +79,11 @@ def slurm_available(timeout: float = 15.0) -> tuple[bool, str]:
     return _AVAILABLE[key]
 
 
+def remember_slurm_available(answer: tuple[bool, str]) -> None:
+    """Take `answer` as slurm_available()'s under the current PATH and SLURM_CONF."""
+    _AVAILABLE[(os.environ.get("PATH", ""), os.environ.get("SLURM_CONF", ""))] = answer
+
+
 def _probe_slurm(timeout: float) -> tuple[bool, str]:
     sinfo = shutil.which("sinfo")
     if sinfo is None:
@@ -364,3 +369,169 @@ def assert_all_jobs_on_slurm(workdir: str | os.PathLike, local_rules: Iterable[s
                     f"last attempt of {job.rule} (Slurm job {job.slurm_jobid}) is "
                     f"{states[job.slurm_jobid]}, not COMPLETED")
     return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# Partitions, jobs and the sbatch lines of a run (tests/test_cluster.py)
+
+
+def _minutes(value: str) -> int | None:
+    """Slurm's time format ([D-]HH:MM:SS, MM:SS, MM) in whole minutes; None for UNLIMITED/INFINITE."""
+    value = value.strip()
+    if not value or value.upper() in ("UNLIMITED", "INFINITE", "NONE"):
+        return None
+    days, _, rest = value.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if len(parts) == 3:
+        h, m, s = parts
+    elif len(parts) == 2:
+        h, (m, s) = 0, parts
+    else:
+        h, m, s = 0, parts[0], 0
+    return (int(days or 0) * 24 + h) * 60 + m + (1 if s else 0)
+
+
+def scontrol_show(kind: str, name: str) -> dict[str, str]:
+    """`scontrol show -o <kind> <name>` as {key: value} (one record); {} when Slurm does not know it."""
+    proc = subprocess.run(["scontrol", "show", "-o", kind, str(name)], capture_output=True, text=True,
+                          timeout=30)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {}
+    fields: dict[str, str] = {}
+    # values may hold spaces only in a few fields we do not read; split on key= boundaries
+    for m in re.finditer(r"(\S+?)=(.*?)(?=\s+\S+?=|\s*$)", proc.stdout.strip().splitlines()[0]):
+        fields[m.group(1)] = m.group(2)
+    return fields
+
+
+def partition_max_minutes(partition: str) -> int | None:
+    """The MaxTime of a partition in minutes (`scontrol show partition`); None when the partition
+    does not exist or has no limit."""
+    fields = scontrol_show("partition", partition)
+    return _minutes(fields["MaxTime"]) if "MaxTime" in fields else None
+
+
+def job_record(job_id: str) -> dict[str, str]:
+    """`scontrol show job` of one job: JobState, Restarts, TimeLimit, StartTime, EndTime, ..."""
+    return scontrol_show("job", job_id)
+
+
+def refusing_sbatch(bindir: str | os.PathLike, calls: str | os.PathLike,
+                    env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment whose `sbatch` appends its arguments (one line per call) to `calls` and
+    refuses the submission (exit 1): the sbatch lines the executor plugin makes, with nothing run
+    (for requests a cluster could not place: GPUs, features, accounts it does not have)."""
+    bindir = Path(bindir)
+    bindir.mkdir(parents=True, exist_ok=True)
+    wrapper = bindir / "sbatch"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(calls))}\n'
+                       'echo "sbatch: error: refused by the test (lines recorded only)" >&2\nexit 1\n')
+    wrapper.chmod(0o755)
+    run_env = dict(os.environ if env is None else env)
+    run_env["PATH"] = os.pathsep.join([str(bindir), run_env.get("PATH", "")])
+    return run_env
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One recorded sbatch call of the executor plugin."""
+    line: str
+    comment: str          # rule_<rule>[_wildcards_...] or rule_<group>_<rule>
+    partition: str | None
+    minutes: int | None   # -t
+    members: tuple[str, ...]  # --target-jobs of the job-side Snakemake: 'rule:wildcards' each
+
+
+def parse_sbatch(line: str) -> Submission:
+    """The parts of a recorded sbatch line that the tests read (the plugin's own format:
+    `--comment rule_..`, `-p P`, `-t MINUTES`, `--wrap=... --target-jobs 'rule:w=..' ...`)."""
+    comment = re.search(r"--comment '?([^' ]+)", line)
+    partition = re.search(r" -p '?([^' ]+)", line)
+    minutes = re.search(r" -t (\d+) ", line)
+    members: tuple[str, ...] = ()
+    m = re.search(r"--target-jobs (.*?) --", line)
+    if m:
+        members = tuple(re.findall(r"'([^']+)'", m.group(1)))
+    return Submission(line, comment.group(1) if comment else "", partition.group(1) if partition else None,
+                      int(minutes.group(1)) if minutes else None, members)
+
+
+def sbatch_calls(calls: str | os.PathLike) -> list[Submission]:
+    """Every recorded sbatch call in `calls` (see recording_sbatch, refusing_sbatch), in order."""
+    path = Path(calls)
+    return [parse_sbatch(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# A segment of a resumable job's log (logs/<run>/segments/...): each run of the rule's command
+# starts with this line (workflow/rules/common.smk, segment_words).
+SEGMENT_HEADER = re.compile(r"^== segment (\S+): Slurm job (\S+), restart (\d+), host (\S+)$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    time: str
+    job: str
+    restart: int
+    host: str
+    text: str  # the lines after the header, up to the next one
+
+
+def log_segments(path: str | os.PathLike) -> list[Segment]:
+    """The segments of a kept log, oldest first ([] when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out: list[Segment] = []
+    head: re.Match | None = None
+    body: list[str] = []
+    for line in path.read_text(errors="replace").splitlines():
+        m = SEGMENT_HEADER.match(line)
+        if m:
+            if head is not None:
+                out.append(Segment(head.group(1), head.group(2), int(head.group(3)), head.group(4),
+                                   "\n".join(body)))
+            head, body = m, []
+        elif head is not None:
+            body.append(line)
+    if head is not None:
+        out.append(Segment(head.group(1), head.group(2), int(head.group(3)), head.group(4), "\n".join(body)))
+    return out
+
+
+@dataclass
+class DryRunJob:
+    """One job of a dry run's output (`snakemake -n`)."""
+    rule: str
+    group: str | None
+    wildcards: dict[str, str]
+    inputs: list[str]
+    outputs: list[str]
+
+
+def dry_run_jobs(text: str) -> list[DryRunJob]:
+    """The jobs a dry run prints, with their group id (`Group job <id>`), wildcards, inputs, outputs."""
+    out: list[DryRunJob] = []
+    group: str | None = None
+    current: DryRunJob | None = None
+    for line in text.splitlines():
+        m = re.search(r"\] Group job (\S+) ", line)
+        if m:
+            group, current = m.group(1), None
+            continue
+        m = re.match(r"^(\s*)(?:local)?rule (\S+):\s*$", line)
+        if m:
+            if not m.group(1):
+                group = None
+            current = DryRunJob(m.group(2), group, {}, [], [])
+            out.append(current)
+            continue
+        if current is None:
+            continue
+        m = re.match(r"^\s+(input|output|wildcards): (.*)$", line)
+        if not m:
+            continue
+        if m.group(1) == "wildcards":
+            current.wildcards = dict(kv.split("=", 1) for kv in re.split(r", (?=\w+=)", m.group(2)))
+        else:
+            getattr(current, m.group(1) + "s").extend(p.strip() for p in m.group(2).split(", "))
+    return out

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import warm
 import yaml
 
 from aot.data import ImageFolderDataset, check_dataset, class_pool_warning, import_dataset
@@ -57,8 +58,8 @@ def edm_dataset(dest: Path, images: np.ndarray, labels: list[int] | None, labels
 
 
 def aot(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aot", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+    """`python -m aot ARGS` in a fresh interpreter (warm.run: forked from one that has imported torch)."""
+    return warm.run([sys.executable, "-m", "aot", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import warm
 from conftest import skip_or_fail
 
 from aot.checkpoints import save_network
@@ -34,9 +35,10 @@ TINY_NET = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongU
 
 
 def aot(*args: str, timeout: int = 300, preexec_fn=None) -> subprocess.CompletedProcess:
-    """`python -m aot ARGS` in a subprocess (one thread); `preexec_fn` runs in the child before it starts."""
-    return subprocess.run([PY, "-m", "aot", *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), preexec_fn=preexec_fn)
+    """`python -m aot ARGS` in a fresh interpreter (one thread; warm.run: forked from one that has
+    imported torch, or a plain subprocess with a `preexec_fn`, which runs in the child before it starts)."""
+    return warm.run([PY, "-m", "aot", *args], capture_output=True, text=True, timeout=timeout,
+                    env=dict(os.environ, OMP_NUM_THREADS="1"), preexec_fn=preexec_fn)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("assets")
     a = {"dir": d}
     a["data"] = d / "digits.zip"
-    subprocess.run([PY, "-m", "aot", "data", "digits", "--resolution", "8", "--dest", str(a["data"])], check=True)
+    warm.run([PY, "-m", "aot", "data", "digits", "--resolution", "8", "--dest", str(a["data"])], check=True)
     torch.manual_seed(0)
     for name, label_dim in (("net", 0), ("cond_net", 10)):
         net = build_network("EDMPrecond", {**TINY_NET, "label_dim": label_dim})

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import warm
 from test_checkpoints import NCSN, SMALL, _net  # the small networks of the checkpoint tests
 
 from aot import checkpoints
@@ -224,8 +225,9 @@ def _env(**extra: str) -> dict:
 
 
 def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env=env or _env())
+    """A fresh interpreter (warm.run: forked from one that has imported torch) runs `python ARGS`."""
+    return warm.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                    env=env or _env())
 
 
 def _one_line_refusal(res: subprocess.CompletedProcess, fragment: str) -> str:

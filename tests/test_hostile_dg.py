@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import warm
 
 from aot.dg import ADMEncoder, GuidedDiscriminator
 from aot.dg.discriminator import ENCODER_FORMAT, save_discriminator, save_encoder
@@ -36,15 +37,14 @@ TRAIN = ["--scratch-width", "32", "--width", "32", "--depth", "1", "--batch", "1
          "--threads", "1", "--snapshot-epochs", "0"]
 
 
-def _limit_data() -> None:
-    resource.setrlimit(resource.RLIMIT_DATA, (DATA_LIMIT, DATA_LIMIT))
-
-
 def _run(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m aot ARGS` in a fresh interpreter (warm.run: forked from one that has imported torch)
+    that may map at most DATA_LIMIT bytes of data."""
     env = {k: v for k, v in os.environ.items() if k != "AOT_MAX_TENSOR_BYTES"}
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "aot", *args], capture_output=True, text=True, timeout=300,
-                         cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, preexec_fn=_limit_data)
+    res = warm.run([sys.executable, "-m", "aot", *args], capture_output=True, text=True, timeout=300,
+                   cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"},
+                   rlimits={resource.RLIMIT_DATA: (DATA_LIMIT, DATA_LIMIT)})
     return res, time.monotonic() - t0
 
 

@@ -23,9 +23,10 @@ from conftest import skip_or_fail
 from slurm_helpers import REPO
 
 
-def _workflow_rules() -> set[str]:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules", "--workflow-profile", "none"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+def _workflow_rules(workdir: Path) -> set[str]:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules", "--workflow-profile", "none",
+                           "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)],
+                          cwd=workdir, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return set(proc.stdout.split())
 
@@ -81,14 +82,14 @@ PLUGIN_MANAGED_OPTIONS = re.compile(
     r"clusters|gres|gpus)\b|-[JoeDApntCN](\s|$))")
 
 
-def test_workflow_profile_resources():
+def test_workflow_profile_resources(tmp_path):
     prof = _load(REPO / "profiles" / "default" / "config.yaml")
     # default-resources here would silently drop account/partition of the user's profile, and
     # set-resources would override what the config decides
     assert "default-resources" not in prof and "set-resources" not in prof
     assert prof["retries"] == 0
     # the time-limit signal comes with the resumable rules' own resources (tests/test_job_shape.py)
-    rules = _workflow_rules()
+    rules = _workflow_rules(tmp_path)
     assert {"train", "generate", "generate_dg", "train_discriminator"} <= rules
     # sbatch options in the configs' slurm_extra are only those the plugin does not manage
     for path in sorted((REPO / "config").glob("*.yaml")):

@@ -52,7 +52,11 @@ def fake_scontrol(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record = tmp_path / "scontrol.calls"
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/sh\n'
+        'if [ "$1" = show ]; then echo "JobId=$4 JobState=${FAKE_JOB_STATE:-RUNNING} Restarts=${FAKE_RESTARTS:-0}"; '
+        'exit 0; fi\n'
+        f'echo "$@" >> {record}\n')
     (bin_dir / "scontrol").chmod(0o755)
     return bin_dir, record
 
@@ -472,3 +476,27 @@ def test_the_reason_for_a_cpu_build(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
     line = runtime.cuda_unavailable_reason()
     assert "is built without CUDA" in line and "--index-url https://download.pytorch.org/whl/cuXYZ" in line
+
+
+@pytest.mark.parametrize("state, restarts, requeued", [("RUNNING", "0", True), ("RUNNING", "2", False),
+                                                        ("COMPLETING", "0", False), ("CANCELLED", "0", False)])
+def test_requeue_asks_the_jobs_own_record(tmp_path, monkeypatch, fake_scontrol, state, restarts, requeued):
+    """The job step plugin passes no SLURM_RESTART_COUNT to a rule's command: the cap on requeues
+    reads the job's Restarts from scontrol; and a job being cancelled (scancel sends the same
+    SIGTERM as a time limit) is not put back into the queue."""
+    bin_dir, calls = fake_scontrol
+    logged = []
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", JOB)
+    monkeypatch.setenv(runtime.REQUEUE_ENV, "2")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("FAKE_JOB_STATE", state)
+    monkeypatch.setenv("FAKE_RESTARTS", restarts)
+    assert runtime.requeue_slurm_job(log=logged.append) is requeued
+    assert (calls.read_text().split() if calls.exists() else []) == (["requeue", JOB] if requeued else [])
+    assert len(logged) == 1
+    if state != "RUNNING":
+        assert f"is {state}, not running" in logged[0]
+    elif not requeued:
+        assert "requeued 2 times already" in logged[0]

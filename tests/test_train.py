@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import warm
 
 from aot.checkpoints import load_network
 from aot.loss import EDMLoss
@@ -29,8 +30,9 @@ def train_cmd(outdir: Path, data: Path, *extra: str, kimg: float = 0.512) -> lis
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """`cmd` ([sys.executable, ...]) in a fresh interpreter (warm.run: forked from one that has imported torch)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, **kw)
+    return warm.run(cmd, capture_output=True, text=True, env=env, timeout=600, **kw)
 
 
 def final_weights(outdir: Path) -> dict[str, torch.Tensor]:

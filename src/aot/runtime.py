@@ -389,6 +389,30 @@ class Preemption:
 REQUEUE_ENV = "AOT_SLURM_REQUEUE"
 
 
+def slurm_job_fields(job_id: str) -> dict[str, str]:
+    """`scontrol show job` as {field: value} ({} where it cannot answer). The job step plugin passes
+    only a few SLURM_* variables to a rule's command (not SLURM_RESTART_COUNT), so the job's own
+    record is asked."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(word.split("=", 1) for word in out.split() if "=" in word)
+
+
+def slurm_restarts(job_id: str, fields: dict[str, str] | None = None) -> int:
+    """How often the job was requeued: SLURM_RESTART_COUNT where it reaches the command, else the
+    job's `Restarts` field (0 where neither is known)."""
+    given = os.environ.get("SLURM_RESTART_COUNT")
+    if given and given.isdigit():
+        return int(given)
+    value = (fields if fields is not None else slurm_job_fields(job_id)).get("Restarts", "0")
+    return int(value) if value.isdigit() else 0
+
+
 def requeue_slurm_job(log=None) -> bool:
     """After a command exited with 75 (state saved, `aot.errors.EXIT_PREEMPTED`): put this Slurm
     job back into the queue with `scontrol requeue`, so that it runs again under the same job ID and
@@ -397,7 +421,8 @@ def requeue_slurm_job(log=None) -> bool:
 
     Only where the workflow asks for it (`AOT_SLURM_REQUEUE=<most requeues>` in the environment),
     inside a Slurm job (`SLURM_JOB_ID`), from the first process (rank 0 under torchrun) and while
-    the job has been requeued fewer times than allowed (`SLURM_RESTART_COUNT`). Returns whether the
+    the job is RUNNING (not being cancelled) and has been requeued fewer times than allowed
+    (`SLURM_RESTART_COUNT`, or the job's `Restarts`). Returns whether the
     requeue was asked for.
     """
     import subprocess
@@ -406,7 +431,14 @@ def requeue_slurm_job(log=None) -> bool:
     limit, job = os.environ.get(REQUEUE_ENV), os.environ.get("SLURM_JOB_ID")
     if not limit or not job or os.environ.get("RANK", "0") != "0":
         return False
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    fields = slurm_job_fields(job)
+    # a job being cancelled (scancel: Snakemake stopping, a user) gets the same SIGTERM as at its
+    # time limit, but is no longer RUNNING: it must end, not come back
+    state = fields.get("JobState")
+    if state and state != "RUNNING":
+        log(f"Slurm job {job} is {state}, not running: not requeued (cancelled); rerun the workflow to resume")
+        return False
+    restarts = slurm_restarts(job, fields)
     if restarts >= int(limit):
         log(f"Slurm job {job} was requeued {restarts} times already ({REQUEUE_ENV}={limit}); not again")
         return False

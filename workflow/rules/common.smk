@@ -372,7 +372,8 @@ def segment_words(path):
     q = shlex.quote
     header = (
         "== segment $(date -u +%Y-%m-%dT%H:%M:%SZ): Slurm job ${SLURM_JOB_ID:-none}, "
-        "restart ${SLURM_RESTART_COUNT:-0}, host $(hostname)"
+        "restart ${SLURM_RESTART_COUNT:-$({ scontrol show job -o ${SLURM_JOB_ID:-none} 2>/dev/null "
+        "|| echo Restarts=0; } | grep -o 'Restarts=[0-9]*' | cut -d= -f2)}, host $(hostname)"
     )
     return (
         f"mkdir -p {q(os.path.dirname(keep))} && touch {q(keep)} && ln -f {q(keep)} {q(path)} && "
@@ -711,13 +712,19 @@ def packed_sets(kind):
     pool-size study can ask for."""
     if kind not in _PACKED:
         guided = kind == "guided"
+        # a fixed runtime of the rule is what each member asks for; else it follows the work
+        fixed = config["resources"]["generate_dg" if guided else "generate"].get(
+            "runtime"
+        )
         minutes = {}
         every = [p for paths in TABLES.values() for p in paths] + pool_study_fids()
         for model, key in fid_sets(every):
             if key.startswith("dg") == guided:
                 plain = key.split("-", 1)[1] if guided else key
                 work = sample_set_work_s(plain, guided)
-                minutes[f"{model}/{key}"] = minutes_for(work, WALLTIME["signal_s"])
+                minutes[f"{model}/{key}"] = fixed or minutes_for(
+                    work, WALLTIME["signal_s"]
+                )
         groups = pack_groups(minutes, WALLTIME["max_minutes"], sets_per_job(kind))
         _PACKED[kind] = {
             n: f"{kind}{i}" for i, names in enumerate(groups) for n in names
