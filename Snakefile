@@ -81,7 +81,7 @@ rule all:
 rule fetch:
     input:
         fetch_targets(),
+    log:
+        f"{LOGS}/fetch.log",
     run:
-        for path, message in dg_placed_files().items():
-            if not os.path.exists(path):
-                logger.warning(message.replace("error: ", "to place by hand: ", 1))
+        warn_missing_placed_files(log[0])

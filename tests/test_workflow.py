@@ -374,7 +374,8 @@ def test_documented_commands_name_targets_before_configfile():
     file and the command fails: every command the docs and configs show names its targets first
     (or ends the file list with `--`)."""
     after = re.compile(r"--configfile(?:\s+[\w./-]+\.ya?ml)+[ \t]+(?!-)([\w.]+)")
-    files = [ROOT / "README.md", ROOT / "Snakefile", *sorted((ROOT / "docs").glob("*.md")), *ROOT.glob("profiles/*/*.yaml"),
+    files = [ROOT / "README.md", ROOT / "Snakefile", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted(ROOT.glob("profiles/*/*.yaml")),
              *sorted((ROOT / "config").glob("*.yaml")), ROOT / "config" / "README.md",
              *sorted((ROOT / "workflow").rglob("*.smk"))]
     bad = [f"{p.relative_to(ROOT)}: ...{m.group(0)}" for p in files for m in after.finditer(p.read_text())]

@@ -174,13 +174,13 @@ REQUEUE_ENV = "AOT_SLURM_REQUEUE"  # aot.runtime.requeue_slurm_job
 
 
 SITE = config["site"]
-# site keys that every rule takes unless resources.<rule> sets its own (GPU-only: GPU jobs only)
+# site keys that every job takes unless resources.<rule> sets its own (the second tuple: GPU jobs only)
 SITE_KEYS = ("account", "qos")
 SITE_GPU_KEYS = ("constraint", "gpu_model", "gres", "cpus_per_gpu")
 
 
 def rule_resources(name):
-    """resources.<name> with the site's settings filled in where the rule sets none: account and
+    """resources.<name> with the site's settings filled in where the config sets none there: account and
     QOS for every job; partition (cpu_partition for jobs without GPUs), constraint, GPU model,
     gres and CPUs per GPU for GPU jobs."""
     r = dict(config["resources"][name])
@@ -359,7 +359,7 @@ def requeue_env(name):
 
 
 def log_segments(pattern):
-    """The `params` function of a resumable rule whose log is `pattern`: shell words that keep
+    """The `params` function of the resumable job whose log is `pattern`: shell words that keep
     every segment of the job's log. Snakemake removes a job's log before each run, and a requeued
     Slurm job is one more run: so the log is made a hard link to logs/<run>/segments/<the log's
     path>, a file Snakemake does not know, which keeps growing; each segment starts with a line
@@ -733,7 +733,7 @@ def packed_sets(kind):
 
 
 def set_group(kind):
-    """The `group` of a sample-set rule (kind "sets": plain sets; "guided": DG's): the packed
+    """The `group` of the sample-set jobs (kind "sets": plain sets; "guided": DG's): the packed
     group's id, which Snakemake's group-components then fills (its parent group is `kind`); a set
     outside the packed ones gets a group of its own."""
 
@@ -743,7 +743,9 @@ def set_group(kind):
         check_grouping()
         guidance = f"dg{wildcards.mode}-" if kind == "guided" else ""
         name = f"{wildcards.model}/{guidance}{wildcards.key}"
-        gid = packed_sets(kind).get(name, f"{kind}-{name.replace('/', '-')}")
+        gid = packed_sets(kind).get(
+            name, f"{kind}-{wildcards.model}-{guidance}{wildcards.key}"
+        )
         # group-components counts a group id under its declared group (Snakemake's lookup for
         # groups with wildcards): register `kind` as the parent of this id
         workflow.parent_groupids[gid] = kind

@@ -102,6 +102,20 @@ def dg_placed_files():
     return out
 
 
+def warn_missing_placed_files(log):
+    """The files to place by hand that are missing, with where to get them: a warning each (and in
+    `log`), without failing `snakemake fetch`."""
+    lines = [
+        message.replace("error: ", "to place by hand: ", 1)
+        for path, message in dg_placed_files().items()
+        if not os.path.exists(path)
+    ]
+    for line in lines:
+        logger.warning(line)
+    with open(log, "w") as fh:
+        fh.write("".join(f"{line}\n" for line in lines))
+
+
 def dg_import_inputs(wildcards):
     return {
         "discriminator": given_discriminator(wildcards.model, wildcards.mode),
