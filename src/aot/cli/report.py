@@ -112,7 +112,9 @@ def _add_table(sub) -> None:
     t = sub.add_parser("table", help="one table as CSV, Markdown and LaTeX")
     t.add_argument("--table", type=number_arg("--table", int), required=True, choices=[1, 2, 3, 4, 5])
     t.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.tex")
-    t.add_argument("--rhos", type=rho_list, default="9,27,81,243", help="rho values Table 5 takes the best over")
+    t.add_argument("--rhos", type=rho_list, default=None,
+                   help="rho values Table 5 takes the best over (the workflow passes sampling.table5.rho; "
+                        "default: every rho measured)")
     t.add_argument("--dataset", default="cifar10",
                    help="the run's dataset; the paper's numbers are CIFAR-10's (another dataset: "
                         "'no published value')")
@@ -127,7 +129,8 @@ def _add_figure(sub) -> None:
                    help="what to draw (default: the paper's kind of that figure number)")
     f.add_argument("--out-prefix", required=True, help="writes PREFIX.png and PREFIX.pdf")
     bool_flag(f, "paper-baselines", True, "Figure 1: draw the paper's curves and quoted baselines (default on)")
-    f.add_argument("--rhos", type=rho_list, default="9,27,81,243", help="Figure 5: rho values to take the best over")
+    f.add_argument("--rhos", type=rho_list, default=None,
+                   help="Figure 5: rho values to take the best over (default: every rho measured)")
     f.add_argument("--tolerance", type=number_arg("--tolerance"), default=0.0,
                    help="Figure 5: relative FID tolerance of the minimal-step optimum (default 0: "
                         "the fewest steps that reach the lowest FID)")
@@ -160,7 +163,8 @@ def _add_pool_study(sub) -> None:
     s.add_argument("--diagnostics", action="append", default=[],
                    help="diagnostics JSON with the study's models (curvature); repeat")
     s.add_argument("--nfe", type=nfe_list, default="7,15,35", help="the NFE columns")
-    s.add_argument("--rhos", type=rho_list, default="9,27,81,243", help="rho values each NFE takes the best over")
+    s.add_argument("--rhos", type=rho_list, default=None,
+                   help="rho values each NFE takes the best over (default: every rho measured)")
     s.add_argument("results", nargs="*", help="FID result JSON files or folders of them")
     s.set_defaults(func=cmd_pool_study)
 

@@ -42,7 +42,7 @@ from .results import (
     plain_heun,
     single_feature_network,
 )
-from .tables import DEFAULT_RHOS, QUOTED_BASELINES, best_over_rho, col_value, table4_label, table5_label
+from .tables import QUOTED_BASELINES, best_over_rho, col_value, table4_label, table5_label
 
 DEFAULT_TOLERANCE = 0.0
 COLORS = {"EDM": "tab:blue", RETRAINED_EDM: "tab:blue", PUBLISHED_EDM: "tab:green", "EDM-AOT": "tab:orange"}
@@ -224,7 +224,7 @@ def plot_fid_vs_rho(results: Any, steps: Sequence[int] = (18, 14, 8)) -> Any:
     return fig
 
 
-def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
+def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] | None = None,
                          tolerance: float = DEFAULT_TOLERANCE) -> Any:
     """Figure 5: best FID over `rhos` vs NFE, minimal-step optimum marked with a star."""
     agg = as_aggregate(results)
@@ -253,7 +253,8 @@ def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
         ax.set_xlabel("NFE")
         ax.set_ylabel(f"best {_ylabel(feat)} over rho")
         ax.set_title(("conditional" if cond else "unconditional")
-                     + f", rho in {{{', '.join(fmt(r) for r in rhos)}}}", fontsize=9)
+                     + (f", rho in {{{', '.join(fmt(r) for r in rhos)}}}" if rhos is not None else ", every rho"),
+                     fontsize=9)
         _legend(ax, pax, 7)
     _caveat(fig, feat)
     return fig

@@ -28,7 +28,6 @@ from .curves import DEFAULT_TOLERANCE, plot_best_fid_vs_nfe, plot_curvature, plo
 from .images import load_diagnostics, load_labelled_images, plot_denoised_grid, plot_sample_grid, plot_trajectory_strip
 from .render import save_figure
 from .results import cond_name, is_published_source, kind_name, load_fid_results
-from .tables import DEFAULT_RHOS
 
 FIGURE_TITLES = {
     "1": "Figure 1: FID vs NFE, EDM and EDM-AOT against quoted baselines",
@@ -114,7 +113,7 @@ def _samples_title(figure: str, meta: dict) -> str:
     return ": ".join(parts[:1]) + (" - " + ", ".join(parts[1:]) if len(parts) > 1 else "")
 
 
-def _curves(figure: str, inputs: Sequence[str], paper_baselines: bool, rhos: Sequence[float],
+def _curves(figure: str, inputs: Sequence[str], paper_baselines: bool, rhos: Sequence[float] | None,
             tolerance: float) -> Any:
     if figure not in CURVE_FIGURES:
         raise UserError(f"--kind curves draws Figures 1, 4 and 5, not --figure {figure}")
@@ -135,7 +134,7 @@ def make_figure(
     diagnostics: str | None = None,     # the diagnostics npz or JSON, instead of `inputs`
     samples: str | None = None,         # the sample-set npz, instead of `inputs`
     paper_baselines: bool = True,       # Figure 1: the paper's curves and the quoted baselines
-    rhos: Sequence[float] = DEFAULT_RHOS,   # Figure 5: rho values to take the best over
+    rhos: Sequence[float] | None = None,    # Figure 5: rho values to take the best over (None: all)
     tolerance: float = DEFAULT_TOLERANCE,   # Figure 5: relative FID tolerance of the optimum
     seed_index: int = 0,                # strips: which seed of the npz
     max_columns: int = 10,              # strips: at most this many steps

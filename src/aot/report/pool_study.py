@@ -131,7 +131,8 @@ def best_fid(agg: pd.DataFrame, model: str, nfe: int, rhos: Sequence[float]) -> 
     """(best FID over `rhos` at this NFE, its rho, its repeats) of one model; NaNs when unmeasured."""
     df = agg[(agg["model"] == model) & (agg["nfe"] == nfe)] if len(agg) else agg
     if len(df):
-        df = df[df["rho"].map(lambda r: any(math.isclose(r, x) for x in rhos))]
+        if rhos is not None:
+            df = df[df["rho"].map(lambda r: any(math.isclose(r, x) for x in rhos))]
     if not len(df):
         return float("nan"), float("nan"), 0
     row = df.loc[df["fid"].idxmin()]
@@ -275,7 +276,8 @@ def render_table6(df: pd.DataFrame, nfe: Sequence[int], rhos: Sequence[float],
              "Mimg per model (the paper trains 200 Mimg).",
              "L2 paired / random: mean distance of the served image-noise pairs and of the same pairs "
              "in drawn order (independent noise), over every pool of the training run.",
-             f"Best over rho in {{{', '.join(fmt(r) for r in rhos)}}} at each NFE (ρ: the rho that won); "
+             (f"Best over rho in {{{', '.join(fmt(r) for r in rhos)}}}" if rhos is not None else "Best over every rho")
+             + " at each NFE (ρ: the rho that won); "
              "each value is the minimum over the repeats of its sample set.",
              "Curvature: mean distance of the denoised estimate to the final sample (aot diagnostics).",
              "s/kimg: median over the training ticks (the first left out); s/kimg no AOT: the part's "
@@ -287,7 +289,7 @@ def render_table6(df: pd.DataFrame, nfe: Sequence[int], rhos: Sequence[float],
             "metric": "FD-offline" if is_offline(feature_network) else "FID",
             "sample_sets": int(sum((df[f"n_nfe{k}"] > 0).sum() for k in nfe)) if len(df) else 0,
             "measurements": int(sum(df[f"n_nfe{k}"].sum() for k in nfe)) if len(df) else 0,
-            "rhos": ",".join(fmt(r) for r in rhos), "nfe": ",".join(map(str, nfe))}
+            "rhos": ",".join(fmt(r) for r in rhos) if rhos is not None else "all", "nfe": ",".join(map(str, nfe))}
     head = [f"# {k}: {v}" for k, v in meta.items() if v not in ("", None)]
     csv = "\n".join(head) + "\n" + df.to_csv(index=False, float_format="%.6g")
     md = [f"**{TITLE}**", "", to_markdown(disp).rstrip("\n"), ""]

@@ -20,7 +20,8 @@ Row identity (labels are built to match the strings of the paper CSV files):
 - Table 4: rows "<kind>, <n> steps, <uncond|cond>", columns "rho=<r>" (paper's and ours); the
   paper's "EDM, ..." rows stand beside both EDM baselines.
 - Table 5: rows "<kind>, <uncond|cond>", columns "nfe=<k>"; the value is the best (min) FID
-  over the rho values in `rhos` (default the paper's 9,27,81,243); row "best rho" says which won.
+  over the rho values in `rhos` (the workflow passes sampling.table5.rho; None: every rho measured); row
+  "best rho" says which won.
 Tables 4 and 5 have a `stat` column: rows "ours", "ours mean", "ours std", "n", ("best rho"),
 "paper", "diff". Tables 1-3 have one row per entry with our min/mean/std/n, the paper value and
 diff = ours - paper. With the offline feature network the difference is left out (empty `diff`,
@@ -61,7 +62,6 @@ from .results import (
     with_model,
 )
 
-DEFAULT_RHOS = (9.0, 27.0, 81.0, 243.0)
 TABLE_TITLES = {
     1: "Table 1: unconditional models, ours (min of repeats) vs the paper",
     2: "Table 2: class-conditional models, ours (min of repeats) vs the paper",
@@ -355,7 +355,7 @@ def build_table4(agg: pd.DataFrame, dataset: str | None = PAPER_DATASET) -> pd.D
     return _grid_table(paper_values(4, dataset), cells, "rho")
 
 
-def best_over_rho(agg: pd.DataFrame, rhos: Sequence[float] | None = DEFAULT_RHOS) -> pd.DataFrame:
+def best_over_rho(agg: pd.DataFrame, rhos: Sequence[float] | None = None) -> pd.DataFrame:
     """Per model and NFE, the sample set with the lowest FID among rho in `rhos` (None: all)."""
     df = plain_heun(agg)
     if not len(df):
@@ -374,7 +374,7 @@ def best_over_rho(agg: pd.DataFrame, rhos: Sequence[float] | None = DEFAULT_RHOS
     return best.sort_values(["label", "nfe"], ignore_index=True)
 
 
-def build_table5(agg: pd.DataFrame, rhos: Sequence[float] = DEFAULT_RHOS,
+def build_table5(agg: pd.DataFrame, rhos: Sequence[float] | None = None,
                  dataset: str | None = PAPER_DATASET) -> pd.DataFrame:
     best = best_over_rho(agg, rhos)
     cells: dict[str, dict[str, dict]] = {}
@@ -387,7 +387,7 @@ def build_table5(agg: pd.DataFrame, rhos: Sequence[float] = DEFAULT_RHOS,
 # One table: frames, notes, files
 
 
-def table_notes(number: int, feature_network: str | None, rhos: Sequence[float],
+def table_notes(number: int, feature_network: str | None, rhos: Sequence[float] | None,
                 dataset: str | None = PAPER_DATASET) -> list[str]:
     """The notes under a table: what is measured, what is quoted, which EDM each EDM row is."""
     notes = []
@@ -412,7 +412,8 @@ def table_notes(number: int, feature_network: str | None, rhos: Sequence[float],
         notes.append("Quoted: the paper rows/columns are quoted from the paper; empty cells were "
                      "not measured or are not stated in the paper.")
     if number == 5:
-        notes.append("Ours: best over rho in {" + ", ".join(fmt(r) for r in rhos) + "}.")
+        notes.append("Ours: best over rho in {" + ", ".join(fmt(r) for r in rhos) + "}." if rhos is not None
+                     else "Ours: best over every rho measured.")
     if is_offline(feature_network):
         notes.append("No difference column: the two metrics are not comparable.")
     elif published:
@@ -475,7 +476,7 @@ def check_guided_seeds(results: Any) -> None:
                 "(the workflow's guided_seeds())")
 
 
-def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
+def make_table(number: int, results: Any, rhos: Sequence[float] | None = None,
                dataset: str | None = PAPER_DATASET) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(full table for CSV, display table for Markdown/LaTeX, metadata) of table `number`;
     `dataset`: the run's dataset (the paper's numbers are CIFAR-10's)."""
@@ -502,7 +503,7 @@ def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
         "table": number, "title": TABLE_TITLES[number], "feature_network": feat or "",
         "metric": OFFLINE_CAVEAT if is_offline(feat) else ("FID" if feat else ""),
         "sample_sets": int(len(agg)), "measurements": int(agg["n"].sum()) if len(agg) else 0,
-        "rhos": ",".join(fmt(r) for r in rhos) if number == 5 else "",
+        "rhos": (",".join(fmt(r) for r in rhos) if rhos is not None else "all") if number == 5 else "",
         "dataset": dataset or "",
         "notes": table_notes(number, feat, rhos, dataset),
     }
@@ -513,7 +514,7 @@ def make_table(number: int, results: Any, rhos: Sequence[float] = DEFAULT_RHOS,
 
 
 def write_table(number: int, results: Any, out_prefix: str | os.PathLike,
-                rhos: Sequence[float] = DEFAULT_RHOS, dataset: str | None = PAPER_DATASET) -> list[Path]:
+                rhos: Sequence[float] | None = None, dataset: str | None = PAPER_DATASET) -> list[Path]:
     """Table `number` as `<prefix>.csv`, `.md` and `.tex`, all or none."""
     full, disp, meta = make_table(number, results, rhos, dataset)
     return write_outputs(out_prefix, render_table(number, full, disp, meta))
