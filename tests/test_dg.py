@@ -337,8 +337,8 @@ def test_cli_train_resume_and_generate(tmp_path):
     common = ["dg", "train", "--data", str(data), "--samples", str(samples), "--scratch-width", "32", "--width",
               "32", "--depth", "1", "--batch", "32", "--device", "cpu", "--seed", "3", "--pool-size", "32"]
     aot_main(common + ["--aot", "--out", str(tmp_path / "straight"), "--epochs", "2"])
-    # the workflow's spelling: --aot/--no-cond, --num-images, --threads
-    wf = ["--aot", "--no-cond", "--num-images", "48", "--threads", "1"]
+    # the workflow's spelling: --aot/--no-cond, --collect-images, --threads
+    wf = ["--aot", "--no-cond", "--collect-images", "48", "--threads", "1"]
     aot_main(common + wf + ["--out", str(tmp_path / "resumed"), "--epochs", "1"])
     aot_main(common + wf + ["--out", str(tmp_path / "resumed"), "--epochs", "2", "--resume"])
     a = torch.load(tmp_path / "straight" / "discriminator.pt", weights_only=True)

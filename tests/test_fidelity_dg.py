@@ -133,7 +133,7 @@ def test_recipes_reach_the_commands_per_part(paper_table3):
         assert float(option(args, "--weight-decay")) == recipe["weight_decay"]
         assert option(args, "--pool-size") == str(recipe["pool_size"])
         assert ("--aot" in args) == (mode == "aot") and ("--cond" in args) == (part_of(PAPER, model) == "cond")
-        assert option(args, "--num-images") == str(PAPER["dg"]["collect_images"])
+        assert option(args, "--collect-images") == str(PAPER["dg"]["collect_images"])
     assert {option(a, "--batch") for a in trains} == {"512", "128"}  # the parts really differ
     guided = commands(paper_table3, "dg generate")
     assert guided
@@ -173,7 +173,7 @@ def test_guided_sets_never_use_a_discriminators_training_seeds(paper_table3):
     trained = set()
     for args in commands(paper_table3, "dg train"):
         seeds = plain[option(args, "--samples")]
-        trained |= set(seeds[: int(option(args, "--num-images"))])
+        trained |= set(seeds[: int(option(args, "--collect-images"))])
     assert trained == set(range(PAPER["dg"]["collect_images"]))
     every_plain = set().union(*plain.values())
     sets: dict[str, list[range]] = {}
@@ -244,7 +244,7 @@ def test_discriminator_records_its_training_seeds(tmp_path):
              labels=np.full(40, -1), seeds=np.arange(1000, 1040),
              meta=np.array(json.dumps({"model": {"name": "m"}})))
     aot_main(["dg", "train", "--data", str(tmp_path / "real.zip"), "--samples", str(tmp_path / "fake.npz"),
-              "--out", str(tmp_path / "d"), "--num-images", "32", "--scratch-width", "32", "--width", "32",
+              "--out", str(tmp_path / "d"), "--collect-images", "32", "--scratch-width", "32", "--width", "32",
               "--depth", "1", "--batch", "16", "--epochs", "1", "--device", "cpu"])
     _, meta = dg.load_discriminator(tmp_path / "d" / "discriminator.pt")
     assert meta["train_seeds"] == [1000, 1031]  # the first 32 images of the set

@@ -142,7 +142,7 @@ def dg_train_flags(wildcards):
             "aot": wildcards.mode == "aot",
             "pool_size": recipe["pool_size"],
             "feature_extractor": DG_CONFIG["feature_extractor"],
-            "num_images": DG_CONFIG["collect_images"],
+            "collect_images": DG_CONFIG["collect_images"],
             "batch": recipe["batch"],
             "epochs": recipe["epochs"],
             "lr": recipe["lr"],

@@ -1,7 +1,7 @@
 """`python -m aot dg train|import|generate`: Discriminator Guidance (aot.dg).
 
     python -m aot dg train --data DS.zip --samples GEN.npz --out DIR [--aot --pool-size N] [--cond]
-        [--feature-extractor 32x32_classifier.pt|scratch] [--num-images N] [--batch 128] [--epochs 50]
+        [--feature-extractor 32x32_classifier.pt|scratch] [--collect-images N] [--batch 128] [--epochs 50]
         [--lr 3e-4] [--weight-decay 1e-7] [--seed 0] [--resume] [--device] [--threads] [--slurm-margin S]
       -> DIR/discriminator.pt, DIR/result.json, DIR/stats.jsonl, DIR/training-state.pt,
          DIR/discriminator-snapshot-XXXXXX.pt
@@ -53,8 +53,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
                  cost=args.cost, cond=args.cond, feature_extractor=args.feature_extractor,
                  scratch_width=args.scratch_width, scratch_depth=args.scratch_depth, width=args.width,
                  depth=args.depth, batch=args.batch, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                 num_data=args.num_data, seed=args.seed, snapshot_epochs=args.snapshot_epochs, resume=args.resume,
-                 device=args.device, slurm_margin=args.slurm_margin)
+                 collect_images=args.collect_images, seed=args.seed, snapshot_epochs=args.snapshot_epochs,
+                 resume=args.resume, device=args.device, slurm_margin=args.slurm_margin)
 
 
 def cmd_import(args: argparse.Namespace) -> dict:
@@ -125,7 +125,7 @@ def _add_train(sub) -> None:
     t.add_argument("--epochs", type=_num("--epochs", int, positive=True), default=50)
     t.add_argument("--lr", type=_num("--lr", positive=True), default=3e-4)
     t.add_argument("--weight-decay", type=_num("--weight-decay", nonneg=True), default=1e-7)
-    t.add_argument("--num-data", "--num-images", dest="num_data", type=_num("--num-data", int, positive=True),
+    t.add_argument("--collect-images", dest="collect_images", type=_num("--collect-images", int, positive=True),
                    default=None, help="use at most this many real and this many generated images (DG: 50000)")
     bool_flag(t, "cond", False, "class-conditional discriminator (labels of the dataset and the sample set)")
     t.add_argument("--seed", type=_num("--seed", int, nonneg=True), default=0)

@@ -135,11 +135,11 @@ def _frozen_extractor(feature_extractor: str, resolution: int, channels: int) ->
 
 
 def load_training_data(*, data: str | os.PathLike, samples: str | os.PathLike, cond: bool = False,
-                       num_data: int | None = None, feature_extractor: str = "scratch") -> TrainingData:
+                       collect_images: int | None = None, feature_extractor: str = "scratch") -> TrainingData:
     """The inputs of discriminator training, each checked before the real images are read.
 
     data: the real images, a dataset in EDM's format; samples: a sample set npz of the model;
-    cond: keep class labels (both must have them); num_data: keep at most this many real and this
+    cond: keep class labels (both must have them); collect_images: keep at most this many real and this
     many generated images (DG: 50000); feature_extractor: DG's ADM classifier checkpoint for the
     data's image size, or 'scratch'. Mismatches and missing files are UserErrors naming the file.
     """
@@ -168,10 +168,10 @@ def load_training_data(*, data: str | os.PathLike, samples: str | os.PathLike, c
         raise UserError(f"--cond: dataset {data} has {ds.label_dim} classes; DG's head embeds at most 1000")
     extractor, extractor_path = _frozen_extractor(feature_extractor, ds.resolution, ds.num_channels)
     real, real_labels = load_all(ds, progress=True)
-    if num_data is not None:
-        real, fake, fake_labels = real[:num_data], fake[:num_data], fake_labels[:num_data]
-        real_labels = real_labels[:num_data] if real_labels is not None else None
-        fake_seeds = fake_seeds[:num_data] if fake_seeds is not None else None
+    if collect_images is not None:
+        real, fake, fake_labels = real[:collect_images], fake[:collect_images], fake_labels[:collect_images]
+        real_labels = real_labels[:collect_images] if real_labels is not None else None
+        fake_seeds = fake_seeds[:collect_images] if fake_seeds is not None else None
     return TrainingData(real, real_labels if cond else None, fake, fake_labels if cond else None, extractor,
                         extractor_path, fake_seeds)
 
@@ -538,7 +538,7 @@ def train(*, data: str | os.PathLike, samples: str | os.PathLike, out: str | os.
           epochs: int = 50,                 # passes over all images
           lr: float = 3e-4,                 # Adam learning rate
           weight_decay: float = 1e-7,       # Adam weight decay
-          num_data: int | None = None,      # at most this many real and generated images (DG: 50000)
+          collect_images: int | None = None,      # at most this many real and generated images (DG: 50000)
           seed: int = 0,                    # weights, order, noise and times
           snapshot_epochs: int = 10,        # discriminator-snapshot-XXXXXX.pt every this many epochs (0: none)
           resume: bool = False,             # continue from out/training-state.pt if present
@@ -559,10 +559,10 @@ def train(*, data: str | os.PathLike, samples: str | os.PathLike, out: str | os.
     if not slurm_margin >= 0:
         raise UserError(f"--slurm-margin must not be negative, got {slurm_margin}")
     device = resolve_device(device)
-    inputs = load_training_data(data=data, samples=samples, cond=cond, num_data=num_data,
+    inputs = load_training_data(data=data, samples=samples, cond=cond, collect_images=collect_images,
                                 feature_extractor=feature_extractor)
     options = {"data": str(data), "samples": str(samples), "feature_extractor": feature_extractor,
-               "num_data": num_data, "train_seeds": seed_span(inputs.fake_seeds)}
+               "collect_images": collect_images, "train_seeds": seed_span(inputs.fake_seeds)}
     with Preemption(margin=slurm_margin) as preemption:
         result = train_discriminator(
             inputs.real, inputs.real_labels, inputs.fake, inputs.fake_labels, out, extractor=inputs.extractor,
