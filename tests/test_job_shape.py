@@ -139,8 +139,9 @@ def test_a_gpu_count_that_changes_the_recipe_is_refused():
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode != 0
-    assert ("config error: models[edm-cond] with resources.train gpus=8, nodes=1: batch 128 is not a multiple of "
-            "batch_gpu 32 x 8 GPU(s) (16 per GPU)") in out, out[-2000:]
+    assert ("config error: models[edm-cond] with --set-resources train (command line or profile) and "
+            "resources.train gpus=8, nodes=1: batch 128 is not a multiple of batch_gpu 32 x 8 GPU(s) (16 per GPU)"
+            ) in out, out[-2000:]
     assert "GPUs x nodes that keep both: 1, 2, 4 in all" in out
 
 

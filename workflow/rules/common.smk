@@ -75,7 +75,8 @@ def load_settings():
         # the same check of batch vs GPUs x nodes x B for a command line's or profile's resources
         if overrides_of("train"):
             settings.check_training_batch(
-                settings.train_resources(overrides_of("train"))
+                settings.train_resources(overrides_of("train")),
+                route="--set-resources train (command line or profile) and resources.train",
             )
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None

@@ -121,14 +121,16 @@ class RunSettings:
             r["nodes"] = int(o["nodes"])
         return r
 
-    def check_training_batch(self, resources: dict, names: list[str] | None = None, where: str | None = None) -> None:
+    def check_training_batch(self, resources: dict, names: list[str] | None = None, where: str | None = None,
+                             route: str = "resources.train") -> None:
         """Global batch vs GPUs x nodes x B for every trained model (or `names`), with `resources`
-        (train_resources()); the message names the keys and the GPU counts that would work."""
+        (train_resources()) given by `route`; the message names the keys and the GPU counts that
+        would work."""
         gpus, nodes = train_processes(resources)
         for name in names if names is not None else self.trained:
             t = self.train_settings(name)
             _raise_as_config(check_global_batch, t["batch"], t["batch_gpu"], gpus, nodes,
-                             where=where or f"models[{name}] with resources.train gpus={gpus}, nodes={nodes}",
+                             where=where or f"models[{name}] with {route} gpus={gpus}, nodes={nodes}",
                              gpus_name="GPU(s)")
 
     def train_extra_args(self, model: str) -> list[str]:
