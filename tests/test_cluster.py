@@ -926,7 +926,7 @@ def test_a_gpu_count_that_breaks_the_batch_is_refused_by_every_route(tmp_path):
         line = errors[0]
         # the line names the route: the config's resources.train, or a --set-resources (command line, profile)
         named = (r"--set-resources train \(command line or profile\) and resources\.train"
-                 if route in ("set-resources", "profile") else r"resources\.train")
+                 if route in ("--set-resources", "profile") else r"resources\.train")
         assert re.search(rf"models\[[\w-]+\] with {named} gpus=8, nodes=1: batch 64 is not a multiple of "
                          r"batch_gpu 32", line), (route, line)
         assert line.endswith("GPUs x nodes that keep both: 1, 2 in all"), (route, line)
