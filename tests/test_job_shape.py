@@ -192,7 +192,9 @@ def test_requeue_only_after_exit_75(monkeypatch, tmp_path):
     calls = tmp_path / "calls"
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    # the job's own record says RUNNING (scontrol show job); a requeue is recorded
+    (bindir / "scontrol").write_text('#!/bin/sh\nif [ "$1" = show ]; then echo "JobId=4242 JobState=RUNNING '
+                                     f'Restarts=0"; exit 0; fi\necho "$@" >> {calls}\n')
     (bindir / "scontrol").chmod(0o755)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "SLURM_JOB_ID": "4242",
            "AOT_SLURM_REQUEUE": "2"}
