@@ -182,7 +182,7 @@ def work_s(job: dict, settings: RunSettings) -> float:
         images = c["fid"]["num_images"] * c["fid"]["repeats"]
         return images * (nfe(k["num_steps"], k["solver"]) * per_nfe + w["fid_image_s"])
     if rule == "train_discriminator":
-        epochs = settings.dg_recipe(wc["model"])["epochs"]
+        epochs = settings.dg_recipe(wc["model"], wc["mode"])["epochs"]
         return 2 * c["dg"]["collect_images"] * epochs * w["discriminator_image_epoch_s"]
     return w["other_s"]
 

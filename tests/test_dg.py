@@ -368,7 +368,10 @@ def test_cli_train_resume_and_generate(tmp_path):
     assert smp["guidance"] == {"method": "dg", "aot": True,
                                "discriminator": str(tmp_path / "straight" / "discriminator.pt"),
                                "dg_weight_1st_order": 2.0, "dg_weight_2nd_order": 0.5, "time_min": 0.01,
-                               "time_max": 1.0, "boosting": True, "train_seeds": [0, 47]}
+                               "time_max": 1.0, "boosting": True, "train_seeds": [0, 47],
+                               # the discriminator's training, for Table 3's notes
+                               "training": {"batch": 32, "epoch": 2, "lr": 0.0003, "weight_decay": 1e-07,
+                                            "pool_size": 32}}
     assert rec["meta"]["model"]["name"] == "toy-aot" and rec["meta"]["model"]["aot"] is True
     # zero weights: the same images as `aot generate`
     aot_main(gen + ["--out", str(tmp_path / "w0.npz"), "--dg-weight-1st-order", "0", "--no-boosting"])

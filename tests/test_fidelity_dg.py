@@ -1,7 +1,8 @@
-"""Discriminator guidance as the paper and DG run it: one recipe per part reaching the commands,
-guided sample sets on seeds no discriminator trained on (and Table 3 refusing those that are), the
-published-weights route (config/published.yaml: no training, DG's released discriminators imported in
-DG's own file layout), and one-line errors for files that are not where the config places them."""
+"""Discriminator guidance as the paper and DG run it: the paper's recipe per part for EDM-AOT's
+discriminators and DG's for the EDM baselines' (EDM+DG), reaching the commands, guided sample sets
+on seeds no discriminator trained on (and Table 3 refusing those that are), the published-weights
+route (config/published.yaml: no training, DG's released discriminators imported in DG's own file
+layout), and one-line errors for files that are not where the config places them."""
 
 from __future__ import annotations
 
@@ -114,27 +115,45 @@ def test_paper_config_holds_the_papers_and_dgs_recipes():
     assert (u["batch"], u["pool_size"], c["pool_size"]) == (512, 512, 2048)
     assert (u["epochs"], u["dg_weight_1st_order"], u["boosting"]) == (60, 2.0, False)
     assert (c["epochs"], c["dg_weight_1st_order"], c["boosting"]) == (250, 1.0, True)
+    # the EDM baselines' discriminators: DG's train.py (batch 128) and its released heads' epochs
+    bu, bc = PAPER["dg"]["baseline"]["uncond"], PAPER["dg"]["baseline"]["cond"]
+    assert (bu["batch"], bu["epochs"], bc["batch"], bc["epochs"]) == (128, 60, 128, 250)
+    assert bu["lr"] == bc["lr"] == 3e-4 and bu["weight_decay"] == bc["weight_decay"] == 1e-7
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     props = schema["properties"]["dg"]["properties"]
     for part in ("uncond", "cond"):
         defaults = {k: v["default"] for k, v in props[part]["properties"].items()}
         assert defaults == PAPER["dg"][part], part
+        defaults = {k: v["default"] for k, v in props["baseline"]["properties"][part]["properties"].items()}
+        assert defaults == PAPER["dg"]["baseline"][part], part
 
 
 def test_recipes_reach_the_commands_per_part(paper_table3):
     trains = commands(paper_table3, "dg train")
     assert len(trains) == 8  # (edm, edm published, aot) plain + (aot) aot, per part
+    aot_models = {m["name"] for m in PAPER["models"] if m["aot"]}
+    by_recipe = {}
     for args in trains:
         model, mode = option(args, "--out").split("/")[-2:]
-        recipe = PAPER["dg"][part_of(PAPER, model)]
+        part = part_of(PAPER, model)
+        baseline = model not in aot_models  # EDM+DG: DG's recipe; EDM-AOT (both modes): the paper's
+        assert baseline == (mode == "plain" and not model.startswith("aot"))
+        recipe = PAPER["dg"]["baseline"][part] if baseline else PAPER["dg"][part]
         assert option(args, "--batch") == str(recipe["batch"])
         assert option(args, "--epochs") == str(recipe["epochs"])
         assert float(option(args, "--lr")) == recipe["lr"]
         assert float(option(args, "--weight-decay")) == recipe["weight_decay"]
-        assert option(args, "--pool-size") == str(recipe["pool_size"])
-        assert ("--aot" in args) == (mode == "aot") and ("--cond" in args) == (part_of(PAPER, model) == "cond")
+        if mode == "aot":
+            assert option(args, "--pool-size") == str(PAPER["dg"][part]["pool_size"])
+        else:  # independent noise: no pool
+            assert "--pool-size" not in args
+        assert ("--aot" in args) == (mode == "aot") and ("--cond" in args) == (part == "cond")
         assert option(args, "--collect-images") == str(PAPER["dg"]["collect_images"])
+        by_recipe.setdefault((part, baseline), set()).add(option(args, "--batch"))
     assert {option(a, "--batch") for a in trains} == {"512", "128"}  # the parts really differ
+    # unconditional: EDM+DG at DG's batch 128, both EDM-AOT discriminators at the paper's 512
+    assert by_recipe == {("uncond", True): {"128"}, ("uncond", False): {"512"},
+                         ("cond", True): {"128"}, ("cond", False): {"128"}}
     guided = commands(paper_table3, "dg generate")
     assert guided
     for args in guided:
@@ -146,17 +165,24 @@ def test_recipes_reach_the_commands_per_part(paper_table3):
 
 
 def test_schema_defaults_fill_a_config_without_recipes(tmp_path):
-    """A complete config without dg.uncond/dg.cond gets the paper's and DG's recipes."""
+    """A complete config without dg.uncond/dg.cond/dg.baseline gets the paper's and DG's recipes."""
     cfg = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
-    for part in ("uncond", "cond"):
+    for part in ("uncond", "cond", "baseline"):
         del cfg["dg"][part]
     cfg["dg"]["cond"] = {"epochs": 7}  # one key given: the others still come from the defaults
     res = dry_run("table3", config=cfg, cwd=tmp_path)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     trains = commands(res.stdout + res.stderr, "dg train")
-    got = {part_of(cfg, option(a, "--out").split("/")[-2]): (option(a, "--batch"), option(a, "--epochs"),
-                                                            option(a, "--pool-size")) for a in trains}
-    assert got == {"uncond": ("512", "60", "512"), "cond": ("128", "7", "2048")}
+    got = {(part_of(cfg, option(a, "--out").split("/")[-2]), option(a, "--out").split("/")[-1]):
+           (option(a, "--batch"), option(a, "--epochs"), option(a, "--pool-size") if "--aot" in a else None)
+           for a in trains if option(a, "--out").split("/")[-2] in (cfg["tables"]["uncond"]["aot"],
+                                                                   cfg["tables"]["cond"]["aot"])}
+    assert got == {("uncond", "aot"): ("512", "60", "512"), ("uncond", "plain"): ("512", "60", None),
+                   ("cond", "aot"): ("128", "7", "2048"), ("cond", "plain"): ("128", "7", None)}
+    baseline = {part_of(cfg, option(a, "--out").split("/")[-2]): (option(a, "--batch"), option(a, "--epochs"))
+                for a in trains if option(a, "--out").split("/")[-2] in (cfg["tables"]["uncond"]["edm"],
+                                                                        cfg["tables"]["cond"]["edm"])}
+    assert baseline == {"uncond": ("128", "60"), "cond": ("128", "250")}  # DG's, not the paper's 512 / 7
 
 
 # ------------------------------------------------------------------------------------------------

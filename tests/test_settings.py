@@ -175,6 +175,9 @@ BAD_DG = {
     "discriminator for an unknown mode": (_with("dg.discriminators", {"edm-uncond": {"straight": "x.pt"}}),
                                           r"dg\.discriminators\.edm-uncond\.straight: unknown key"),
     "one recipe for both parts (old shape)": (_with("dg.batch", 128), r"config error: dg\.batch: unknown key"),
+    "a pool in DG's baseline recipe (it trains without AOT)": (
+        _with("dg.baseline", {"uncond": {"pool_size": 128}}),
+        r"config error: dg\.baseline\.uncond\.pool_size: unknown key"),
     "DG's head without DG's classifier": (
         lambda c: (_with("dg.feature_extractor", "scratch")(c),
                    _with("dg.discriminators", {"edm-uncond": {"plain": "d/discriminator_60.pt"}})(c)),
@@ -190,6 +193,30 @@ def test_bad_dg_config_fails_with_one_line(case, record_fault):
     with pytest.raises(ConfigError, match=pattern):
         load(cfg)
     record_fault("bad input", f"config: {case}", f"refused before any job; message matches `{pattern}`")
+
+
+def test_dg_recipe_per_discriminator():
+    """EDM+DG (a model without AOT, plain) trains with DG's recipe dg.baseline.<part>; both
+    discriminators of EDM-AOT with the paper's dg.<part> (they differ only in the pairing); the
+    guided sampler is the part's for all."""
+    run = load(PAPER)
+    want = {("edm-uncond", "plain"): ("dg.baseline.uncond", 128, 60, None),
+            ("edm-uncond-vp", "plain"): ("dg.baseline.uncond", 128, 60, None),
+            ("aot-uncond", "plain"): ("dg.uncond", 512, 60, 512),
+            ("aot-uncond", "aot"): ("dg.uncond", 512, 60, 512),
+            ("edm-cond", "plain"): ("dg.baseline.cond", 128, 250, None),
+            ("aot-cond", "plain"): ("dg.cond", 128, 250, 2048),
+            ("aot-cond", "aot"): ("dg.cond", 128, 250, 2048)}
+    for (model, mode), expect in want.items():
+        r = run.dg_recipe(model, mode)
+        assert (r["recipe"], r["batch"], r["epochs"], r["pool_size"]) == expect, (model, mode)
+        part = run.part_of(model)
+        for key in ("dg_weight_1st_order", "dg_weight_2nd_order", "time_min", "time_max", "boosting"):
+            assert r[key] == PAPER["dg"][part][key], (model, mode, key)
+    # the baseline trains without a pool: its batch need not divide the paper's N
+    cfg = copy.deepcopy(PAPER)
+    cfg["dg"]["baseline"]["uncond"]["batch"] = 100
+    assert load(cfg).dg_recipe("edm-uncond", "plain")["batch"] == 100
 
 
 @pytest.mark.parametrize("dataset, changes, expect", [

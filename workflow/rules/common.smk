@@ -674,7 +674,7 @@ def discriminator_work_s(wildcards):
     return (
         2
         * DG_CONFIG["collect_images"]
-        * SETTINGS.dg_recipe(wildcards.model)["epochs"]
+        * SETTINGS.dg_recipe(wildcards.model, wildcards.mode)["epochs"]
         * WALLTIME["discriminator_image_epoch_s"]
     )
 

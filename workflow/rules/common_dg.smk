@@ -1,7 +1,9 @@
-# Input functions and settings of discriminator guidance (dg.smk). DG has one recipe per part
-# (dg.uncond, dg.cond: the paper's pool sizes and DG's published recipes), chosen by the model's
-# `cond`. A discriminator is trained here unless dg.discriminators gives its file (DG's released
-# heads, placed by hand), which is then imported instead.
+# Input functions and settings of discriminator guidance (dg.smk). Each discriminator's recipe
+# comes from SETTINGS.dg_recipe(model, mode): the part's (dg.uncond, dg.cond: the paper's, for
+# EDM-AOT's discriminators with and without AOT) or, for an EDM baseline's (a model without AOT,
+# mode plain), DG's training recipe (dg.baseline.<part>) with the part's guided sampler. A
+# discriminator is trained here unless dg.discriminators gives its file (DG's released heads,
+# placed by hand), which is then imported instead.
 
 
 DG_CLASSIFIER_FOLDER = (
@@ -135,12 +137,13 @@ def dg_import_flags(wildcards):
 
 
 def dg_train_flags(wildcards):
-    recipe = dg_recipe(wildcards.model)
+    recipe = dg_recipe(wildcards.model, wildcards.mode)
     return flags(
         {
             "cond": MODELS[wildcards.model]["cond"],
             "aot": wildcards.mode == "aot",
-            "pool_size": recipe["pool_size"],
+            # a pool only with AOT (flags() leaves out None)
+            "pool_size": recipe["pool_size"] if wildcards.mode == "aot" else None,
             "feature_extractor": DG_CONFIG["feature_extractor"],
             "collect_images": DG_CONFIG["collect_images"],
             "batch": recipe["batch"],
@@ -155,9 +158,9 @@ def dg_train_flags(wildcards):
     )
 
 
-def dg_sampler_settings(model):
+def dg_sampler_settings(model, mode):
     """The guidance options of `aot dg generate` from the model's part."""
-    recipe = dg_recipe(model)
+    recipe = dg_recipe(model, mode)
     return {
         k: recipe[k]
         for k in (
@@ -178,7 +181,7 @@ def dg_generate_flags(wildcards):
             "model_name": wildcards.model,
             "seeds": guided_seeds(),
             **sampler_settings(wildcards.key),
-            **dg_sampler_settings(wildcards.model),
+            **dg_sampler_settings(wildcards.model, wildcards.mode),
             "batch": config["generate"]["batch"],
             "shard_size": config["generate"]["shard_size"],
             "device": DEVICE,

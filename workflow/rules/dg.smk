@@ -1,8 +1,9 @@
 # Stage 5: Discriminator Guidance (Table 3). The discriminator of a model is trained on the model's
 # first sample set at its Table 3 sampler setting (the generation job's output, never regenerated),
-# with independent perturbation noise ("plain") or AOT-paired noise ("aot"), with the recipe of the
-# model's part (dg.uncond, dg.cond); or, where dg.discriminators gives a file (DG's released heads),
-# that file is imported instead. Guided sample sets (dg<mode>-<key>/rep<r>.npz) use the seeds of
+# with independent perturbation noise ("plain") or AOT-paired noise ("aot"), with the paper's recipe
+# of the model's part (dg.uncond, dg.cond) or, for an EDM baseline's (EDM+DG), DG's
+# (dg.baseline.<part>); or, where dg.discriminators gives a file (DG's released heads), that file is
+# imported instead. Guided sample sets (dg<mode>-<key>/rep<r>.npz) use the seeds of
 # guided_seeds(), disjoint from every plain set a discriminator trains on; the job that makes a
 # guided set measures its FID (fid/<model>/dg<mode>-<key>/rep<r>.json), as for plain sets.
 

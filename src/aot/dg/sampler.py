@@ -182,6 +182,16 @@ def load_guided_models(network: str | os.PathLike, discriminator: str | os.PathL
     return net, ckpt_meta, disc, disc_meta
 
 
+DISCRIMINATOR_TRAINING_KEYS = ("batch", "epoch", "lr", "weight_decay", "pool_size", "source")
+
+
+def discriminator_training(meta: dict) -> dict:
+    """What a guided set records of its discriminator's training (Table 3's notes read it): batch,
+    epochs, learning rate, weight decay and AOT pool (None without AOT) of one trained here, the
+    source of an imported one (DG's released heads: `dg:<path>`)."""
+    return {k: meta[k] for k in DISCRIMINATOR_TRAINING_KEYS if k in meta}
+
+
 def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
              feature_extractor: str | os.PathLike | None = None,  # ADM classifier for DG's bare heads
              dg_weight_1st_order: float = 2.0,  # guidance weight of the Euler step
@@ -230,7 +240,7 @@ def generate(*, network: str | os.PathLike, discriminator: str | os.PathLike,
                     "dg_weight_1st_order": float(dg_weight_1st_order),
                     "dg_weight_2nd_order": float(dg_weight_2nd_order),
                     "time_min": float(time_min), "time_max": float(time_max), "boosting": bool(boosting),
-                    "train_seeds": disc_meta.get("train_seeds")}
+                    "train_seeds": disc_meta.get("train_seeds"), "training": discriminator_training(disc_meta)}
         smeta = request_sampler_meta(req, guidance=guidance)
         smeta["key"] = sampler_key("heun", req["num_steps"], req["rho"], req["S_churn"],
                                    guidance="aot" if aot else "plain")

@@ -429,6 +429,7 @@ def _finish_run(disc: GuidedDiscriminator, stored_extractor: str | None, out_dir
     final = out_dir / "discriminator.pt"
     save_discriminator(final, disc, stored_extractor, kind="dg-discriminator", aot=opts["aot"], cond=opts["cond"],
                        epoch=len(stats), pool_size=opts["pool_size"], cost=opts["cost"], scratch=opts["scratch"],
+                       batch=opts["batch"], lr=opts["lr"], weight_decay=opts["weight_decay"],
                        train_seeds=opts.get("train_seeds"))
     result = {"kind": "dg-train", **opts, "epochs": epochs, "discriminator": str(final),
               "feature_extractor": {"kind": "scratch" if opts["scratch"] else "adm-classifier",

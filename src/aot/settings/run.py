@@ -259,9 +259,21 @@ class RunSettings:
 
     # --- Discriminator Guidance ------------------------------------------------------------------
 
-    def dg_recipe(self, model: str) -> dict:
-        """The DG settings of a model's part: dg.uncond or dg.cond."""
-        return self.config["dg"][self.part_of(model)]
+    def dg_is_baseline(self, model: str, mode: str) -> bool:
+        """Whether the discriminator of (model, mode) is an EDM baseline's: a model without AOT,
+        trained with independent noise (mode plain), the "EDM+DG" rows of Table 3."""
+        return not self.models[model]["aot"] and mode == "plain"
+
+    def dg_recipe(self, model: str, mode: str) -> dict:
+        """The DG settings of one discriminator (mode plain or aot) and its guided sampler: the
+        part's recipe dg.<part> (the paper's, for every discriminator of an EDM-AOT model, with and
+        without AOT, so that the two differ only in the pairing), or for an EDM baseline's
+        (dg_is_baseline) DG's training recipe dg.baseline.<part> with the part's guided sampler and
+        no pool. `recipe` names the keys it came from."""
+        dg, part = self.config["dg"], self.part_of(model)
+        if self.dg_is_baseline(model, mode):
+            return {**dg[part], **dg["baseline"][part], "pool_size": None, "recipe": f"dg.baseline.{part}"}
+        return {**dg[part], "recipe": f"dg.{part}"}
 
     def dg_classifier(self) -> str | None:
         """DG's ADM classifier file, or None when the feature extractor is trained from scratch."""
