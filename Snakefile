@@ -62,6 +62,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/dg.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/pool_study.smk"
+include: "workflow/rules/significance.smk"
 
 
 localrules:

@@ -719,6 +719,7 @@ def packed_sets(kind):
         )
         minutes = {}
         every = [p for paths in TABLES.values() for p in paths] + pool_study_fids()
+        every += significance_fids("significance") + significance_fids("pool_study")
         for model, key in fid_sets(every):
             if key.startswith("dg") == guided:
                 plain = key.split("-", 1)[1] if guided else key
@@ -758,3 +759,4 @@ def set_group(kind):
 include: "common_dg.smk"
 include: "common_report.smk"
 include: "common_pool_study.smk"
+include: "common_significance.smk"

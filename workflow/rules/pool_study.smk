@@ -77,3 +77,8 @@ localrules:
 rule pool_study:
     input:
         rules.table6.output,
+        # with replicates: the study's N values against the model without AOT (significance.smk)
+        significance_tables("pool_study")
+        + figure_files(significance_name("pool_study"))
+        if POOL_STUDY["replicates"] > 1
+        else [],

@@ -153,6 +153,7 @@ rule report:
         tables=ALL_TABLES,
         figures=ALL_FIGURES,
         pool_study=pool_study_report_inputs(),
+        significance=significance_report_inputs(),
     output:
         f"{RESULTS}/README.md",
     log:

@@ -1,6 +1,6 @@
-"""`python -m aot report table|figure|readme|in-flight`: the paper's tables and figures, and the run
-report (aot.report). One artefact per call, so that the workflow's rules stay fine grained; every call
-writes all of its files or none.
+"""`python -m aot report table|figure|pool-study|significance|readme|in-flight`: the paper's tables
+and figures, the studies beyond it, and the run report (aot.report). One artefact per call, so that
+the workflow's rules stay fine grained; every call writes all of its files or none.
 
     python -m aot report table --table {1,2,3,4,5} --out-prefix results/RUN/tables/table4 \\
         [--rhos 9,27,81,243] [--dataset cifar10] FID.json ...  # -> table4.csv, .md, .tex
@@ -17,6 +17,8 @@ writes all of its files or none.
     python -m aot report pool-study --out-prefix results/RUN/tables/table6 \\
         [--figure-prefix results/RUN/figures/pool_study] [--nfe 7,15,35] [--rhos 9,27,81,243] \\
         --train-dir results/RUN/models/M ... [--diagnostics traj.json ...] FID.json ...
+    python -m aot report significance --design DESIGN.json --out-prefix results/RUN/tables/significance \\
+        [--figure-prefix results/RUN/figures/significance] FID.json ...   # training replicates, paired
     python -m aot report readme --run-dir results/RUN --config results/RUN/config.json \\
         [--tables results/RUN/tables/table1.csv ...] [--figures results/RUN/figures/figure1.png ...] \\
         [--benchmarks benchmarks/RUN] [--out results/RUN/README.md]
@@ -95,6 +97,15 @@ def cmd_pool_study(args: argparse.Namespace) -> None:
                             args.rhos, figure_prefix=args.figure_prefix))
 
 
+def cmd_significance(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ..report.significance import write_significance
+
+    _wrote(write_significance(args.out_prefix, args.design, args.results, figure_prefix=args.figure_prefix))
+
+
 def cmd_readme(args: argparse.Namespace) -> None:
     from ..report import write_readme
 
@@ -169,6 +180,20 @@ def _add_pool_study(sub) -> None:
     s.set_defaults(func=cmd_pool_study)
 
 
+def _add_significance(sub) -> None:
+    s = sub.add_parser("significance", help="the Significance table and figure (training replicates)",
+                       description="EDM-AOT minus EDM over independently seeded training runs, paired by "
+                                   "replicate: per setting the mean and interval of each arm, the paired "
+                                   "difference with its interval and p-value, and the replicates needed for "
+                                   "power (aot.report.significance; docs/significance.md).")
+    s.add_argument("--design", required=True,
+                   help="the comparisons as JSON (text or a file): parts, arms by replicate, settings")
+    s.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.tex")
+    s.add_argument("--figure-prefix", default=None, help="also writes FIGURE_PREFIX.png and .pdf")
+    s.add_argument("results", nargs="*", help="FID result JSON files or folders of them")
+    s.set_defaults(func=cmd_significance)
+
+
 def _add_readme(sub) -> None:
     r = sub.add_parser("readme", help="the run report README.md")
     r.add_argument("--run-dir", required=True)
@@ -200,5 +225,6 @@ def add_parser(subparsers) -> None:
     _add_table(sub)
     _add_figure(sub)
     _add_pool_study(sub)
+    _add_significance(sub)
     _add_readme(sub)
     _add_in_flight(sub)

@@ -53,6 +53,7 @@ class RunSettings:
         self.models: dict[str, dict] = {m["name"]: m for m in config["models"]}
         self.parts = [p for p in PARTS if p in config["tables"]]  # the tables' parts
         self.pool_study_entries: list[dict] = []
+        self.replicate_entries: list[dict] = []
         self.layered_from: list[str] = []
         self.site_file: str | None = None
 
@@ -87,6 +88,12 @@ class RunSettings:
             if e["new"] and e["model"] not in self.models:
                 self.models[e["model"]] = {"name": e["model"], "cond": e["part"] == "cond",
                                            "aot": e["N"] is not None, "source": "train", "train": e["train"]}
+        self.replicate_entries = self.derive_replicates()
+        for e in self.replicate_entries:
+            if e["new"] and e["model"] not in self.models:
+                base = self.models[e["base"]]
+                self.models[e["model"]] = {"name": e["model"], "cond": base["cond"], "aot": base["aot"],
+                                           "source": "train", "train": e["train"]}
         self.check_dataset()
         self.check_dg()
         self.check_published()
@@ -189,6 +196,8 @@ class RunSettings:
             _raise_as_config(check_heun_nfe, nfe, self.solver, "sampling.table5.nfe")
         for nfe in self.config["pool_study"]["nfe"]:
             _raise_as_config(check_heun_nfe, nfe, self.solver, "pool_study.nfe")
+        for nfe in self.config["significance"]["nfe"] or []:
+            _raise_as_config(check_heun_nfe, nfe, self.solver, "significance.nfe")
 
     def check_fid(self) -> None:
         config, fid = self.config, self.config["fid"]
@@ -456,6 +465,77 @@ def extra_train_args(value: Any, where: str = "training.extra_args", set_by_conf
         options = ", ".join("--" + k.replace("_", "-") for k in taken)
         _fail(f"{where}: {options} is set by the config or the train rule already; set it there, not in extra_args")
     return args
+
+    # --- training replicates (the significance study) ------------------------------------------
+
+    def replicate_name(self, base: str, r: int) -> str:
+        """Replicate r of a model: the model itself for r = 0, else `<model>-rep<r>`."""
+        return base if r == 0 else f"{base}-rep{r}"
+
+    def derive_replicates(self) -> list[dict]:
+        """[{study, part, arm, base, replicate, model, new, train, problem}]: the training runs of the
+        significance study (`significance`: the EDM / EDM-AOT pair of each part of `tables`) and of
+        the pool-size study when `pool_study.replicates` > 1 (every study model). Replicate r of a
+        model trains with its settings and seed + r (r = 0 is the model itself), so EDM and EDM-AOT
+        of one replicate share a seed when their models do: a paired design. A model that cannot be
+        replicated (an imported network) carries the reason in `problem`, refused when the study is
+        asked for."""
+        sig = self.config["significance"]
+        wanted: list[tuple[str, str, str, str, int]] = []  # (study, part, arm, base, K)
+        for part in [p for p in sig["parts"] if p in self.parts]:
+            for arm in ("edm", "aot"):
+                wanted.append(("significance", part, arm, self.config["tables"][part][arm], sig["replicates"]))
+        k_pool = self.config["pool_study"]["replicates"]
+        if k_pool > 1:
+            for e in self.pool_study_entries:
+                arm = "edm" if e["N"] is None else f"n{e['N']}"
+                wanted.append(("pool_study", e["part"], arm, e["model"], k_pool))
+        entries = []
+        for study, part, arm, base, k in wanted:
+            m = self.models[base]
+            problem = None
+            if m["source"] != "train":
+                problem = (f"config error: {study}: model {base!r} is imported (source {m['source']}); replicates "
+                           f"are training runs with other seeds, so tables.{part}.{arm} must be a trained model")
+            seed = self.train_settings(base)["seed"] if m["source"] == "train" else None
+            for r in range(k):
+                name = self.replicate_name(base, r)
+                t = None
+                if r and not problem:
+                    t = copy.deepcopy({**m.get("train", {}), "seed": seed + r})
+                    if name in self.models and self.models[name] is not m:
+                        given = self.models[name]
+                        same = (given["source"] == "train" and given["cond"] == m["cond"]
+                                and given["aot"] == m["aot"]
+                                and self.train_settings(name) == {**self.train_settings(base), "seed": seed + r})
+                        if not same:
+                            _fail(f"models: {name!r} is the name of replicate {r} of {base!r}, but its settings "
+                                  f"differ from {base!r}'s with seed {seed + r}; rename it")
+                entries.append({"study": study, "part": part, "arm": arm, "base": base, "replicate": r,
+                                "model": name, "new": bool(r) and name not in self.models, "train": t,
+                                "problem": problem})
+        self._check_paired_seeds(entries)
+        return entries
+
+    def _check_paired_seeds(self, entries: list[dict]) -> None:
+        """A warning when the two arms of a significance part do not share their seed (then replicate
+        r is no longer one seed for both: the differences are unpaired in their training noise)."""
+        for part in self.config["significance"]["parts"]:
+            bases = {e["arm"]: e["base"] for e in entries if e["study"] == "significance" and e["part"] == part}
+            seeds = {self.train_settings(b)["seed"] for b in bases.values() if self.models[b]["source"] == "train"}
+            if len(seeds) > 1:
+                self.warnings.append(
+                    f"config warning: significance: the {part} models {' and '.join(bases.values())} have different "
+                    "training seeds, so their replicates are not paired by seed (docs/significance.md)")
+
+    def replicates(self, study: str, part: str, arm: str) -> list[str]:
+        """The model names of one arm's replicates, in replicate order."""
+        return [e["model"] for e in self.replicate_entries
+                if e["study"] == study and e["part"] == part and e["arm"] == arm]
+
+    def replicate_problems(self, study: str) -> list[str]:
+        return list(dict.fromkeys(e["problem"] for e in self.replicate_entries
+                                  if e["study"] == study and e["problem"]))
 
 
 def _train_parser():
