@@ -214,7 +214,30 @@ def test_table3_rows_and_cell_choice():
     assert get("EDM-AOT + DG w/ AOT", "cond") == pytest.approx(1.58)
     assert math.isnan(get(f"{RETRAINED} w/o DG", "cond"))
     assert row(full, "model", "EDM-AOT + DG w/ AOT")["diff_uncond"] == pytest.approx(1.67 - 1.68)
-    assert row(disp, "Model", f"{RETRAINED} + DG")["uncond: FID (ours)"] == "1.80"
+    assert row(disp, "Model", f"{RETRAINED} + DG")["uncond: FID (ours, min)"] == "1.80"
+    # beside each quoted value, how it was measured; ours the same way: repeat 0 alone (one 50k set)
+    assert row(full, "model", f"{RETRAINED} w/o DG")["paper_protocol"] == "min3"  # EDM's: min of 3
+    for label in (f"{RETRAINED} + DG", "EDM-AOT w/o DG", "EDM-AOT + DG w/ AOT"):
+        assert row(full, "model", label)["paper_protocol"] == "single", label  # DG's fid_npzs.py, the paper
+    assert "fid_npzs.py" in row(disp, "Model", f"{RETRAINED} + DG")["Paper protocol"]
+    dg_row = row(full, "model", f"{RETRAINED} + DG")
+    assert dg_row["fid_uncond_single"] == pytest.approx(1.9)  # repeat 0, not the minimum 1.8
+    assert dg_row["diff_uncond_single"] == pytest.approx(1.9 - 1.77)
+    assert row(disp, "Model", f"{RETRAINED} + DG")["uncond: FID (ours, one 50k set)"] == "1.90"
+    assert row(disp, "Model", f"{RETRAINED} + DG")["uncond: Δ"] == "+0.13"  # one set vs DG's one set
+    assert row(disp, "Model", f"{RETRAINED} w/o DG")["uncond: Δ"] == "+0.03"  # min vs EDM's min of 3
+
+
+def test_results_against_different_references_never_mix():
+    """A table of FIDs against clean-fid's statistics and against EDM's reference is refused, naming
+    one file of each (fid.reference: the two are not the same numbers)."""
+    edm_ref = [{**r, "reference": {**r["reference"], "name": "edm:cifar10-32x32"}}
+               for r in three("aot-uncond", True, False, [1.9, 1.8, 1.85])]
+    with pytest.raises(UserError, match=r"FID results mix reference statistics: cifar10-train .*, "
+                                        r"edm:cifar10-32x32 "):
+        report.make_table(1, three("edm-uncond", False, False, [2.0, 2.1, 2.2]) + edm_ref)
+    full, _, _ = report.make_table(1, edm_ref)  # one reference: fine
+    assert 1.8 in set(full["fid"].round(6))
 
 
 def test_table4_cells_and_empty_paper_cells():
@@ -622,9 +645,9 @@ def test_in_flight_report_pending_so_far_and_complete(tmp_path, capsys):
     count, rows = md_table(text, 3)
     assert count == "1 of 10 sample sets measured; 1 more has some of its 2 repeats."
     row3 = md_row(rows, Model=f"{RETRAINED} w/o DG")
-    assert (row3["uncond: FD-offline (ours)"], row3["cond: FD-offline (ours)"]) == ("2.40", "pending")
-    assert md_row(rows, Model="EDM-AOT + DG w/ AOT")["uncond: FD-offline (ours)"] == "pending"
-    assert md_row(rows, Model=f"{report.PUBLISHED_EDM} w/o DG")["uncond: FD-offline (ours)"] == ""
+    assert (row3["uncond: FD-offline (ours, min)"], row3["cond: FD-offline (ours, min)"]) == ("2.40", "pending")
+    assert md_row(rows, Model="EDM-AOT + DG w/ AOT")["uncond: FD-offline (ours, min)"] == "pending"
+    assert md_row(rows, Model=f"{report.PUBLISHED_EDM} w/o DG")["uncond: FD-offline (ours, min)"] == ""
     count, rows = md_table(text, 4)
     assert count == "0 of 4 sample sets measured."
     cell = md_row(rows, Setting="EDM-AOT, 8 steps, uncond", **{"": "FD-offline (ours)"})

@@ -112,13 +112,21 @@ def display_table(number: int, full: pd.DataFrame, feature_network: str | None) 
             "Δ": full["diff"].map(lambda v: fmt_value(v, signed=True)),
         })
     if number == 3:
+        protocol = full["paper_protocol"] if "paper_protocol" in full else pd.Series([""] * len(full))
+        source = full["paper_source"] if "paper_source" in full else pd.Series([""] * len(full))
         out = {"Model": full["model"],
-               "NFE (paper)": [_fmt_int(v) or NO_PUBLISHED_VALUE for v in full["nfe_paper"]]}
+               "NFE (paper)": [_fmt_int(v) or NO_PUBLISHED_VALUE for v in full["nfe_paper"]],
+               "Paper protocol": [s if isinstance(s, str) else "" for s in source]}
         for c in [c for c in ("uncond", "cond") if f"fid_{c}" in full]:
-            out[f"{c}: {m} (ours)"] = full[f"fid_{c}"].map(fmt_value)
+            single = full[f"fid_{c}_single"] if f"fid_{c}_single" in full else pd.Series([float("nan")] * len(full))
+            out[f"{c}: {m} (ours, min)"] = full[f"fid_{c}"].map(fmt_value)
+            out[f"{c}: {m} (ours, one 50k set)"] = single.map(fmt_value)
             out[f"{c}: n"] = [str(n) if n else "" for n in full[f"n_{c}"]]
             out[f"{c}: FID (paper)"] = full[f"fid_{c}_paper"].map(paper_cell)
-            out[f"{c}: Δ"] = full[f"diff_{c}"].map(lambda v: fmt_value(v, signed=True))
+            # like for like: the one-set difference beside a one-set paper value
+            like = [d1 if p == "single" else d for p, d, d1 in
+                    zip(protocol, full[f"diff_{c}"], full.get(f"diff_{c}_single", full[f"diff_{c}"]))]
+            out[f"{c}: Δ"] = [fmt_value(v, signed=True) for v in like]
         return pd.DataFrame(out)
     return _display_grid(full, m)
 

@@ -8,8 +8,9 @@ Aggregation. The repeats of one sample set (same model name, same sampler settin
 num_steps, rho, S_churn, guidance without the discriminator path, and the same feature network)
 are combined by `aot.metrics.aggregate_repeats` into `fid` = minimum (the reported number, as EDM
 and the paper do), `fid_mean`, `fid_std` (sample standard deviation, ddof=1; NaN for a single
-repeat) and `n`. Two files with the same repeat index of one sample set, or repeats whose seed
-ranges overlap, are an error.
+repeat) and `n`, with `fid_rep0`, repeat 0's FID alone (one 50k set: the protocol of DG's
+numbers). Two files with the same repeat index of one sample set, repeats whose seed ranges
+overlap, or results against different reference statistics (`reference.name`) are an error.
 
 The paper's numbers are the CSV files in `aot/paper/` (package data, `#` lines are comments).
 """
@@ -149,6 +150,9 @@ def parse_fid_result(obj: Any, path: Any = "<dict>") -> dict:
         raise _fail(path, f"'repeat' must be an integer, got {repeat!r}")
     time_s = obj.get("time_s")
     source = _get(obj, "model.source", path, None)
+    guidance_obj = _get(obj, "sampler.guidance", path, None)
+    dg_training = guidance_obj.get("training") if isinstance(guidance_obj, dict) else None
+    reference = _get(obj, "reference.name", path, None)
     return {
         "seeds": _seeds(obj, path),
         "model": name, "aot": aot, "cond": cond, "published": is_published_source(source),
@@ -158,6 +162,8 @@ def parse_fid_result(obj: Any, path: Any = "<dict>") -> dict:
         "sampler_key": keys.sampler_key(solver, steps_v, rho, churn, guidance=guidance),
         "feature_network": feat, "repeat": repeat, "fid": fid,
         "num_images": obj.get("num_images"),
+        "reference": reference if isinstance(reference, str) and reference else None,
+        "dg_training": dg_training if isinstance(dg_training, dict) else None,
         "time_s": float(time_s) if isinstance(time_s, (int, float)) and not isinstance(time_s, bool) else None,
         "file": str(path),
     }
@@ -183,7 +189,7 @@ _GROUP_KEYS = ("model", "aot", "cond", "solver", "num_steps", "rho", "S_churn", 
                "guidance_sig", "feature_network")
 AGG_COLUMNS = ["model", "aot", "cond", "published", "kind", "solver", "num_steps", "rho", "nfe", "S_churn", "guidance",
                "sampler_key", "feature_network", "fid", "fid_mean", "fid_std", "n", "repeats",
-               "files", "time_s"]
+               "files", "time_s", "fid_rep0", "reference", "dg_training"]
 
 
 def check_repeats(members: Sequence[dict]) -> None:
@@ -204,10 +210,25 @@ def check_repeats(members: Sequence[dict]) -> None:
                             f"{a['sampler_key']} with overlapping seed ranges; the repeats must use disjoint seeds")
 
 
+def check_one_reference(records: Sequence[dict]) -> None:
+    """FID against different reference statistics (`reference.name`: clean-fid's, EDM's, the
+    dataset's) never mix in one table or figure: a UserError naming one file of each."""
+    first: dict[str, str] = {}
+    for r in records:
+        if r.get("reference") and r["reference"] not in first:
+            first[r["reference"]] = r["file"]
+    if len(first) > 1:
+        raise UserError("FID results mix reference statistics: "
+                        + ", ".join(f"{name} ({file})" for name, file in first.items())
+                        + "; measure every sample set against one reference (fid.reference)")
+
+
 def aggregate(records: Sequence[dict]) -> pd.DataFrame:
-    """Combine the repeats of each sample set: fid (min), fid_mean, fid_std (ddof=1), n."""
+    """Combine the repeats of each sample set: fid (min), fid_mean, fid_std (ddof=1), n, and
+    fid_rep0, the FID of repeat 0 alone (one 50k set, the protocol of DG's numbers)."""
     from ..metrics import aggregate_repeats  # torch comes with it: only where numbers are made
 
+    check_one_reference(records)
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault(tuple(r[k] for k in _GROUP_KEYS), []).append(r)
@@ -226,6 +247,9 @@ def aggregate(records: Sequence[dict]) -> pd.DataFrame:
             "repeats": sorted(m["repeat"] for m in members if m["repeat"] is not None),
             "files": [m["file"] for m in members],
             "time_s": float(sum(times)) if times else float("nan"),
+            "fid_rep0": next((m["fid"] for m in members if m["repeat"] == 0), float("nan")),
+            "reference": first.get("reference"),
+            "dg_training": first.get("dg_training"),
         })
     df = pd.DataFrame(rows, columns=AGG_COLUMNS)
     if len(df):

@@ -214,6 +214,56 @@ TABLE3_EDM_ROWS = {
 }
 
 
+# How each of the paper's Table 3 values was measured: (protocol, where it comes from). "min3": the
+# minimum over three 50k sets (EDM's protocol, as our `fid`); "single": one 50k set (as our
+# `fid_single`, repeat 0 alone). DG measures with its fid_npzs.py on one random 50k set (it reports
+# EDM at 2.03 / 1.82 that way, against EDM's 1.97 / 1.79); the EDM-AOT paper samples once.
+ONE_SET, MIN_OF_THREE = "single", "min3"
+TABLE3_PAPER_PROTOCOL = {
+    "EDM w/o DG": (MIN_OF_THREE, "EDM's paper: min of 3 x 50k (EDM's fid.py)"),
+    "EDM+DG": (ONE_SET, "DG's paper: one random 50k set (DG's fid_npzs.py)"),
+    "EDM-AOT w/o DG": (ONE_SET, "this paper: one 50k set (sampled once)"),
+    "EDM-AOT + DG w/o AOT": (ONE_SET, "this paper: one 50k set (sampled once)"),
+    "EDM-AOT + DG w/ AOT": (ONE_SET, "this paper: one 50k set (sampled once)"),
+}
+
+
+def discriminator_text(training: Any) -> str:
+    """A guided set's discriminator training (`sampler.guidance.training`) as the notes read it."""
+    if not isinstance(training, dict) or not training:
+        return ""
+    if "batch" not in training:
+        return f"imported ({training['source']})" if training.get("source") else ""
+    pool = training.get("pool_size")
+    return (f"batch {training['batch']}, {training.get('epoch')} epochs, lr {fmt(training.get('lr'))}, "
+            f"weight decay {fmt(training.get('weight_decay'))}, "
+            + (f"AOT pools of N = {pool}" if pool else "independent noise"))
+
+
+def table3_notes(full: pd.DataFrame, compared: bool = True) -> list[str]:
+    """Table 3's own notes: the two FID protocols and (`compared`: a Δ is shown) what Δ compares,
+    the two discriminator recipes, and the training of each measured guided row's discriminator
+    (from its results)."""
+    notes = ["Ours: (ours, min) is the minimum over the repeats of a sample set (disjoint 50k seed "
+             "ranges, EDM's protocol); (ours, one 50k set) is its repeat 0 alone, the protocol of the "
+             "paper's one-set values." + (" Δ compares like with like: one 50k set against a one-set "
+                                           "paper value, the minimum against a minimum of three (the "
+                                           "paper protocol column)." if compared else ""),
+             "Discriminators: the EDM+DG rows' as DG trains its released heads (dg.baseline.<part>: DG's "
+             "train.py, batch 128); EDM-AOT's, with and without AOT, with the paper's recipe (dg.<part>: "
+             "batch = N = 512 unconditional, N = 2048 conditional), so that those two rows differ only "
+             "in the pairing."]
+    used: dict[str, list[str]] = {}
+    for _, row in full.iterrows():
+        for c in ("uncond", "cond"):
+            text = row.get(f"discriminator_{c}", "")
+            if isinstance(text, str) and text:
+                used.setdefault(text, []).append(f"{row['model']} ({c})")
+    for text, rows in used.items():
+        notes.append(f"Discriminator {text}: {'; '.join(rows)}.")
+    return notes
+
+
 def table3_paper_label(label: str) -> str:
     """The paper's Table 3 row one of our labels stands beside (itself when none)."""
     for paper, ours in TABLE3_EDM_ROWS.items():
@@ -270,19 +320,25 @@ def build_table3(agg: pd.DataFrame, dataset: str | None = PAPER_DATASET) -> pd.D
     for label in labels + extra_labels:
         p = paper[paper["model"] == table3_paper_label(label)]
         p = p.iloc[0] if len(p) else None
+        protocol, source = TABLE3_PAPER_PROTOCOL.get(table3_paper_label(label), ("", ""))
         row: dict[str, Any] = {"model": label,
-                               "nfe_paper": int(p["nfe"]) if p is not None and pd.notna(p["nfe"]) else None}
+                               "nfe_paper": int(p["nfe"]) if p is not None and pd.notna(p["nfe"]) else None,
+                               "paper_protocol": protocol if p is not None else "",
+                               "paper_source": source if p is not None else ""}
         for cond in (False, True):
             c = cond_name(cond)
             r = _table3_cell(agg, label, cond)
             pf = float(p[f"fid_{c}"]) if p is not None and pd.notna(p[f"fid_{c}"]) else float("nan")
             ours = float(r["fid"]) if r is not None else float("nan")
+            single = float(r.get("fid_rep0", float("nan"))) if r is not None else float("nan")
             row.update({
                 f"fid_{c}": ours,
+                f"fid_{c}_single": single,
+                f"discriminator_{c}": discriminator_text(r.get("dg_training")) if r is not None else "",
                 f"fid_{c}_mean": float(r["fid_mean"]) if r is not None else float("nan"),
                 f"fid_{c}_std": float(r["fid_std"]) if r is not None else float("nan"),
                 f"n_{c}": int(r["n"]) if r is not None else 0,
-                f"fid_{c}_paper": pf, f"diff_{c}": diff(ours, pf),
+                f"fid_{c}_paper": pf, f"diff_{c}": diff(ours, pf), f"diff_{c}_single": diff(single, pf),
                 f"nfe_{c}": int(r["nfe"]) if r is not None else None,
                 f"model_{c}": r["model"] if r is not None else "",
                 f"sampler_{c}": r["sampler_key"] if r is not None else "",
@@ -418,8 +474,12 @@ def table_notes(number: int, feature_network: str | None, rhos: Sequence[float] 
         notes.append("No difference column: the two metrics are not comparable.")
     elif published:
         notes.append("Δ = ours - paper.")
-    if published:
-        notes.append("Paper: CIFAR-10, FID-50k, minimum of three measurements.")
+    if published and number == 3:
+        notes.append("Paper: CIFAR-10, FID-50k; column Paper protocol says how each quoted value was "
+                     "measured (one 50k set, or the minimum of three).")
+    elif published:
+        notes.append("Paper: CIFAR-10, FID-50k as published: the paper samples each setting once (one 50k "
+                     "set); the EDM values it quotes from EDM's paper are EDM's minimum of three.")
     notes.append("Where the paper, the authors' code, EDM and DG disagree: docs/fidelity.md.")
     return notes
 
@@ -499,13 +559,16 @@ def make_table(number: int, results: Any, rhos: Sequence[float] | None = None,
             full[col] = float("nan")
         if "stat" in full.columns:
             full = full[full["stat"] != "diff"].reset_index(drop=True)
+    notes = table_notes(number, feat, rhos, dataset)
+    if number == 3:  # before the pointer to docs/fidelity.md
+        notes[-1:-1] = table3_notes(full, compared=not is_offline(feat) and dataset in (None, PAPER_DATASET))
     meta = {
         "table": number, "title": TABLE_TITLES[number], "feature_network": feat or "",
         "metric": OFFLINE_CAVEAT if is_offline(feat) else ("FID" if feat else ""),
         "sample_sets": int(len(agg)), "measurements": int(agg["n"].sum()) if len(agg) else 0,
         "rhos": (",".join(fmt(r) for r in rhos) if rhos is not None else "all") if number == 5 else "",
         "dataset": dataset or "",
-        "notes": table_notes(number, feat, rhos, dataset),
+        "notes": notes,
     }
     disp = display_table(number, full, feat)
     if is_offline(feat):
