@@ -172,6 +172,77 @@ def test_aot_off_is_a_different_run(digits, straight_run, tmp_path):
     assert all(s["paired_cost"] == pytest.approx(s["random_cost"]) for s in stats)
 
 
+@pytest.fixture
+def restored_torch_globals():
+    """Building a run in this process seeds torch and numpy and sets torch's backend flags: put
+    them back afterwards for the other tests of the process."""
+    import numpy as np
+
+    rng, np_rng = torch.get_rng_state(), np.random.get_state()
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield
+    torch.set_rng_state(rng)
+    np.random.set_state(np_rng)
+    torch.use_deterministic_algorithms(flags[0])
+    (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+     torch.backends.cuda.matmul.allow_tf32) = flags[1:]
+
+
+def _seeded_draws(digits: Path, outdir: Path, seed: int, augment: float) -> dict[str, torch.Tensor]:
+    """What a run's seed decides, drawn from a freshly built run (aot.train.Training, one CPU
+    process): the initial weights, the first minibatch of the first AOT pool (images in the data
+    order, with their augmentations, and their paired noise), the first sigma draw and the next
+    draw of torch's global generator (dropout)."""
+    import inspect
+    import types
+
+    from aot import train as tr
+
+    defaults = {k: p.default for k, p in inspect.signature(tr.training_loop).parameters.items()}
+    opts = types.SimpleNamespace(**{
+        **defaults, "outdir": str(outdir), "data": str(digits), "arch": "ddpmpp", "cbase": 8, "cres": [1, 2],
+        "num_blocks": 1, "attn": [], "duration": 0.001, "batch": 32, "batch_gpu": 16, "pool_size": 64,
+        "augment": augment, "device": "cpu", "seed": seed, "aot": True})
+    tr.validate(opts, 1)
+    run = tr.Training(opts, tr.Dist("cpu"))
+    try:
+        images, noise, _, augment_labels = next(run.pool.batches())
+        draws = {"weights": torch.cat([p.detach().flatten() for p in run.net.parameters()]),
+                 "images": images.clone(), "noise": noise.clone(),
+                 "sigma": run.loss_fn.sample_sigma(16, run.device, generator=run.sigma_gen).flatten(),
+                 "global (dropout)": torch.rand(8)}
+        if augment_labels is not None:
+            draws["augmentations"] = augment_labels.clone()
+        return draws
+    finally:
+        run.pool.close()
+
+
+def test_the_seed_reaches_every_random_draw_of_training(digits, tmp_path, restored_torch_globals):
+    """Two runs that differ only in their seed differ in every draw the seed decides (weights, data
+    order, augmentations, AOT pool noise, sigmas, dropout); the same seed gives bit-identical
+    draws. The paper config's EDM and EDM-AOT of a part share their seed (models[].train.seed):
+    they start from the same weights and see the same images, augmentations, noise and sigmas."""
+    a = _seeded_draws(digits, tmp_path / "a", 0, augment=0.5)
+    b = _seeded_draws(digits, tmp_path / "b", 0, augment=0.5)
+    c = _seeded_draws(digits, tmp_path / "c", 1, augment=0.5)
+    assert a.keys() == b.keys() == c.keys() and "augmentations" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"same seed, different {k}"
+        assert not torch.equal(a[k], c[k]), f"another seed, same {k}"
+    # without augmentation the images differ by the data order alone
+    plain0, plain1 = (_seeded_draws(digits, tmp_path / f"p{s}", s, augment=0.0)["images"] for s in (0, 1))
+    assert not torch.equal(plain0, plain1)
+    # the paper's pairs: one seed per part, written out in the config
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    seeds = {m["name"]: m["train"]["seed"] for m in cfg["models"] if m.get("source", "train") == "train"}
+    for part in ("uncond", "cond"):
+        assert seeds[cfg["tables"][part]["edm"]] == seeds[cfg["tables"][part]["aot"]]
+
+
 def test_two_process_gloo_training(digits, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            *train_cmd(tmp_path, digits, "--aot", "--cond", kimg=0.128)[1:]]

@@ -160,8 +160,11 @@ def test_official_edm_pickles_as_baselines(tmp_path):
     """`source: edm-pickle` replaces the baseline's training by a (local) import of the official pickle."""
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     for m in cfg["models"]:
-        if m["name"] in ("edm-uncond", "edm-cond"):
+        if m["name"] in ("edm-uncond", "edm-cond"):  # the paper config names no pickle for them
+            assert "pickle" not in m
             m["source"] = "edm-pickle"
+            m["pickle"] = ("https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-"
+                           f"{'cond' if m['cond'] else 'uncond'}-ve.pkl")
     path = tmp_path / "pickles.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = dry_run("-p", "table1", "table2", configfile=path, cwd=tmp_path)
