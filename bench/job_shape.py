@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The cost of the paper run on a Slurm cluster, from the workflow itself and from this machine:
 
-    python bench/job_shape.py [--configfile FILE] [--site FILE | --no-site] [--repeats 5]
+    python bench/job_shape.py [--configfile FILE] [--site FILE | --no-site] [--repeats 5] [--replicates K ...]
 
   1. the configuration as the workflow reads it (aot.settings.RunSettings): a partial --configfile is
      layered onto config/config.yaml, with the cluster's site file (the checkout's config/site.yaml
@@ -15,7 +15,12 @@
   3. the largest single submission against `walltime.max_minutes`: a submission that asks for more,
      a job that cannot resume but needs more, or a resumable job that needs more submissions than
      its requeues allow ends the run with one line on stderr and exit status 1;
-  4. each job's fixed start-up measured here: a Python process that imports torch and aot, loads a
+  4. the GPU-hours of `tables.published_grids` (EDM's published networks over Tables 4 and 5): the
+     budget's totals with this config's choice and, from one more dry run, with the other one;
+  5. the GPU-hours of `snakemake significance` with K training replicates per model (--replicates,
+     default the config's significance.replicates): the target alone (replicate 0, `all`'s models
+     and sets, included) and what it adds to `all`;
+  6. each job's fixed start-up measured here: a Python process that imports torch and aot, loads a
      network of the paper's size (NCSN++, 56 M parameters) from its checkpoint, and builds
      Inception-v3 (the FID network; its weights cannot be downloaded here, so this is the build
      without them, a lower bound); what grouping saves: submissions x start-up; and what measuring
@@ -31,6 +36,7 @@ site-rates.yaml` and pass that file as --configfile or --site (or paste it into 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import re
 import statistics
@@ -56,7 +62,7 @@ PAPER = ROOT / "config" / "config.yaml"
 # Rules that never become Slurm jobs: downloads and placing files (login node), and the fast
 # report rules (seconds each).
 LOCAL = re.compile(r"all|fetch\w*|download_\w+|place_\w+|run_config|tables|figures|curvature|report|"
-                   r"table\d+|figure\d+")
+                   r"table\d+|figure\d+|significance\w*|pool_study")
 
 # What the walltime rates mean on the paper's network (NCSN++, EDM preconditioning, 32x32x3):
 # GFLOP per image and network evaluation, forward and forward + backward (torch.utils.flop_counter:
@@ -353,6 +359,66 @@ def print_budget(b: dict, settings: RunSettings) -> None:
           f"A100's fp32 peak ({A100_FP32_TFLOPS:g} TFLOP/s); measure yours: bench/gpu.py --site-snippet FILE")
 
 
+def totals(b: dict) -> tuple[float, float]:
+    """(GPU-hours of work, GPU-hours requested) of a budget, summed over its rules."""
+    return (sum(r["work"] for r in b["rows"].values()), sum(r["requested"] for r in b["rows"].values()))
+
+
+def published_grids_budget(settings: RunSettings, given: list[str], site: Path | None,
+                           local: tuple[str, ...]) -> tuple[float, float] | None:
+    """(GPU-hours of work, requested) of the run with `tables.published_grids` flipped: a dry run
+    with a partial config that flips it layered on top of the given one. None when no part names
+    `edm_published` (the switch changes nothing)."""
+    if not any(settings.published_model(p) for p in settings.parts):
+        return None
+    flipped = not settings.published_grids
+    with tempfile.TemporaryDirectory() as tmp:
+        flip = Path(tmp) / "published-grids.yaml"
+        flip.write_text(yaml.safe_dump({"tables": {"published_grids": flipped}}))
+        other = dry_run("--configfile", *given[1:], str(flip), "--", "all", site=site)
+    config = copy.deepcopy(settings.config)
+    config["tables"]["published_grids"] = flipped
+    other_settings = RunSettings(config)
+    other_settings.check()
+    return totals(budget(submissions(other, local), other_settings))
+
+
+def print_published_grids(settings: RunSettings, this: tuple[float, float],
+                          other: tuple[float, float] | None) -> None:
+    """One line: the GPU-hours with and without the published networks over Tables 4 and 5."""
+    if other is None:
+        print("published grids        no effect: no part names tables.<part>.edm_published")
+        return
+    on, off = (this, other) if settings.published_grids else (other, this)
+    print(f"published grids         tables.published_grids true: {on[0]:.0f} GPU-h of work, {on[1]:.0f} requested; "
+          f"false: {off[0]:.0f} and {off[1]:.0f} (EDM's published networks over Tables 4 and 5 cost "
+          f"{round(on[0]) - round(off[0])} and {round(on[1]) - round(off[1])}; this config: "
+          f"{str(settings.published_grids).lower()})")
+
+
+def significance_budget(settings: RunSettings, given: list[str], site: Path | None, local: tuple[str, ...],
+                        k: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((work, requested) GPU-hours of `snakemake significance` alone, and of `all` and it together)
+    with significance.replicates = k: dry runs with a partial config that sets it, layered on top."""
+    with tempfile.TemporaryDirectory() as tmp:
+        part = Path(tmp) / "replicates.yaml"
+        part.write_text(yaml.safe_dump({"significance": {"replicates": k}}))
+        alone = dry_run("--configfile", *given[1:], str(part), "--", "significance", site=site)
+        both = dry_run("--configfile", *given[1:], str(part), "--", "all", "significance", site=site)
+    config = copy.deepcopy(settings.config)
+    config["significance"]["replicates"] = k
+    other = RunSettings(config)
+    other.check()
+    return totals(budget(submissions(alone, local), other)), totals(budget(submissions(both, local), other))
+
+
+def print_significance(k: int, alone: tuple[float, float], both: tuple[float, float], run: tuple[float, float],
+                       models: int) -> None:
+    """One line per K: the significance target's GPU-hours, and what it adds to `all`."""
+    print(f"significance, K = {k}       {alone[0]:.0f} GPU-h of work, {alone[1]:.0f} requested ({models} models x {k} "
+          f"replicates, their sets included); beyond `all`: {both[0] - run[0]:.0f} and {both[1] - run[1]:.0f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configfile", default=None,
@@ -365,7 +431,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-site", action="store_true", help="no site file, not even the checkout's")
     ap.add_argument("--repeats", type=int, default=5,
                     help="timings per start-up figure (median); 0: no start-up timings")
+    ap.add_argument("--replicates", type=int, nargs="+", default=None, metavar="K",
+                    help="the significance target's GPU-hours with K training replicates per model (each >= 2; "
+                         "default: the config's significance.replicates)")
     args = ap.parse_args(argv)
+    if args.replicates and min(args.replicates) < 2:
+        print(f"error: --replicates {min(args.replicates)}: the significance study needs at least 2", file=sys.stderr)
+        return 2
     # the dry runs run in a folder of their own
     configfile = Path(args.configfile).resolve() if args.configfile else None
     given = ["--configfile", str(configfile)] if configfile else []
@@ -401,6 +473,10 @@ def main(argv=None) -> int:
         more = f" (and {len(b['problems']) - 1} more)" if len(b["problems"]) > 1 else ""
         print(f"error: {b['problems'][0]}{more}", file=sys.stderr)
         return 1
+    print_published_grids(settings, totals(b), published_grids_budget(settings, given, site, local))
+    sig_models = 2 * len([p for p in settings.config["significance"]["parts"] if p in settings.parts])
+    for k in args.replicates or [settings.config["significance"]["replicates"]]:
+        print_significance(k, *significance_budget(settings, given, site, local, k), totals(b), sig_models)
 
     single = dry_run("--group-components", "sets=1", "guided=1", *given, "--", "all", site=site)
     subs_1 = submissions(single, local)

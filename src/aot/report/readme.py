@@ -27,6 +27,8 @@ from .figures import CURVE_FIGURES, FIGURE_TITLES
 from .pool_study import FIGURE_TITLE as POOL_STUDY_TITLE
 from .render import md_cell, read_table_csv, strip_known_suffix
 from .results import OFFLINE_CAVEAT, OFFLINE_FEATURES, PUBLISHED_EDM, RETRAINED_EDM
+from .significance import FIGURE_TITLE as SIGNIFICANCE_TITLE
+from .significance import POOL_FIGURE_TITLE as SIGNIFICANCE_POOL_TITLE
 from .tables import QUOTED_BASELINES
 
 STAGES = ("train", "generate", "fid", "dg", "other")
@@ -132,9 +134,11 @@ def _resolve_figures(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _figure_title(path: Path) -> str:
-    """The figure's title: the paper's figures by number, the pool-size study's (Table 6) by name."""
+    """The figure's title: the paper's figures by number, the studies' (Table 6, significance) by name."""
     fid = _figure_id(path)
-    return POOL_STUDY_TITLE if fid == "pool_study" else FIGURE_TITLES.get(fid, path.stem)
+    named = {"pool_study": POOL_STUDY_TITLE, "significance": SIGNIFICANCE_TITLE,
+             "significance_pool_study": SIGNIFICANCE_POOL_TITLE}
+    return named.get(fid) or FIGURE_TITLES.get(fid, path.stem)
 
 
 def _figure_id(path: Path) -> str:
