@@ -155,7 +155,9 @@ def test_table_cli_dataset_option(tmp_path):
 
 
 def test_figure5_marks_the_fewest_steps_reaching_the_lowest_fid():
-    assert report.minimal_step_optimum([27, 31, 35], [1.88, 1.88, 1.87]) == (35, 1.87)  # default: exact
+    assert report.minimal_step_optimum([27, 31, 35], [1.88, 1.88, 1.87]) == (35, 1.87)  # 1.87 is lower
+    # FIDs the paper would print alike (two decimals) tie: the fewest steps win
+    assert report.minimal_step_optimum([27, 31, 35], [1.8849, 1.8790, 1.8751]) == (27, 1.8849)
     fig = report.plot_best_fid_vs_nfe([fid_json("aot-uncond", True, False, f, steps=s, rho=9)
                                        for s, f in ((8, 3.0), (14, 1.9), (18, 1.9), (22, 1.95))])
     legends = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
@@ -182,6 +184,18 @@ def test_trajectory_figures_label_models_by_kind(tmp_path):
     assert "unconditional, 10 steps" in fig._suptitle.get_text()
     grid = make_figure("3", inputs=[str(npz)], step=0)
     assert "single Euler step" in grid._suptitle.get_text()
+    # Figure 3 as the workflow draws it: (a) the EDM networks' final images (the same latents), then
+    # every network's single Euler step from sigma_max
+    for i in range(3):
+        arrays[f"x_{i}"] = rng.uniform(-1, 1, (2, 11, 1, 4, 4)).astype(np.float32)
+    np.savez(npz, **arrays)
+    titles = [ax.get_title().replace("\n", " ") for ax in make_figure("3", inputs=[str(npz)], step=0,
+                                                                        final_images=True).axes]
+    assert [t.split(" ", 2)[:2] for t in titles] == [["(a)", "edm-uncond"], ["(b)", "edm-uncond-vp"],
+                                                     ["(c)", "edm-uncond"], ["(d)", "edm-uncond-vp"],
+                                                     ["(e)", "aot-uncond"]]
+    assert all("final image (10 steps)" in t for t in titles[:2])
+    assert all("single Euler step from σ=80" in t for t in titles[2:])
 
 
 # ------------------------------------------------------------------------------ workflow
@@ -214,8 +228,9 @@ def test_authors_recipe_and_published_baselines_dry_run(tmp_path):
     assert "results/authors/fid/edm-uncond-vp/heun-n18-rho7/rep0.json" in table1
     assert "--dataset cifar10" in table1
     figure = {n: next(line for line in out.splitlines() if f"--figure {n} " in line) for n in (3, 5, 6, 7, 8)}
-    assert "--step 0" in figure[3] and "uncond-heun-n18-rho7.npz" in figure[3]
-    assert "--tolerance 0" in figure[5]
+    assert "--step 0 --final-images" in figure[3] and "uncond-heun-n18-rho7.npz" in figure[3]
+    assert "--decimals 2" in figure[5]
+    assert "fid/edm-uncond-vp/heun-n14-rho27/rep0.json" in figure[5]  # the published network's Table 5 grid
     assert "uncond-heun-n10-rho7.npz" in figure[6]
     assert "uncond-heun-n18-rho7.npz" in figure[7] and "cond-heun-n18-rho7.npz" in figure[8]
     assert "diagnostics/uncond-heun-n18-rho7.npz" in figure[7] and "/cond-heun-n18" in figure[8]

@@ -338,6 +338,18 @@ def test_the_docs_state_the_budget_job_shape_prints():
     assert f"between {work} GPU-hours (the estimated work) and {req}" in readme
     assert f"| GPU-hours, total | {work} of estimated work, {req} requested " in slurm
     assert f"| Slurm submissions | {subs} (" in slurm
+    # what EDM's published networks over Tables 4 and 5 cost (tables.published_grids), from one
+    # more dry run with the switch flipped
+    m = re.search(r"^published grids\s+tables\.published_grids true: (\d+) GPU-h of work, (\d+) requested; "
+                  r"false: (\d+) and (\d+) \(EDM's published networks over Tables 4 and 5 cost (\d+) and (\d+); "
+                  r"this config: true\)$", res.stdout, re.M)
+    assert m, res.stdout
+    on_w, on_r, off_w, off_r, cost_w, cost_r = (int(v) for v in m.groups())
+    assert (on_w, on_r) == (work, req) and (cost_w, cost_r) == (on_w - off_w, on_r - off_r) and cost_w > 0
+    assert f"take {cost_w} of work and {cost_r} requested" in " ".join(readme.split())
+    assert f"`published_grids: false` the paper costs {off_w} and {off_r}" in " ".join(readme.split())
+    assert (f"| GPU-hours of `tables.published_grids` | true: {on_w} and {on_r}; false: {off_w} and {off_r} "
+            f"(EDM's published networks over Tables 4 and 5, 106 sample sets, cost {cost_w} and {cost_r}) |") in slurm
     for rule, (n, s, w, r) in rows.items():
         assert re.search(rf"^\| {rule}\b[^|]*\| {n:.0f} \| {s:.0f}\b[^|]*\| {w:.0f}\b[^|]*\| {r:.0f}\b[^|]*\|$",
                          readme, re.M), rule

@@ -411,7 +411,14 @@ def png_only(fig, prefix: Path) -> None:
 def test_curve_figures(tmp_path):
     res = synthetic_results()
     assert_png(report.save_figure(report.plot_best_fid_vs_nfe(res), tmp_path / "figure5"))
-    png_only(report.plot_fid_vs_nfe(res), tmp_path / "figure1")
+    fig1 = report.plot_fid_vs_nfe(res)
+    assert [ax.get_title() for ax in fig1.axes if ax.get_title()] == ["unconditional", "conditional"]
+    for ax in (ax for ax in fig1.axes if ax.get_legend()):  # ours, the paper's curves, the quoted baselines
+        part = "cond" if ax.get_title() == "conditional" else "uncond"
+        legend = {t.get_text() for t in ax.get_legend().get_texts()}
+        assert {f"{RETRAINED}, {part} (ours)", f"EDM-AOT, {part} (ours)", f"EDM, {part} (paper)",
+                f"EDM-AOT, {part} (paper)"} <= legend, legend
+    png_only(fig1, tmp_path / "figure1")
     png_only(report.plot_fid_vs_rho(res, steps=(18, 8)), tmp_path / "figure4")
     offline = [fid_json("a", True, False, 0.3, steps=8, features="offline-classifier")]
     png_only(report.plot_fid_vs_rho(offline, steps=(8,)), tmp_path / "offline")  # twin axes, no data
@@ -422,11 +429,24 @@ def test_image_figures(tmp_path, channels):
     diag = synthetic_diagnostics(channels)
     assert_png(report.save_figure(report.plot_trajectory_strip(diag, max_columns=3), tmp_path / "f2"))
     assert_png(report.save_figure(report.plot_denoised_grid(diag, step=1), tmp_path / "f3"))
+    fig3 = report.plot_denoised_grid(diag, step=0, final=[0])  # Figure 3: (a) EDM's final images first
+    assert [ax.get_title().split("\n")[0] for ax in fig3.axes] == ["(a) edm-uncond", "(b) edm-uncond",
+                                                                   "(c) aot-uncond"]
+    assert_png(report.save_figure(fig3, tmp_path / "f3a"))
+    labelled = {**diag, "labels": np.array([0, 1, 1, 2])}  # Figure 9: a row of panels per class
+    fig9 = report.plot_denoised_by_class(labelled, step=0)
+    assert [ax.get_ylabel() for ax in fig9.axes if ax.get_ylabel()] == ["class 0", "class 1", "class 2"]
+    assert len(fig9.axes) == 3 * 2
+    with pytest.raises(UserError, match="class labels"):
+        report.plot_denoised_by_class(diag, step=0)  # unconditional: labels -1
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (40, 8, 8, channels), dtype=np.uint8)
     labels = rng.integers(0, 10, 40) if channels == 3 else None
     assert_png(report.save_figure(report.plot_sample_grid(images, labels, count=20, columns=5),
                                   tmp_path / "f10"))
+    grids = report.plot_sample_grids([(images, labels, "EDM"), (images, labels, "EDM-AOT"),
+                                      (images, labels, "EDM-AOT, best")], count=20, columns=5)
+    assert [ax.get_title() for ax in grids.axes] == ["EDM", "EDM-AOT", "EDM-AOT, best", ""]  # 2 x 2, one empty
 
 
 def test_curvature_figure(tmp_path):
@@ -449,8 +469,11 @@ def test_figure_cli_as_the_workflow_calls_it(tmp_path):
     rhos = ["--rhos", "9,27,81,243"]
     report_cli(["figure", "--figure", "6", "--kind", "strip", *rhos, "--out-prefix",
                 str(figs / "figure6"), str(tmp_path / "uncond-heun-n18-rho7.npz")])
-    report_cli(["figure", "--figure", "9", "--kind", "denoised-grid", *rhos, "--out-prefix",
-                str(figs / "figure9"), str(tmp_path / "uncond-heun-n18-rho7.npz")])
+    report_cli(["figure", "--figure", "3", "--kind", "denoised-grid", "--step", "0", "--final-images", *rhos,
+                "--out-prefix", str(figs / "figure3"), str(tmp_path / "uncond-heun-n18-rho7.npz")])
+    np.savez(tmp_path / "cond-heun-n18-rho7.npz", **{**synthetic_diagnostics(1), "labels": np.array([3, 1, 3, 0])})
+    report_cli(["figure", "--figure", "9", "--kind", "denoised-grid", "--step", "0", "--by-class", *rhos,
+                "--out-prefix", str(figs / "figure9"), str(tmp_path / "cond-heun-n18-rho7.npz")])
     report_cli(["figure", "--figure", "2", "--diagnostics", str(tmp_path / "uncond-heun-n18-rho7.npz"),
                 "--step", "0", "--out-prefix", str(figs / "figure2")])
     meta = {"model": {"name": "aot-cond", "aot": True, "cond": True}, "sampler": {"key": "heun-n18-rho7"}}
@@ -458,13 +481,15 @@ def test_figure_cli_as_the_workflow_calls_it(tmp_path):
              labels=np.arange(12) % 3, seeds=np.arange(12), meta=np.array(json.dumps(meta)))
     report_cli(["figure", "--figure", "11", "--kind", "samples", *rhos, "--out-prefix",
                 str(figs / "figure11"), str(tmp_path / "rep0.npz")])
+    report_cli(["figure", "--figure", "10", "--kind", "samples", *rhos, "--out-prefix",  # a panel per set
+                str(figs / "figure10"), str(tmp_path / "rep0.npz"), str(tmp_path / "rep0.npz")])
     for steps in (4, 2):
         (tmp_path / f"uncond-heun-n{steps}-rho7.json").write_text(json.dumps(curvature_json(steps)))
     report_cli(["figure", "--figure", "curvature", "--out-prefix", str(figs / "curvature"),
                 str(tmp_path / "uncond-heun-n4-rho7.json"), str(tmp_path / "uncond-heun-n2-rho7.json")])
     names = sorted(p.name for p in figs.iterdir())
-    assert names == [f"{n}.{e}" for n in ("curvature", "figure11", "figure2", "figure6", "figure9")
-                     for e in ("pdf", "png")]
+    assert names == [f"{n}.{e}" for n in ("curvature", "figure10", "figure11", "figure2", "figure3", "figure6",
+                                          "figure9") for e in ("pdf", "png")]
     with pytest.raises(UserError, match="exactly one"):
         report.make_figure("2", inputs=["a.npz", "b.npz"])
 
@@ -481,11 +506,15 @@ def test_figure_cli_bad_input(tmp_path, capsys):
 
 
 def test_minimal_step_optimum():
+    """The fewest steps among the FIDs that tie with the lowest once rounded (default: the paper's
+    two decimals)."""
     nfe = [7, 11, 15, 19, 23, 27, 31, 35]
     fid = [60, 8, 3.0, 2.3, 2.02, 1.88, 1.88, 1.87]
-    assert report.minimal_step_optimum(nfe, fid, tolerance=0.01) == (27, 1.88)
-    assert report.minimal_step_optimum(nfe, fid, tolerance=0.0) == (35, 1.87)
-    assert report.minimal_step_optimum(nfe, fid, tolerance=0.1) == (23, 2.02)
+    assert report.minimal_step_optimum(nfe, fid, decimals=1) == (27, 1.88)  # 1.9, 1.9, 1.9
+    assert report.minimal_step_optimum(nfe, fid, decimals=2) == (35, 1.87)
+    assert report.minimal_step_optimum(nfe, fid) == (35, 1.87)
+    assert report.minimal_step_optimum(nfe, fid, decimals=0) == (19, 2.3)  # 2, 2, 2, 2, 2
+    assert report.minimal_step_optimum(nfe, [*fid[:-1], 1.8790]) == (27, 1.88)  # 1.88 three times
     assert report.minimal_step_optimum([], []) is None
 
 

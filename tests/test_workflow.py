@@ -51,16 +51,23 @@ def paper_sample_sets(cfg: dict) -> set[tuple[str, int, float]]:
     independently of the workflow's own helpers."""
     s = cfg["sampling"]
     d = (s["default"]["num_steps"], float(s["default"]["rho"]))
+    grids = cfg["tables"].get("published_grids", True)
+    rows, t5_models = list(s["table4"]["rows"]), list(s["table5"]["models"])
     sets = set()
     for part in ("uncond", "cond"):
         edm, aot = cfg["tables"][part]["edm"], cfg["tables"][part]["aot"]
         best = s["best"][aot]
         sets |= {(edm, *d), (aot, *d), (aot, best["num_steps"], float(best["rho"]))}
-        if cfg["tables"][part].get("edm_published"):  # EDM's published network, default sampler
-            sets.add((cfg["tables"][part]["edm_published"], *d))
-    for row, rho in itertools.product(s["table4"]["rows"], s["table4"]["rho"]):
+        published = cfg["tables"][part].get("edm_published")
+        if published:  # EDM's published network, default sampler
+            sets.add((published, *d))
+        if published and grids:  # and over the retrained EDM's Table 4 rows and Table 5's grid
+            rows += [{"model": published, "num_steps": r["num_steps"]} for r in s["table4"]["rows"]
+                     if r["model"] == edm]
+            t5_models += [published] if edm in s["table5"]["models"] else []
+    for row, rho in itertools.product(rows, s["table4"]["rho"]):
         sets.add((row["model"], row["num_steps"], float(rho)))
-    for m, nfe, rho in itertools.product(s["table5"]["models"], s["table5"]["nfe"], s["table5"]["rho"]):
+    for m, nfe, rho in itertools.product(t5_models, s["table5"]["nfe"], s["table5"]["rho"]):
         sets.add((m, (nfe + 1) // 2, float(rho)))
     return sets
 
@@ -82,9 +89,13 @@ def test_paper_dag_job_counts(paper_cfg, paper_dry_run):
     assert reps == 3 and paper_cfg["fid"]["num_images"] == 50_000
     n_sets = len(paper_sample_sets(paper_cfg))
     assert counts["generate"] == n_sets  # one job per sample set writes its `reps` repeats
+    # EDM's published networks over Table 4's EDM rows (18 and 8 steps uncond, 18 cond: 30 sets) and
+    # Table 5's grid (2 x 44 sets), less the 12 the two share (NFE 35 and 15 at rho 9, 27, 81, 243)
+    without = {**paper_cfg, "tables": {**paper_cfg["tables"], "published_grids": False}}
+    assert n_sets - len(paper_sample_sets(without)) == 30 + 88 - 12
     # Table 3: EDM+DG (retrained and published), EDM-AOT+DG w/o AOT, EDM-AOT+DG w/ AOT, both parts.
     guided = sum(len([m for m in (t["edm"], t.get("edm_published")) if m]) + 2
-                 for t in paper_cfg["tables"].values())
+                 for t in (paper_cfg["tables"][p] for p in ("uncond", "cond")))
     assert counts["train_discriminator"] == guided == 8
     assert counts["generate_dg"] == guided
     models = paper_cfg["models"]
@@ -117,9 +128,9 @@ def test_tables_share_sample_sets(paper_cfg):
     t4 = job_counts((r := dry_run("table4")).stdout + r.stderr)["generate"]
     t5 = job_counts((r := dry_run("table5")).stdout + r.stderr)["generate"]
     both = job_counts((r := dry_run("table4", "table5")).stdout + r.stderr)["generate"]
-    shared_sets = 16  # 4 models x 4 rhos (9, 27, 81, 243) at 18 steps = NFE 35
+    shared_sets = 24  # 6 models (EDM's published networks too) x 4 rhos (9, 27, 81, 243) at 18 steps = NFE 35
     shared_sets += 8  # EDM-AOT's 14-step rows = NFE 27, x 4 rhos
-    shared_sets += 8  # the unconditional 8-step rows = NFE 15, x 4 rhos
+    shared_sets += 12  # the unconditional 8-step rows (published EDM too) = NFE 15, x 4 rhos
     assert both == t4 + t5 - shared_sets
 
 

@@ -1,6 +1,8 @@
 # Input functions and settings of the tables, figures and report (report.smk).
 # The paper's EDM rows are EDM's published networks; the tables show them beside EDM retrained
-# here (tables.<part>.edm) when tables.<part>.edm_published names an imported model.
+# here (tables.<part>.edm) when tables.<part>.edm_published names an imported model, and with
+# tables.published_grids over Table 4's rows and Table 5's grid too (aot.settings.run: the rows
+# and models of those grids, the published networks' included).
 
 
 published_model = SETTINGS.published_model
@@ -40,12 +42,16 @@ def table3_fids():
     return sorted(out)
 
 
-def table4_fids():
+def table4_fids(models=None):
+    """Table 4's FID results (those of `models` only, when given): every row of
+    SETTINGS.table4_rows() at every rho of sampling.table4."""
     t4 = SAMPLING["table4"]
+    rows = SETTINGS.table4_rows()
     return sorted(
         {
             p
-            for row in t4["rows"]
+            for row in rows
+            if models is None or row["model"] in models
             for rho in t4["rho"]
             for p in fid_set(row["model"], key_for(row["num_steps"], rho))
         }
@@ -53,10 +59,11 @@ def table4_fids():
 
 
 def table5_fids(models=None):
+    """Table 5's FID results (those of `models` only, when given): every model of
+    SETTINGS.table5_models() at every NFE x rho of sampling.table5."""
     t5 = SAMPLING["table5"]
-    models = (
-        t5["models"] if models is None else [m for m in t5["models"] if m in models]
-    )
+    every = SETTINGS.table5_models()
+    models = every if models is None else [m for m in every if m in models]
     return sorted(
         {
             p
@@ -127,9 +134,18 @@ def network_flags(wildcards, input):
 
 
 def samples_input(part):
-    """The first sample set of the part's EDM-AOT model at its best sampler (Figures 10, 11)."""
+    """Figures 10, 11: the first sample set of each setting of Table 1 or 2 (the part's EDM
+    baselines and EDM-AOT at EDM's sampler, EDM-AOT at its best), one panel each."""
     aot = config["tables"][part]["aot"]
-    return [sample_path(aot, best_key(aot), 0)]
+    sets = [(m, default_key()) for m in edm_models(part)]
+    sets += [(aot, default_key()), (aot, best_key(aot))]
+    return [sample_path(m, k, 0) for m, k in dict.fromkeys(sets)]
+
+
+def figure1_fids():
+    """Figure 1: Table 5's FID results of every part's EDM baselines and EDM-AOT (one panel a
+    part: unconditional, conditional)."""
+    return sorted({p for part in PARTS for p in table5_fids(part_models(part))})
 
 
 def curvature_inputs():

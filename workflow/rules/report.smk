@@ -12,23 +12,25 @@ TABLES = {
     5: table5_fids(),
 }
 
-# figure number -> (inputs, options of `aot report figure`), as in the paper: Figure 3 the single
-# Euler step's estimate from sigma_max (step 0); Figure 6 unconditional at the last diagnostics
-# step count (10), Figures 2, 7 unconditional and 8 conditional at the first (18); Figure 5 marks
-# the fewest steps that reach the lowest FID (tolerance 0)
-# (a part left out of `tables` has none of its figures).
+# figure number -> (inputs, options of `aot report figure`), as the paper's captions say
+# (docs/fidelity.md, section 8, states each, and tests/test_fidelity_figures.py checks it): Figure 1
+# one panel a part; Figure 3 EDM's final images (panel a) beside the single Euler step's estimate
+# from sigma_max (step 0); Figure 9 the same step, per class; Figure 6 unconditional at the last
+# diagnostics step count (10), Figures 2, 7 unconditional and 8 conditional at the first (18);
+# Figure 5 marks the fewest steps among the FIDs tied at the paper's two decimals; Figures 10, 11
+# the settings of Tables 1 and 2 (a part left out of `tables` has none of its figures).
 FIGURES = {
+    1: (figure1_fids(), {"paper_baselines": True}),
     4: (table4_fids(), {}),
-    5: (table5_fids(), {"tolerance": 0}),
+    5: (table5_fids(), {"decimals": 2}),
 }
 if "uncond" in PARTS:
     FIGURES.update(
         {
-            1: (table5_fids(part_models("uncond")), {"paper_baselines": True}),
             2: (diagnostics_input("uncond", "first"), {"kind": "strip"}),
             3: (
                 diagnostics_input("uncond", "first"),
-                {"kind": "denoised-grid", "step": 0},
+                {"kind": "denoised-grid", "step": 0, "final_images": True},
             ),
             6: (diagnostics_input("uncond", "last"), {"kind": "strip"}),
             7: (diagnostics_input("uncond", "first"), {"kind": "strip"}),
@@ -39,7 +41,10 @@ if "cond" in PARTS:
     FIGURES.update(
         {
             8: (diagnostics_input("cond", "first"), {"kind": "strip"}),
-            9: (diagnostics_input("cond", "first"), {"kind": "denoised-grid"}),
+            9: (
+                diagnostics_input("cond", "first"),
+                {"kind": "denoised-grid", "step": 0, "by_class": True},
+            ),
             11: (samples_input("cond"), {"kind": "samples"}),
         }
     )

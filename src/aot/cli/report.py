@@ -5,14 +5,15 @@ the workflow's rules stay fine grained; every call writes all of its files or no
     python -m aot report table --table {1,2,3,4,5} --out-prefix results/RUN/tables/table4 \\
         [--rhos 9,27,81,243] [--dataset cifar10] FID.json ...  # -> table4.csv, .md, .tex
     python -m aot report figure --figure {1,4,5} --out-prefix results/RUN/figures/figure5 \\
-        [--rhos 9,27,81,243] [--tolerance 0] [--no-paper-baselines] FID.json ...
+        [--rhos 9,27,81,243] [--decimals 2] [--no-paper-baselines] FID.json ...
                                                       # -> figure5.png, figure5.pdf
     python -m aot report figure --figure {2,6,7,8} --out-prefix P traj.npz \\
         [--seed-index 0] [--max-columns 10]           # trajectory strip: rows models, columns steps
     python -m aot report figure --figure {3,9} --out-prefix P traj.npz \\
-        [--step 3] [--max-seeds 64]                   # denoised grid at one early step
-    python -m aot report figure --figure {10,11} --out-prefix P X.npz \\
-        [--count 100] [--columns 10]                  # sample grid
+        [--step 3] [--max-seeds 64] [--final-images | --by-class]
+                                                      # denoised grid at one early step (0: from sigma_max)
+    python -m aot report figure --figure {10,11} --out-prefix P X.npz [Y.npz ...] \\
+        [--count 100] [--columns 10]                  # sample grids, a panel per sample set
     python -m aot report figure --figure curvature --out-prefix P traj.json [traj2.json ...]
     python -m aot report pool-study --out-prefix results/RUN/tables/table6 \\
         [--figure-prefix results/RUN/figures/pool_study] [--nfe 7,15,35] [--rhos 9,27,81,243] \\
@@ -71,9 +72,10 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
     _wrote(write_figure(args.out_prefix, args.figure, kind=args.kind, inputs=args.inputs,
                         diagnostics=args.diagnostics, samples=args.samples,
-                        paper_baselines=args.paper_baselines, rhos=args.rhos, tolerance=args.tolerance,
+                        paper_baselines=args.paper_baselines, rhos=args.rhos, decimals=args.decimals,
                         seed_index=args.seed_index, max_columns=args.max_columns, step=args.step,
-                        max_seeds=args.max_seeds, count=args.count, columns=args.columns, title=args.title))
+                        max_seeds=args.max_seeds, final_images=args.final_images, by_class=args.by_class,
+                        count=args.count, columns=args.columns, title=args.title))
 
 
 def nfe_list(s: str) -> tuple[int, ...]:
@@ -142,9 +144,9 @@ def _add_figure(sub) -> None:
     bool_flag(f, "paper-baselines", True, "Figure 1: draw the paper's curves and quoted baselines (default on)")
     f.add_argument("--rhos", type=rho_list, default=None,
                    help="Figure 5: rho values to take the best over (default: every rho measured)")
-    f.add_argument("--tolerance", type=number_arg("--tolerance"), default=0.0,
-                   help="Figure 5: relative FID tolerance of the minimal-step optimum (default 0: "
-                        "the fewest steps that reach the lowest FID)")
+    f.add_argument("--decimals", type=number_arg("--decimals", int), default=2,
+                   help="Figure 5: the star marks the fewest steps among the FIDs equal to the lowest "
+                        "at this many decimals (default 2, as the paper prints them)")
     f.add_argument("--diagnostics", help="diagnostics npz (strips, grids) or its JSON (curvature)")
     f.add_argument("--seed-index", type=number_arg("--seed-index", int), default=0,
                    help="strips: which seed of the npz")
@@ -154,14 +156,18 @@ def _add_figure(sub) -> None:
                    help="denoised grids: step index, 0 = the single Euler step's estimate from "
                         "sigma_max (default 3)")
     f.add_argument("--max-seeds", type=number_arg("--max-seeds", int), default=64,
-                   help="denoised grids: at most this many seeds")
-    f.add_argument("--samples", help="sample-set npz (Figures 10, 11)")
-    f.add_argument("--count", type=number_arg("--count", int), default=100, help="sample grids: number of images")
+                   help="denoised grids: at most this many seeds (per class: a row of at most 8)")
+    bool_flag(f, "final-images", False, "denoised grids: first the final images of the EDM networks, from "
+              "the same latents (Figure 3, panel a)")
+    bool_flag(f, "by-class", False, "denoised grids: a row of panels per class (Figure 9; conditional diagnostics)")
+    f.add_argument("--samples", help="sample-set npz (Figures 10, 11); more as positional paths, a panel each")
+    f.add_argument("--count", type=number_arg("--count", int), default=100,
+                   help="sample grids: number of images per sample set")
     f.add_argument("--columns", type=number_arg("--columns", int), default=10, help="sample grids: images per row")
     f.add_argument("--title", default=None)
     f.add_argument("inputs", nargs="*",
                    help="curves: FID result JSON files or folders; strip/denoised-grid: the "
-                        "diagnostics npz; samples: the sample-set npz; curvature: diagnostics JSONs")
+                        "diagnostics npz; samples: sample-set npz files; curvature: diagnostics JSONs")
     f.set_defaults(func=cmd_figure)
 
 

@@ -27,7 +27,13 @@ The command line is `python -m aot report table|figure|readme|in-flight` (aot/cl
 
 from .curves import minimal_step_optimum, plot_best_fid_vs_nfe, plot_curvature, plot_fid_vs_nfe, plot_fid_vs_rho
 from .figures import make_figure, write_figure
-from .images import plot_denoised_grid, plot_sample_grid, plot_trajectory_strip
+from .images import (
+    plot_denoised_by_class,
+    plot_denoised_grid,
+    plot_sample_grid,
+    plot_sample_grids,
+    plot_trajectory_strip,
+)
 from .in_flight import write_in_flight
 from .readme import benchmark_stage, write_readme
 from .render import read_table_csv, save_figure
@@ -49,7 +55,8 @@ __all__ = [
     "NO_PUBLISHED_VALUE", "OFFLINE_CAVEAT", "PAPER_FILES", "PUBLISHED_EDM", "RETRAINED_EDM",
     "QUOTED_BASELINES", "TABLE_TITLES", "aggregate", "as_aggregate",
     "benchmark_stage", "load_fid_results", "make_figure", "make_table", "minimal_step_optimum", "paper_table",
-    "parse_fid_result", "plot_best_fid_vs_nfe", "plot_curvature", "plot_denoised_grid", "plot_fid_vs_nfe",
-    "plot_fid_vs_rho", "plot_sample_grid", "plot_trajectory_strip", "read_table_csv", "save_figure", "write_figure",
+    "parse_fid_result", "plot_best_fid_vs_nfe", "plot_curvature", "plot_denoised_by_class", "plot_denoised_grid",
+    "plot_fid_vs_nfe", "plot_fid_vs_rho", "plot_sample_grid", "plot_sample_grids", "plot_trajectory_strip",
+    "read_table_csv", "save_figure", "write_figure",
     "write_in_flight", "write_readme", "write_table",
 ]

@@ -1,11 +1,12 @@
 """Curve figures: FID against NFE and rho (Figures 1, 4, 5) and trajectory curvature.
 
-Figure 1: FID vs NFE, our curves (best FID over every measured rho at each NFE), the paper's
-curves from Table 5 and the quoted baselines of Tables 1-2 as points. Figure 4: FID vs rho at 18,
-14 and 8 steps (log x). Figure 5: best FID over `rhos` vs NFE with the minimal-step optimum (the
-fewest steps whose FID reaches the curve's lowest, within `tolerance` (relative, default 0))
-marked. Our curves are labelled by `kind_name`: EDM-AOT, "EDM (published network)" (EDM's
-official pickle) and "EDM (retrained here, AOT off, same recipe)"; the paper's as EDM, EDM-AOT.
+Figure 1: FID vs NFE, one panel per part (unconditional, conditional) of the results: our curves
+(best FID over every measured rho at each NFE), the paper's curves from Table 5 and the quoted
+baselines of Tables 1-2 as points. Figure 4: FID vs rho at 18, 14 and 8 steps (log x). Figure 5:
+best FID over `rhos` vs NFE with the minimal-step optimum marked: the fewest steps among the FIDs
+that tie with the curve's lowest once rounded to `decimals` (the paper's two). Our curves are
+labelled by `kind_name`: EDM-AOT, "EDM (published network)" (EDM's official pickle) and "EDM
+(retrained here, AOT off, same recipe)"; the paper's as EDM, EDM-AOT.
 Curvature: distance of the denoised estimate to the final sample over sigma, from the diagnostics
 JSON of `aot diagnostics`, one panel per file.
 
@@ -44,7 +45,7 @@ from .results import (
 )
 from .tables import QUOTED_BASELINES, best_over_rho, col_value, table4_label, table5_label
 
-DEFAULT_TOLERANCE = 0.0
+PAPER_DECIMALS = 2  # the paper prints FIDs to two decimals
 COLORS = {"EDM": "tab:blue", RETRAINED_EDM: "tab:blue", PUBLISHED_EDM: "tab:green", "EDM-AOT": "tab:orange"}
 OUR_KINDS = (PUBLISHED_EDM, RETRAINED_EDM, "EDM-AOT")
 
@@ -101,18 +102,15 @@ def _caveat(fig: Any, feat: str | None) -> None:
 
 
 def minimal_step_optimum(nfes: Sequence[float], fids: Sequence[float],
-                         tolerance: float = DEFAULT_TOLERANCE) -> tuple[float, float] | None:
-    """The smallest NFE whose FID is within `tolerance` (relative) of the curve's best FID
-    (tolerance 0: the fewest steps that reach the lowest FID)."""
+                         decimals: int = PAPER_DECIMALS) -> tuple[float, float] | None:
+    """(NFE, FID) of the fewest steps whose FID, rounded to `decimals` (the paper's two), equals
+    the curve's lowest rounded FID: FIDs that the paper would print alike are a tie, and the
+    tie goes to the fewest steps. None for a curve without a finite FID."""
     pts = sorted((float(n), float(f)) for n, f in zip(nfes, fids) if np.isfinite(f))
     if not pts:
         return None
-    best = min(f for _, f in pts)
-    limit = best + tolerance * abs(best)
-    for n, f in pts:
-        if f <= limit:
-            return n, f
-    return None  # pragma: no cover - the best point always qualifies
+    best = min(round(f, decimals) for _, f in pts)
+    return next((n, f) for n, f in pts if round(f, decimals) == best)
 
 
 def _paper_rows(number: int) -> pd.DataFrame:
@@ -130,14 +128,14 @@ def _quoted_baselines(pax: Any, cond: bool) -> None:
                      xytext=(4, 3 + 9 * k), fontsize=7, color="0.3")
 
 
-def _our_nfe_curves(ax: Any, best: pd.DataFrame, label: str, color: str, tolerance: float | None = None) -> None:
+def _our_nfe_curves(ax: Any, best: pd.DataFrame, label: str, color: str, decimals: int | None = None) -> None:
     """Our curves of one kind (the rows of `best_over_rho` whose label starts with `label`), the
-    minimal-step optimum starred when a `tolerance` is given."""
+    minimal-step optimum (at `decimals`) starred when `decimals` is given."""
     sub = best[best["label"].str.startswith(label)] if len(best) else best
     for lab, s in (sub.groupby("label") if len(sub) else []):
         s = s.sort_values("nfe")
         ax.plot(s["nfe"], s["fid"], "o-", color=color, label=f"{lab} (ours)")
-        opt = minimal_step_optimum(s["nfe"], s["fid"], tolerance) if tolerance is not None else None
+        opt = minimal_step_optimum(s["nfe"], s["fid"], decimals) if decimals is not None else None
         if opt:
             ax.plot([opt[0]], [opt[1]], "*", color=color, ms=16, mec="k", label=f"optimum: {optimum_text(opt[0])}")
 
@@ -150,14 +148,15 @@ def optimum_text(nfe: float) -> str:
 def plot_fid_vs_nfe(results: Any, paper: bool = True) -> Any:
     """Figure 1: our best FID at each NFE (any rho) per model, paper curves and quoted baselines.
 
-    One panel per condition (unconditional, conditional) present in the results; the paper's
-    Figure 1 (unconditional) when there are none.
+    One panel per part (unconditional, conditional) present in the results, both when there are
+    none; each with our EDM baselines (EDM's published network, EDM retrained here) and EDM-AOT,
+    the paper's EDM and EDM-AOT curves (Table 5) and the baselines Table 1 or 2 quotes.
     """
     agg = as_aggregate(results)
     feat = single_feature_network(agg)
     best = best_over_rho(agg, None)
     paper5 = _paper_rows(5)
-    conds = sorted({bool(c) for c in best["cond"]}) if len(best) else [False]
+    conds = sorted({bool(c) for c in best["cond"]}) if len(best) else [False, True]
     fig, axes = new_figure(1, len(conds))
     for ax, cond in zip(axes[0], conds):
         pax = _paper_axis(ax, not is_offline(feat))
@@ -225,8 +224,9 @@ def plot_fid_vs_rho(results: Any, steps: Sequence[int] = (18, 14, 8)) -> Any:
 
 
 def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] | None = None,
-                         tolerance: float = DEFAULT_TOLERANCE) -> Any:
-    """Figure 5: best FID over `rhos` vs NFE, minimal-step optimum marked with a star."""
+                         decimals: int = PAPER_DECIMALS) -> Any:
+    """Figure 5: best FID over `rhos` vs NFE, the minimal-step optimum (`minimal_step_optimum` at
+    `decimals`) marked with a star, ours and the paper's."""
     agg = as_aggregate(results)
     feat = single_feature_network(agg)
     best = best_over_rho(agg, rhos)
@@ -235,7 +235,7 @@ def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] | None = None,
     for ax, cond in zip(axes[0], (False, True)):
         pax = _paper_axis(ax, not is_offline(feat))
         for kind in OUR_KINDS:
-            _our_nfe_curves(ax, best, table5_label(kind, cond), COLORS[kind], tolerance)
+            _our_nfe_curves(ax, best, table5_label(kind, cond), COLORS[kind], decimals)
         for aot in (False, True):
             kind = paper_kind(aot)
             label = table5_label(kind, cond)
@@ -244,7 +244,7 @@ def plot_best_fid_vs_nfe(results: Any, rhos: Sequence[float] | None = None,
                 xs = np.array([col_value(c) for c in row.index])
                 pax.plot(xs, row.values, "x--", color=COLORS[kind], alpha=0.6,
                          label=f"{label} (paper)")
-                opt = minimal_step_optimum(xs, row.values, tolerance)
+                opt = minimal_step_optimum(xs, row.values, decimals)
                 if opt:
                     pax.plot([opt[0]], [opt[1]], "*", color="none", mec=COLORS[kind], ms=14,
                              label=f"{label} (paper) optimum: {optimum_text(opt[0])}")

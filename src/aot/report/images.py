@@ -1,9 +1,12 @@
 """Image figures: trajectory strips, denoised grids and sample grids.
 
 Trajectory strips (Figures 2, 6, 7, 8): rows models, columns steps, the single-step denoised
-estimate x0 of one seed along the sampling path (and the final sample). Denoised grids (Figures 3,
-9): x0 of many seeds at one early step, one panel per model. Sample grids (Figures 10, 11): images
-of a sample set, one row per class for class-conditional sets.
+estimate x0 of one seed along the sampling path (and the final sample). Denoised grids (Figure 3):
+x0 of many seeds at one step (the workflow: step 0, the single Euler step from sigma_max), one panel
+per model, optionally after panels of the final images of some models from the same latents (the
+paper's panel a). Per-class grids (Figure 9): the same estimate, a row of panels per class. Sample
+grids (Figures 10, 11): images of one or more sample sets, a panel each, one row per class for
+class-conditional sets.
 
 The diagnostics npz of `aot diagnostics` holds `names`, `t_steps`, and per model i `x0_i`
 [seeds, steps, C, H, W] (and `x_i`, the path itself); images there are in [-1, 1] and are shown as
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,25 +147,90 @@ def plot_trajectory_strip(diag: Any, seed_index: int = 0, max_columns: int = 10,
     return fig
 
 
-def plot_denoised_grid(diag: Any, step: int | None = None, max_seeds: int = 64,
-                       title: str | None = None) -> Any:
-    """x0 estimates of many seeds at one (early) step, one panel per model, side by side."""
-    d = _as_diagnostics(diag)
-    s_count, k = d["x0"][0].shape[:2]
+def _grid_step(d: dict, step: int | None) -> int:
+    k = d["x0"][0].shape[1]
     if step is None:
         step = min(3, k - 1)
     if not 0 <= step < k:
         raise UserError(f"--step {step} out of range: the diagnostics have {k} steps")
+    return step
+
+
+def _step_text(d: dict, step: int) -> str:
+    """'single Euler step from σ=80' for step 0, 'step 3 (σ=...)' otherwise."""
+    sigma = d["t_steps"][step] if step < len(d["t_steps"]) else float("nan")
+    return f"single Euler step from σ={sigma:.3g}" if step == 0 else f"step {step} (σ={sigma:.3g})"
+
+
+def _final_images(d: dict, i: int, seeds: Any) -> np.ndarray:
+    """The final images (the last state of the path) of model i for the seeds `seeds`."""
+    if d["x"][i] is None:
+        raise UserError(f"the diagnostics hold no path of model {d['names'][i].splitlines()[0]} (key 'x_{i}'), "
+                        "so no final images")
+    return d["x"][i][seeds, -1]
+
+
+def plot_denoised_grid(diag: Any, step: int | None = None, max_seeds: int = 64,
+                       title: str | None = None, final: Sequence[int] = (), final_label: str | None = None) -> Any:
+    """x0 estimates of many seeds at one (early) step, one panel per model, side by side. `final`:
+    models (indices) whose final images, the last state of the same paths (same latents), come
+    first, each a panel of its own; then the panels are lettered (a), (b), ... (the paper's
+    Figure 3: (a) EDM's final images, then the single Euler step of each model); `final_label`
+    says how they were sampled (default: 'final image (<K> steps)')."""
+    d = _as_diagnostics(diag)
+    s_count = d["x0"][0].shape[0]
+    step = _grid_step(d, step)
+    for i in final:
+        if not 0 <= i < len(d["names"]):
+            raise UserError(f"no model {i} in the diagnostics ({len(d['names'])} models)")
     n = min(s_count, max_seeds)
     cols = max(1, math.ceil(math.sqrt(n)))
-    fig, axes = new_figure(1, len(d["names"]), size=(3.2, 3.4))
-    sigma = d["t_steps"][step] if step < len(d["t_steps"]) else float("nan")
-    for i, name in enumerate(d["names"]):
-        imgs = np.stack([_hwc(to_uint8(x)) for x in d["x0"][i][:n, step]])
-        _imshow(axes[0][i], tile(imgs, cols))
-        axes[0][i].set_title(name, fontsize=8 if "\n" in name else 9)
-    fig.suptitle(title or f"denoised estimate x0 at step {step} (σ={sigma:.3g}), same seeds",
-                 fontsize=9)
+    k = d["x0"][0].shape[1]
+    final_label = final_label or f"final image ({k} steps)"
+    panels = [(f"{d['names'][i]}\n{final_label}", _final_images(d, i, slice(0, n))) for i in final]
+    panels += [(f"{name}\n{_step_text(d, step)}" if final else name, d["x0"][i][:n, step])
+               for i, name in enumerate(d["names"])]
+    fig, axes = new_figure(1, len(panels), size=(3.2, 3.6 if final else 3.4))
+    for j, (label, x) in enumerate(panels):
+        imgs = np.stack([_hwc(to_uint8(v)) for v in x])
+        _imshow(axes[0][j], tile(imgs, cols))
+        if final:
+            label = f"({chr(ord('a') + j)}) {label}"
+        axes[0][j].set_title(label, fontsize=8 if "\n" in label else 9)
+    fig.suptitle(title or f"denoised estimate x0: {_step_text(d, step)}, same seeds", fontsize=9)
+    return fig
+
+
+def plot_denoised_by_class(diag: Any, step: int | None = None, per_class: int = 8,
+                           title: str | None = None) -> Any:
+    """x0 estimates at one step per class: a row of panels per class (its first `per_class`
+    seeds; the seeds' labels are drawn at random, as for sample sets), a column per model, all
+    from the same latents and labels (the paper's Figure 9)."""
+    d = _as_diagnostics(diag)
+    step = _grid_step(d, step)
+    labels = d.get("labels")
+    if labels is None or not np.size(labels) or np.any(np.asarray(labels) < 0):
+        raise UserError("a per-class grid needs the class labels of a class-conditional diagnostics npz "
+                        "(key 'labels', no -1)")
+    if per_class < 1:
+        raise UserError(f"per_class must be positive, got {per_class}")
+    labels = np.asarray(labels)
+    classes = [int(c) for c in np.unique(labels)]
+    per_class = min(per_class, max(int(np.sum(labels == c)) for c in classes))
+    fig, axes = new_figure(len(classes), len(d["names"]), size=(0.45 * per_class + 0.6, 0.75))
+    for r, c in enumerate(classes):
+        seeds = np.flatnonzero(labels == c)[:per_class]
+        for i, name in enumerate(d["names"]):
+            imgs = np.stack([_hwc(to_uint8(v)) for v in d["x0"][i][seeds, step]])
+            if len(imgs) < per_class:  # a class with fewer seeds: padded white
+                imgs = np.concatenate([imgs, np.full((per_class - len(imgs), *imgs.shape[1:]), 255, np.uint8)])
+            ax = axes[r][i]
+            _imshow(ax, tile(imgs, per_class))
+            if r == 0:
+                ax.set_title(name, fontsize=8 if "\n" in name else 9)
+            if i == 0:
+                ax.set_ylabel(f"class {c}", fontsize=7)
+    fig.suptitle(title or f"denoised estimate x0 per class: {_step_text(d, step)}, same seeds", fontsize=9)
     return fig
 
 
@@ -195,18 +264,40 @@ def _rows_per_class(images: np.ndarray, labels: np.ndarray, count: int, columns:
     return np.concatenate(rows)[: max(count, columns)]
 
 
-def plot_sample_grid(images: np.ndarray, labels: np.ndarray | None = None, count: int = 100,
-                     columns: int = 10, title: str | None = None) -> Any:
-    """Grid of uint8 [N, H, W, C] images; class-conditional sets get one row per class."""
+def _sample_mosaic(images: np.ndarray, labels: np.ndarray | None, count: int, columns: int) -> np.ndarray:
+    """The images a sample grid shows: the first `count`, or rows per class for labelled sets."""
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
     if labels is not None and len(labels) == len(images) and np.all(np.asarray(labels) >= 0):
-        sel = _rows_per_class(images, np.asarray(labels), count, columns)
-    else:
-        sel = images[:count]
-    fig, axes = new_figure(1, 1, size=(min(10.0, 0.6 * columns + 1), min(10.0, 0.6 * math.ceil(
-        len(sel) / max(columns, 1)) + 1)))
-    _imshow(axes[0][0], tile(sel, columns))
+        return _rows_per_class(images, np.asarray(labels), count, columns)
+    return images[:count]
+
+
+def plot_sample_grid(images: np.ndarray, labels: np.ndarray | None = None, count: int = 100,
+                     columns: int = 10, title: str | None = None) -> Any:
+    """Grid of uint8 [N, H, W, C] images; class-conditional sets get one row per class."""
+    return plot_sample_grids([(images, labels, "")], count, columns, title)
+
+
+def plot_sample_grids(sets: Sequence[tuple[np.ndarray, np.ndarray | None, str]], count: int = 100,
+                      columns: int = 10, title: str | None = None) -> Any:
+    """One sample grid (`plot_sample_grid`) per (images, labels, panel title), at most two panels a
+    row (Figures 10, 11: the sample sets of Table 1 or 2's settings)."""
+    if not sets:
+        raise UserError("a sample grid needs at least one sample set")
+    mosaics = [(_sample_mosaic(images, labels, count, columns), label) for images, labels, label in sets]
+    rows_of_images = max(math.ceil(len(sel) / max(columns, 1)) for sel, _ in mosaics)
+    ncols = min(2, len(mosaics))
+    nrows = math.ceil(len(mosaics) / ncols)
+    fig, axes = new_figure(nrows, ncols, size=(min(10.0, 0.6 * columns + 1),
+                                               min(10.0, 0.6 * rows_of_images + 1) + (0.4 if len(mosaics) > 1 else 0)))
+    for j, (sel, label) in enumerate(mosaics):
+        ax = axes[j // ncols][j % ncols]
+        _imshow(ax, tile(sel, columns))
+        if label:
+            ax.set_title(label, fontsize=8)
+    for j in range(len(mosaics), nrows * ncols):
+        axes[j // ncols][j % ncols].set_axis_off()
     fig.suptitle(title or "samples", fontsize=9)
     return fig

@@ -107,13 +107,16 @@ class RunPlan:
         return out
 
     def table4_sets(self) -> set[tuple[str, str]]:
+        """Every row of Table 4 (the published networks' with tables.published_grids) x rho."""
         t4 = self.sampling["table4"]
-        return {(row["model"], self.key_for(row["num_steps"], rho)) for row in t4["rows"] for rho in t4["rho"]}
+        return {(row["model"], self.key_for(row["num_steps"], rho))
+                for row in self.settings.table4_rows() for rho in t4["rho"]}
 
     def table5_sets(self) -> set[tuple[str, str]]:
+        """Every model of Table 5 (the published networks' with tables.published_grids) x NFE x rho."""
         t5 = self.sampling["table5"]
         return {(m, self.key_for(keys.steps_for_nfe(nfe, self.solver), rho))
-                for m in t5["models"] for nfe in t5["nfe"] for rho in t5["rho"]}
+                for m in self.settings.table5_models() for nfe in t5["nfe"] for rho in t5["rho"]}
 
     def table_sets(self) -> dict[int, list[tuple[str, str]]]:
         """Table number -> its sample sets, for the tables the workflow makes (report.smk's TABLES)."""

@@ -166,6 +166,8 @@ class RunSettings:
         self.check_training_batch(self.train_resources())
         for name in self.trained:
             self.train_extra_args(name)
+        if not self.parts:
+            _fail("tables: name the models of at least one part (uncond, cond)")
         for part in self.parts:
             for role in ("edm", "aot"):
                 name = config["tables"][part][role]
@@ -325,6 +327,53 @@ class RunSettings:
         """The part's EDM published network (a model with source edm-pickle), or None."""
         return self.config["tables"][part].get("edm_published")
 
+    @property
+    def published_grids(self) -> bool:
+        """tables.published_grids: the published networks over the grids of Tables 4 and 5 too."""
+        return bool(self.config["tables"].get("published_grids", True))
+
+    def published_table4_rows(self) -> list[dict]:
+        """The published networks' extra rows of Table 4 (tables.published_grids): for each part
+        with `edm_published`, one row of it at each step count of the part's retrained EDM's rows
+        (in their order), with every rho of sampling.table4; rows that sampling.table4.rows has
+        already are not repeated."""
+        if not self.published_grids:
+            return []
+        rows = self.config["sampling"]["table4"]["rows"]
+        have = {(r["model"], r["num_steps"]) for r in rows}
+        out = []
+        for part in self.parts:
+            published, edm = self.published_model(part), self.config["tables"][part]["edm"]
+            for r in rows:
+                if published and r["model"] == edm and (published, r["num_steps"]) not in have:
+                    have.add((published, r["num_steps"]))
+                    out.append({"model": published, "num_steps": r["num_steps"]})
+        return out
+
+    def table4_rows(self) -> list[dict]:
+        """Table 4's rows ({model, num_steps}, each sampled at every rho of sampling.table4):
+        sampling.table4.rows and the published networks' (published_table4_rows)."""
+        return [*self.config["sampling"]["table4"]["rows"], *self.published_table4_rows()]
+
+    def published_table5_models(self) -> list[str]:
+        """The published networks of Table 5's grid (tables.published_grids): each part's
+        `edm_published` whose retrained EDM (tables.<part>.edm) is among sampling.table5.models
+        and which is not there already, sampled at every NFE x rho of sampling.table5."""
+        if not self.published_grids:
+            return []
+        models = self.config["sampling"]["table5"]["models"]
+        out = []
+        for part in self.parts:
+            published = self.published_model(part)
+            if published and self.config["tables"][part]["edm"] in models and published not in models + out:
+                out.append(published)
+        return out
+
+    def table5_models(self) -> list[str]:
+        """Table 5's models: sampling.table5.models and the published networks'
+        (published_table5_models)."""
+        return [*self.config["sampling"]["table5"]["models"], *self.published_table5_models()]
+
     def check_published(self) -> None:
         """tables.<part>.edm_published names an imported EDM network of the part."""
         for part in self.parts:
@@ -412,60 +461,6 @@ class RunSettings:
     def pool_study_problems(self) -> list[str]:
         return [e["problem"] for e in self.pool_study_entries if e["problem"]]
 
-
-# Options of `aot train` that the train rule sets from the job itself, besides the training settings
-# (whose keys are option names too): extra_args may not give them again.
-RULE_TRAIN_OPTIONS = ("outdir", "data", "model_name", "cond", "aot", "device", "slurm_margin", "bf16", "tf32",
-                      "channels_last", "compile")
-# The characters an argument of extra_args may hold: those that need no quoting in a shell
-# (shlex.quote leaves them alone), so that the words the shell sees are the arguments checked here.
-_SAFE_ARGUMENT = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
-
-
-def extra_train_args(value: Any, where: str = "training.extra_args", set_by_config: set | None = None) -> list[str]:
-    """`extra_args` (a string of shell words separated by spaces, or a list of arguments) as a list
-    of arguments of `python -m aot train`, validated against that command's own parser: known
-    options with valid values, none that the config or the train rule already sets (`set_by_config`:
-    the settings' keys; RULE_TRAIN_OPTIONS), each argument made of characters that need no shell
-    quoting (letters, digits, and @%+=:,./-_), no line break, so that the job's command line runs
-    exactly these arguments and nothing else, quoted (shlex.join) or pasted as they are."""
-    import shlex
-
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        if re.search(r"[^\S ]", value):  # a line break would end the command in the job's shell
-            _fail(f"{where}: {value!r} holds a line break or tab; separate arguments with spaces")
-        try:
-            args = shlex.split(value)
-        except ValueError as exc:
-            _fail(f"{where}: {value!r} is not a list of arguments ({exc})")
-    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
-        args = list(value)
-    else:
-        _fail(f"{where}: {value!r} is neither a string of arguments nor a list of them")
-    for arg in args:
-        if not _SAFE_ARGUMENT.fullmatch(arg):
-            _fail(f"{where}: the argument {arg!r} holds a character other than letters, digits and @%+=:,./-_ "
-                  "(extra_args are options of `python -m aot train`, never shell code)")
-        if arg == "-h" or (len(arg) > 2 and "--help".startswith(arg.split("=")[0])):
-            _fail(f"{where}: {arg} is not an option a training job can take")
-    base = ["train", "--outdir", "OUTDIR", "--data", "DATA"]
-    parser = _train_parser()
-    from ..errors import UserError
-
-    try:
-        given = vars(parser.parse_args(base + args))
-    except (UserError, SystemExit) as exc:
-        _fail(f"{where}: {' '.join(args)!r} is not a valid list of options of `python -m aot train` ({exc})")
-    plain = vars(parser.parse_args(base))
-    changed = sorted(k for k, v in given.items() if k not in plain or plain[k] != v)
-    taken = [k for k in changed if k in RULE_TRAIN_OPTIONS or k in (set_by_config or ())]
-    if taken:
-        options = ", ".join("--" + k.replace("_", "-") for k in taken)
-        _fail(f"{where}: {options} is set by the config or the train rule already; set it there, not in extra_args")
-    return args
-
     # --- training replicates (the significance study) ------------------------------------------
 
     def replicate_name(self, base: str, r: int) -> str:
@@ -536,6 +531,60 @@ def extra_train_args(value: Any, where: str = "training.extra_args", set_by_conf
     def replicate_problems(self, study: str) -> list[str]:
         return list(dict.fromkeys(e["problem"] for e in self.replicate_entries
                                   if e["study"] == study and e["problem"]))
+
+
+# Options of `aot train` that the train rule sets from the job itself, besides the training settings
+# (whose keys are option names too): extra_args may not give them again.
+RULE_TRAIN_OPTIONS = ("outdir", "data", "model_name", "cond", "aot", "device", "slurm_margin", "bf16", "tf32",
+                      "channels_last", "compile")
+# The characters an argument of extra_args may hold: those that need no quoting in a shell
+# (shlex.quote leaves them alone), so that the words the shell sees are the arguments checked here.
+_SAFE_ARGUMENT = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
+
+
+def extra_train_args(value: Any, where: str = "training.extra_args", set_by_config: set | None = None) -> list[str]:
+    """`extra_args` (a string of shell words separated by spaces, or a list of arguments) as a list
+    of arguments of `python -m aot train`, validated against that command's own parser: known
+    options with valid values, none that the config or the train rule already sets (`set_by_config`:
+    the settings' keys; RULE_TRAIN_OPTIONS), each argument made of characters that need no shell
+    quoting (letters, digits, and @%+=:,./-_), no line break, so that the job's command line runs
+    exactly these arguments and nothing else, quoted (shlex.join) or pasted as they are."""
+    import shlex
+
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        if re.search(r"[^\S ]", value):  # a line break would end the command in the job's shell
+            _fail(f"{where}: {value!r} holds a line break or tab; separate arguments with spaces")
+        try:
+            args = shlex.split(value)
+        except ValueError as exc:
+            _fail(f"{where}: {value!r} is not a list of arguments ({exc})")
+    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
+        args = list(value)
+    else:
+        _fail(f"{where}: {value!r} is neither a string of arguments nor a list of them")
+    for arg in args:
+        if not _SAFE_ARGUMENT.fullmatch(arg):
+            _fail(f"{where}: the argument {arg!r} holds a character other than letters, digits and @%+=:,./-_ "
+                  "(extra_args are options of `python -m aot train`, never shell code)")
+        if arg == "-h" or (len(arg) > 2 and "--help".startswith(arg.split("=")[0])):
+            _fail(f"{where}: {arg} is not an option a training job can take")
+    base = ["train", "--outdir", "OUTDIR", "--data", "DATA"]
+    parser = _train_parser()
+    from ..errors import UserError
+
+    try:
+        given = vars(parser.parse_args(base + args))
+    except (UserError, SystemExit) as exc:
+        _fail(f"{where}: {' '.join(args)!r} is not a valid list of options of `python -m aot train` ({exc})")
+    plain = vars(parser.parse_args(base))
+    changed = sorted(k for k, v in given.items() if k not in plain or plain[k] != v)
+    taken = [k for k in changed if k in RULE_TRAIN_OPTIONS or k in (set_by_config or ())]
+    if taken:
+        options = ", ".join("--" + k.replace("_", "-") for k in taken)
+        _fail(f"{where}: {options} is set by the config or the train rule already; set it there, not in extra_args")
+    return args
 
 
 def _train_parser():
