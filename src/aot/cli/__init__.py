@@ -27,6 +27,7 @@ COMMANDS = {
     "dg": "dg",
     "report": "report",
     "checkpoints": "checkpoints",
+    "stats": "stats",
 }
 
 
