@@ -41,6 +41,12 @@ def test_paper_run_is_at_most_250_slurm_jobs(paper_slurm):
     assert math.ceil(plain / per_group) + math.ceil((len(sets) - plain) / per_group) <= groups <= len(sets) // 2
     n = len(submissions(paper_slurm))
     assert n <= 250, n
+    # every set (EDM's published networks over Tables 4 and 5 too) is in a packed group (setsN,
+    # guidedN), none in a group of its own outside the packing (packed_sets in common.smk)
+    assert all(re.fullmatch(r"(sets|guided)\d+", j["group_name"] or "") for j in sets), \
+        sorted({j["group_name"] for j in sets})
+    assert any(j["wildcards"].get("model") == "edm-cond-vp" and j["wildcards"].get("key") == "heun-n4-rho243"
+               for j in sets)
     others = [j["rule"] for j in js if j["group"] is None and not LOCAL.fullmatch(j["rule"])]
     assert sorted(set(others)) == ["diagnostics", "prepare_dataset", "reference_stats", "train",
                                    "train_discriminator"], others

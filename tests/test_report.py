@@ -444,6 +444,10 @@ def test_image_figures(tmp_path, channels):
     labels = rng.integers(0, 10, 40) if channels == 3 else None
     assert_png(report.save_figure(report.plot_sample_grid(images, labels, count=20, columns=5),
                                   tmp_path / "f10"))
+    from aot.report.images import _sample_mosaic, sample_subset
+
+    few = sample_subset(images, labels, 20, 5)  # what a grid shows, kept from a 50k set
+    assert len(few[0]) <= 20 + 5 and np.array_equal(_sample_mosaic(*few, 20, 5), _sample_mosaic(images, labels, 20, 5))
     grids = report.plot_sample_grids([(images, labels, "EDM"), (images, labels, "EDM-AOT"),
                                       (images, labels, "EDM-AOT, best")], count=20, columns=5)
     assert [ax.get_title() for ax in grids.axes] == ["EDM", "EDM-AOT", "EDM-AOT, best", ""]  # 2 x 2, one empty

@@ -37,6 +37,7 @@ from .images import (
     plot_denoised_grid,
     plot_sample_grids,
     plot_trajectory_strip,
+    sample_subset,
 )
 from .render import save_figure
 from .results import cond_name, is_published_source, kind_name, load_fid_results
@@ -152,9 +153,9 @@ def _samples_figure(figure: str, paths: Sequence[str], count: int, columns: int,
     """One panel per sample set (Figures 10, 11: the settings of Table 1 or 2), titled with its
     model, kind and sampler; one set alone is titled as the figure."""
     sets = []
-    for path in paths:
+    for path in paths:  # each set's shown images only (a set is 50,000 images)
         images, labels, meta = load_labelled_images(path)
-        sets.append((images, labels, meta))
+        sets.append((*sample_subset(images, labels, count, columns), meta))
     if len(sets) == 1:
         images, labels, meta = sets[0]
         return plot_sample_grids([(images, labels, "")], count, columns, title or _samples_title(figure, meta))

@@ -246,13 +246,29 @@ def load_labelled_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     return rec["images"], rec["labels"], rec["meta"]
 
 
-def _rows_per_class(images: np.ndarray, labels: np.ndarray, count: int, columns: int) -> np.ndarray:
-    """Up to `columns` images of each class, one row a class (rows padded white), `count` in all."""
-    picked = []
+def _picked_per_class(labels: np.ndarray, count: int, columns: int) -> list[int]:
+    """Indices of up to `columns` images of each class, class by class, until `count` are picked."""
+    picked: list[int] = []
     for c in np.unique(labels):
         picked.extend(np.flatnonzero(labels == c)[:columns].tolist())
         if len(picked) >= count:
             break
+    return picked
+
+
+def sample_subset(images: np.ndarray, labels: np.ndarray | None, count: int,
+                  columns: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The images (and labels) a sample grid of `count` images shows, and no more: a sample set
+    holds 50,000 images, a grid a hundred (Figures 10 and 11 keep only these of each set)."""
+    if labels is not None and len(labels) == len(images) and np.all(np.asarray(labels) >= 0):
+        idx = sorted(_picked_per_class(np.asarray(labels), count, columns))
+        return np.asarray(images)[idx], np.asarray(labels)[idx]
+    return np.asarray(images)[:count].copy(), None if labels is None else np.asarray(labels)[:count].copy()
+
+
+def _rows_per_class(images: np.ndarray, labels: np.ndarray, count: int, columns: int) -> np.ndarray:
+    """Up to `columns` images of each class, one row a class (rows padded white), `count` in all."""
+    picked = _picked_per_class(labels, count, columns)
     rows = []
     for c in np.unique(labels[picked]):
         idx = [i for i in picked if labels[i] == c]
