@@ -313,7 +313,8 @@ def test_training_ema_follows_edm_order(tmp_path):
 def test_fidelity_doc_covers_the_disagreements_and_the_report_links_it(tmp_path):
     doc = (ROOT / "docs" / "fidelity.md").read_text()
     for topic in ("NFE 29", "27", "batch 128", "--batch 256", "Table 4", "epochs", "clean-fid",
-                  "fid.py", "published network", "config/authors.yaml", "EMA"):
+                  "fid.py", "published network", "config/authors.yaml", "EMA", "fid_npzs.py", "dg.baseline",
+                  "fid.reference: edm", "compare-references", "train.seed", "controlled comparison"):
         assert topic in doc, topic
     run = tmp_path / "results" / "demo"
     report.write_table(1, both_baselines(), run / "tables" / "table1")

@@ -5,14 +5,18 @@ the repeat aggregate (the Frechet distance and the feature networks are in aot.m
     python -m aot fid train-features --data DS.zip --out featnet.pt
     python -m aot fid reference --data DS.zip --features inception|featnet.pt --out ref.npz
     python -m aot fid reference --precomputed cifar10 [--data DS.zip] --out ref.npz
+    python -m aot fid reference --edm-reference edm-cifar10-32x32.npz --edm-sha256 HEX --out ref.npz
     python -m aot fid measure --samples X.npz --ref ref.npz --repeat 0 --out X.json
     python -m aot fid measure --samples rep0.npz rep1.npz rep2.npz --ref ref.npz \
         --out rep0.json rep1.json rep2.json [--repeat 0 1 2]   # one loading of features and reference
     python -m aot fid aggregate rep0.json rep1.json rep2.json --out agg.json
 
 Each result names what it measured by checksums (`identity`: the generation fingerprint and the
-digest of the sample set's meta, the SHA-256 of the reference file and of the feature network), so
-that a job can keep a result that is still the one it would write (`current_result`).
+digest of the sample set's meta, the SHA-256 and the name of the reference file, the SHA-256 of the
+feature network), so that a job can keep a result that is still the one it would write
+(`current_result`) and results against different references never mix (aot.report.results). EDM's
+reference statistics (`fid.reference: edm`) and the comparison of two references on one sample set
+are in aot.fid_reference.
 
 Inception values are clean-fid `legacy_tensorflow` FIDs. The assets clean-fid would download on first
 use live in a cache folder, `--cache-dir` or else `$AOT_FID_CACHE`, which the Inception commands
@@ -184,15 +188,22 @@ def _valid_stats(path: Path) -> bool:
 
 def fetch_assets(*, cache_dir=None, only=("inception", "cifar10"), inception_url: str = INCEPTION_URL,
                  inception_sha256: str | None = None, stats_url: str | None = None, timeout: float = 60.0,
-                 force: bool = False) -> dict:
-    """Download the Inception weights and clean-fid's CIFAR-10 statistics (on a login node).
+                 force: bool = False, edm_url: str | None = None, edm_sha256: str | None = None) -> dict:
+    """Download the Inception weights, clean-fid's CIFAR-10 statistics and (`edm-cifar10` in
+    `only`) EDM's CIFAR-10 reference statistics (on a login node).
 
     The weights from INCEPTION_URL must have INCEPTION_SHA256; from another URL, `inception_sha256`
-    if given, else whatever is fetched first is recorded and checked on every later load. A file
-    already present and matching is kept (unless `force`). The cache folder's assets.json records
-    path, URL, size and SHA-256 of each file. Returns those records.
+    if given, else whatever is fetched first is recorded and checked on every later load. EDM's
+    statistics (from `edm_url`, default aot.fid_reference.EDM_REFERENCE_URL) must have
+    `edm_sha256`, which is required. A file already present and matching is kept (unless `force`).
+    The cache folder's assets.json records path, URL, size and SHA-256 of each file. Returns those
+    records.
     """
-    cache = require_cache(cache_dir) if "inception" in only else cache_folder(cache_dir)
+    from . import fid_reference as edm
+
+    edm_want = edm.require_sha256(edm_sha256, "--edm-reference-sha256") if edm.EDM_REFERENCE_KEY in only else None
+    need_cache = "inception" in only or edm.EDM_REFERENCE_KEY in only
+    cache = require_cache(cache_dir) if need_cache else cache_folder(cache_dir)
     manifest = read_manifest(cache)
     jobs = []
     if "inception" in only:
@@ -203,6 +214,9 @@ def fetch_assets(*, cache_dir=None, only=("inception", "cifar10"), inception_url
     if "cifar10" in only:
         jobs.append(("cifar10", "CIFAR-10 train statistics (legacy_tensorflow, 32x32)",
                      stats_url or precomputed_url("cifar10"), stats_path("cifar10", cache), _valid_stats, None))
+    if edm.EDM_REFERENCE_KEY in only:
+        jobs.append((edm.EDM_REFERENCE_KEY, "EDM's CIFAR-10 reference statistics (cifar10-32x32.npz)",
+                     edm_url or edm.EDM_REFERENCE_URL, edm.edm_reference_path(cache), edm.valid_edm_file, edm_want))
     for key, what, url, dest, valid, want in jobs:
         expected = want or _recorded_sha256(manifest, key)
         digest = sha256_file(dest) if not force and dest.is_file() and valid(dest) else None
@@ -267,7 +281,7 @@ def load_sample_images(path: str | os.PathLike) -> tuple[np.ndarray, dict, np.nd
 # at least -PSD_TOLERANCE times the largest, what rounding leaves of an honest np.cov), or the
 # Frechet distance is meaningless (and may be NaN or complex).
 PSD_TOLERANCE = 1e-6
-REF_TEXT = ("format", "feature", "name", "source", "mode", "feature_path", "feature_sha256")
+REF_TEXT = ("format", "feature", "name", "source", "mode", "feature_path", "feature_sha256", "edm_sha256")
 REF_INTS = {"resolution": (1, 1 << 16), "channels": (1, 3), "num_images": (-1, 1 << 53)}
 
 
@@ -412,15 +426,30 @@ def train_features(*, data, out, epochs: int = 10, seed: int = 0, feature_dim: i
 
 
 def reference(*, out, data=None, precomputed: str | None = None, features: str = "inception",
-              max_images: int | None = None, cache_dir=None, device: str | None = None, batch: int = 100) -> dict:
+              max_images: int | None = None, cache_dir=None, device: str | None = None, batch: int = 100,
+              edm_reference=None, edm_sha256: str | None = None) -> dict:
     """Reference statistics of the dataset `data` in a feature space (`features`: 'inception' or a
-    feature network file), or clean-fid's `precomputed` ones (then `data` is only checked against
-    them), written to `out`. Returns the record stored with mu and sigma."""
+    feature network file), or clean-fid's `precomputed` ones, or EDM's (`edm_reference`: the file
+    of EDM_REFERENCE_URL, which must have the SHA-256 `edm_sha256`; aot.fid_reference); with
+    either of the last two `data` is only checked against them. Written to `out`; returns the
+    record stored with mu and sigma."""
     out = Path(out)
     device = resolve_device(device)
     batch = positive_int("--batch", batch)
     t0 = time.time()
-    if precomputed:
+    if precomputed and edm_reference:
+        raise UserError("--precomputed and --edm-reference are two references: give one")
+    if edm_reference:
+        from . import fid_reference as edm
+
+        if features != "inception":
+            raise UserError("--edm-reference statistics are Inception statistics; use --features inception")
+        mu, sigma, digest = edm.load_edm_reference(edm_reference, edm_sha256)
+        edm.check_dataset_fits(data)
+        fetched = read_manifest(Path(edm_reference).parent).get(edm.EDM_REFERENCE_KEY)
+        url = fetched.get("url") if isinstance(fetched, dict) and isinstance(fetched.get("url"), str) else None
+        record = edm.edm_reference_record(digest, url or edm.EDM_REFERENCE_URL)
+    elif precomputed:
         mu, sigma, record = _precomputed_statistics(precomputed, data, features, cache_dir)
     else:
         if not data:
@@ -643,6 +672,7 @@ def _result_record(samples, repeat: int, ref, reference_stats: dict, space: Feat
             "samples_fingerprint": meta.get("fingerprint"),
             "samples_meta_sha256": hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest(),
             "reference_sha256": _reference_sha256(ref, reference_stats),
+            "reference_name": str(reference_stats.get("name")),
             "feature_network_sha256": space.digest,
         },
     }

@@ -18,6 +18,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from aot.cli.options import to_argv
+from aot.fid_reference import EDM_REFERENCE_FILE, EDM_REFERENCE_KEY
 from aot.settings import ConfigError, RunSettings
 from aot.settings.jobs import minutes_for as job_minutes, pack_groups
 from aot.keys import (
@@ -143,6 +144,8 @@ BENCH = f"benchmarks/{RUN_NAME}"  # Snakemake's per-job timings
 KEPT = f"{RESULTS}/kept"
 DOWNLOADS = config["downloads"]
 FID_CACHE = f"{DOWNLOADS}/clean-fid"
+# EDM's reference statistics (fid.reference: edm), fetched into the FID asset folder
+EDM_REFERENCE = f"{FID_CACHE}/{EDM_REFERENCE_FILE}"
 DATASET = f"{RESULTS}/data/dataset.zip"
 DEVICE = config["device"]
 CONDA_ENV = "../../envs/aot.yaml"  # the jobs' conda environment (--software-deployment-method conda)
@@ -605,12 +608,59 @@ def fid_flags(wildcards, input):
 def reference_path():
     if FID_CONFIG["reference"] == "precomputed":
         return f"{RESULTS}/fid/reference-cifar10-precomputed.npz"
+    if FID_CONFIG["reference"] == "edm":
+        return f"{RESULTS}/fid/reference-cifar10-edm.npz"
     return f"{RESULTS}/fid/reference-{FID_CONFIG['features']}.npz"
 
 
+def uses_edm_reference():
+    return FID_CONFIG["reference"] == "edm"
+
+
+def reference_inputs():
+    """The reference statistics job's files: the feature network's assets, and EDM's statistics."""
+    return {
+        **fid_feature_inputs(),
+        **({"edm_reference": EDM_REFERENCE} if uses_edm_reference() else {}),
+    }
+
+
 def reference_flags(wildcards, input):
-    precomputed = "cifar10" if FID_CONFIG["reference"] == "precomputed" else None
-    return " ".join([fid_flags(wildcards, input), flags({"precomputed": precomputed})])
+    edm = uses_edm_reference()
+    return " ".join(
+        [
+            fid_flags(wildcards, input),
+            flags(
+                {
+                    "precomputed": (
+                        "cifar10" if FID_CONFIG["reference"] == "precomputed" else None
+                    ),
+                    "edm_reference": input.edm_reference if edm else None,
+                    "edm_sha256": FID_CONFIG["edm_reference_sha256"] if edm else None,
+                }
+            ),
+        ]
+    )
+
+
+def fid_asset_outputs():
+    """What `aot fid fetch-assets` fetches on the login node: the Inception weights, clean-fid's
+    statistics (in assets.json) and EDM's statistics (fid.reference: edm)."""
+    return {
+        "manifest": f"{FID_CACHE}/assets.json",
+        **({"edm_reference": EDM_REFERENCE} if uses_edm_reference() else {}),
+    }
+
+
+def fetch_asset_flags():
+    """Options of `aot fid fetch-assets`: EDM's statistics too with fid.reference: edm."""
+    if not uses_edm_reference():
+        return ""
+    settings = {
+        "edm_reference_url": FID_CONFIG["edm_reference_url"],
+        "edm_reference_sha256": FID_CONFIG["edm_reference_sha256"],
+    }
+    return f"--only inception cifar10 {EDM_REFERENCE_KEY} {flags(settings)}"
 
 
 def diagnostics_path(part, num_steps):
@@ -633,7 +683,7 @@ def fetch_targets():
     if config["dataset"]["name"] == "cifar10" and cifar_source_is_url():
         out.append(f"{DOWNLOADS}/cifar-10-python.tar.gz")
     if FID_CONFIG["features"] == "inception":
-        out.append(f"{FID_CACHE}/assets.json")
+        out += list(fid_asset_outputs().values())
     out += [network_path(m) for m in IMPORTED]
     return out
 

@@ -1,6 +1,7 @@
 # Stage 4: measurements. FID with clean-fid in legacy_tensorflow mode (the TF-Inception numbers of
-# EDM and the paper) against CIFAR-10 training statistics, or, offline, the Frechet distance in the
-# feature space of a classifier trained here on the dataset (labelled as such everywhere).
+# EDM and the paper) against CIFAR-10 training statistics (clean-fid's, EDM's cifar10-32x32.npz or
+# the dataset's: fid.reference), or, offline, the Frechet distance in the feature space of a
+# classifier trained here on the dataset (labelled as such everywhere).
 # The FID of a sample set is measured by the job that makes the set (sample.smk, dg.smk).
 # Trajectory diagnostics for Figures 2, 3, 6-9.
 
@@ -11,7 +12,7 @@ localrules:
 
 rule fetch_fid_assets:
     output:
-        f"{FID_CACHE}/assets.json",
+        **fid_asset_outputs(),
     log:
         f"{LOGS}/fetch_fid_assets.log",
     benchmark:
@@ -20,9 +21,10 @@ rule fetch_fid_assets:
         CONDA_ENV
     params:
         aot=AOT_CLI,
-        cache_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        cache_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+        args=fetch_asset_flags(),
     shell:
-        "{params.aot} fid fetch-assets --cache-dir {params.cache_dir:q} > {log:q} 2>&1"
+        "{params.aot} fid fetch-assets --cache-dir {params.cache_dir:q} {params.args} > {log:q} 2>&1"
 
 
 rule train_features:
@@ -49,7 +51,7 @@ rule train_features:
 
 rule reference_stats:
     input:
-        **fid_feature_inputs(),
+        **reference_inputs(),
         data=DATASET,
     output:
         reference_path(),
@@ -57,8 +59,8 @@ rule reference_stats:
         f"{LOGS}/reference_stats.log",
     benchmark:
         f"{BENCH}/reference_stats.tsv"
-    # EDM's precomputed statistics are a copy from clean-fid's cache: no GPU job for that
-    localrule: FID_CONFIG["reference"] == "precomputed"
+    # precomputed statistics (clean-fid's, EDM's) are a checked copy of a fetched file: no GPU job
+    localrule: FID_CONFIG["reference"] in ("precomputed", "edm")
     conda:
         CONDA_ENV
     threads: threads_for("reference_stats")

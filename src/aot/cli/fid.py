@@ -1,4 +1,5 @@
-"""`python -m aot fid fetch-assets|train-features|reference|measure|aggregate`: FID of sample sets (aot.fid).
+"""`python -m aot fid fetch-assets|train-features|reference|measure|aggregate|compare-references`: FID of
+sample sets (aot.fid, aot.fid_reference).
 
     python -m aot fid measure --samples X.npz --ref ref.npz --out X.json [--repeat 0]
     python -m aot fid measure --samples rep0.npz rep1.npz --ref ref.npz --out rep0.json rep1.json [--repeat 0 1]
@@ -17,6 +18,9 @@ from .options import ArgParser, add_device, bool_flag, number_arg
 
 # = aot.fid.INCEPTION_URL, repeated so that `--help` needs no numpy or torch (tests check both are clean-fid's)
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+# = aot.fid_reference.EDM_REFERENCE_URL and EDM_REFERENCE_KEY, for the same reason
+EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz"
+EDM_KEY = "edm-cifar10"
 
 
 def add_parser(subparsers) -> None:
@@ -28,13 +32,17 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("fetch-assets", help="download the Inception weights and CIFAR-10 statistics (login node)")
     p.add_argument("--cache-dir", "--dest", dest="cache_dir", default=None,
                    help="asset folder (default: $AOT_FID_CACHE; required for the Inception weights)")
-    p.add_argument("--only", nargs="+", choices=["inception", "cifar10"], default=["inception", "cifar10"],
-                   help="which assets (default: both)")
+    p.add_argument("--only", nargs="+", choices=["inception", "cifar10", EDM_KEY], default=["inception", "cifar10"],
+                   help=f"which assets (default: inception and cifar10; {EDM_KEY}: EDM's reference statistics "
+                        "cifar10-32x32.npz, with --edm-reference-sha256)")
     p.add_argument("--inception-url", default=INCEPTION_URL, help="URL of the Inception weights (default: clean-fid's)")
     p.add_argument("--inception-sha256", default=None,
                    help="expected SHA-256 of the weights (default: the published one for clean-fid's URL; for "
                         "another URL, the first download's is recorded and checked on every load)")
     p.add_argument("--stats-url", default=None, help="URL of the CIFAR-10 statistics (default: clean-fid's)")
+    p.add_argument("--edm-reference-url", default=EDM_URL, help="URL of EDM's cifar10-32x32.npz (default: EDM's)")
+    p.add_argument("--edm-reference-sha256", default=None,
+                   help=f"expected SHA-256 of EDM's cifar10-32x32.npz (required with --only ... {EDM_KEY})")
     p.add_argument("--timeout", type=number_arg("--timeout", positive=True), default=60.0,
                    help="seconds without data before an attempt fails (default: 60)")
     bool_flag(p, "force", False, "download even if a valid file is present")
@@ -56,6 +64,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", help="EDM-format dataset (zip or folder); with --precomputed only checked")
     p.add_argument("--precomputed", metavar="cifar10",
                    help="use clean-fid's precomputed statistics (legacy_tensorflow, train split) instead")
+    p.add_argument("--edm-reference", metavar="NPZ", default=None,
+                   help="use EDM's reference statistics (its cifar10-32x32.npz, from fetch-assets) instead")
+    p.add_argument("--edm-sha256", default=None, help="expected SHA-256 of the --edm-reference file (required with it)")
     p.add_argument("--features", default="inception", help="'inception' or a feature network file")
     p.add_argument("--out", required=True)
     p.add_argument("--max-images", type=_positive("--max-images"), default=None)
@@ -76,6 +87,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, nargs="+", metavar="X.json", help="result JSON, one per sample set")
     _compute_options(p)
     p.set_defaults(func=measure)
+
+    p = sub.add_parser("compare-references", help="FID of one sample set against two or more references",
+                       description="FID of one sample set against each reference (files of `reference`, one "
+                                   "feature space), its features computed once: how far apart two references put "
+                                   "the same images, e.g. EDM's statistics and clean-fid's.")
+    p.add_argument("--samples", required=True, metavar="X.npz", help="the sample set (npz)")
+    p.add_argument("--ref", required=True, nargs="+", metavar="REF.npz", help="reference statistics, two or more")
+    p.add_argument("--features", default=None,
+                   help="'inception' or a feature network file (default: the references')")
+    p.add_argument("--out", default=None, metavar="X.json", help="write the comparison as JSON")
+    _compute_options(p)
+    p.set_defaults(func=compare_references)
 
     p = sub.add_parser("aggregate", help="min / mean / std of repeated measurements")
     p.add_argument("results", nargs="+")
@@ -99,7 +122,7 @@ def fetch_assets(args) -> None:
 
     fid.fetch_assets(cache_dir=args.cache_dir, only=args.only, inception_url=args.inception_url,
                      inception_sha256=args.inception_sha256, stats_url=args.stats_url, timeout=args.timeout,
-                     force=args.force)
+                     force=args.force, edm_url=args.edm_reference_url, edm_sha256=args.edm_reference_sha256)
 
 
 def train_features(args) -> None:
@@ -116,7 +139,16 @@ def reference(args) -> None:
 
     set_threads(args.threads)
     fid.reference(out=args.out, data=args.data, precomputed=args.precomputed, features=args.features,
-                  max_images=args.max_images, cache_dir=args.cache_dir, device=args.device, batch=args.batch)
+                  max_images=args.max_images, cache_dir=args.cache_dir, device=args.device, batch=args.batch,
+                  edm_reference=args.edm_reference, edm_sha256=args.edm_sha256)
+
+
+def compare_references(args) -> None:
+    from .. import fid_reference
+
+    set_threads(args.threads)
+    fid_reference.compare_references(samples=args.samples, refs=args.ref, out=args.out, features=args.features,
+                                     cache_dir=args.cache_dir, device=args.device, batch=args.batch)
 
 
 def measure(args) -> None:

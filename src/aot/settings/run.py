@@ -209,6 +209,13 @@ class RunSettings:
             _fail("fid.reference: precomputed statistics exist for Inception features only; use reference: dataset")
         if fid["reference"] == "precomputed" and config["dataset"]["name"] != "cifar10":
             _fail("fid.reference: precomputed statistics exist for CIFAR-10 only; use reference: dataset")
+        if fid["reference"] == "edm":
+            if fid["features"] != "inception" or config["dataset"]["name"] != "cifar10":
+                _fail("fid.reference: EDM's statistics (edm) are Inception statistics of CIFAR-10; use features: "
+                      "inception with dataset cifar10, or reference: dataset")
+            if not fid.get("edm_reference_sha256"):
+                _fail("fid.edm_reference_sha256 is required with fid.reference: edm: the SHA-256 of EDM's "
+                      "cifar10-32x32.npz (`sha256sum` of a copy you trust)")
 
     # --- the dataset -----------------------------------------------------------------------------
 
