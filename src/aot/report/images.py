@@ -57,6 +57,14 @@ def tile(images: np.ndarray, columns: int, pad: int = 1, fill: int = 255) -> np.
     return out
 
 
+def _suptitle(fig: Any, text: str) -> None:
+    """The figure's title, wrapped to its width (a title of three panels may be longer than they)."""
+    import textwrap
+
+    width = max(40, int(fig.get_figwidth() * 14))
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.splitlines()), fontsize=9)
+
+
 def _imshow(ax: Any, img: np.ndarray) -> None:
     img = _hwc(img)
     if img.shape[-1] == 1:
@@ -143,7 +151,7 @@ def plot_trajectory_strip(diag: Any, seed_index: int = 0, max_columns: int = 10,
             if i == 0:
                 ax.set_title("final", fontsize=7)
         axes[i][0].set_ylabel(name, fontsize=6 if "\n" in name else 8)
-    fig.suptitle(title or "single-step denoised estimate x0 along the path (same noise)", fontsize=9)
+    _suptitle(fig, title or "single-step denoised estimate x0 along the path (same noise)")
     return fig
 
 
@@ -197,7 +205,7 @@ def plot_denoised_grid(diag: Any, step: int | None = None, max_seeds: int = 64,
         if final:
             label = f"({chr(ord('a') + j)}) {label}"
         axes[0][j].set_title(label, fontsize=8 if "\n" in label else 9)
-    fig.suptitle(title or f"denoised estimate x0: {_step_text(d, step)}, same seeds", fontsize=9)
+    _suptitle(fig, title or f"denoised estimate x0: {_step_text(d, step)}, same seeds")
     return fig
 
 
@@ -230,7 +238,7 @@ def plot_denoised_by_class(diag: Any, step: int | None = None, per_class: int = 
                 ax.set_title(name, fontsize=8 if "\n" in name else 9)
             if i == 0:
                 ax.set_ylabel(f"class {c}", fontsize=7)
-    fig.suptitle(title or f"denoised estimate x0 per class: {_step_text(d, step)}, same seeds", fontsize=9)
+    _suptitle(fig, title or f"denoised estimate x0 per class: {_step_text(d, step)}, same seeds")
     return fig
 
 
@@ -315,5 +323,5 @@ def plot_sample_grids(sets: Sequence[tuple[np.ndarray, np.ndarray | None, str]],
             ax.set_title(label, fontsize=8)
     for j in range(len(mosaics), nrows * ncols):
         axes[j // ncols][j % ncols].set_axis_off()
-    fig.suptitle(title or "samples", fontsize=9)
+    _suptitle(fig, title or "samples")
     return fig
