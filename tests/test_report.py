@@ -223,9 +223,11 @@ def test_table3_rows_and_cell_choice():
     dg_row = row(full, "model", f"{RETRAINED} + DG")
     assert dg_row["fid_uncond_single"] == pytest.approx(1.9)  # repeat 0, not the minimum 1.8
     assert dg_row["diff_uncond_single"] == pytest.approx(1.9 - 1.77)
-    assert row(disp, "Model", f"{RETRAINED} + DG")["uncond: FID (ours, one 50k set)"] == "1.90"
+    assert row(disp, "Model", f"{RETRAINED} + DG")["uncond: FID (ours, one set)"] == "1.90"
     assert row(disp, "Model", f"{RETRAINED} + DG")["uncond: Δ"] == "+0.13"  # one set vs DG's one set
     assert row(disp, "Model", f"{RETRAINED} w/o DG")["uncond: Δ"] == "+0.03"  # min vs EDM's min of 3
+    digits, _, _ = report.make_table(3, res, dataset="digits")  # nothing quoted: no protocol to name
+    assert set(digits["paper_protocol"]) == {""} and set(digits["paper_source"]) == {""}
 
 
 def test_results_against_different_references_never_mix():

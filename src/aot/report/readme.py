@@ -204,8 +204,10 @@ def _provenance_section(loaded: list, feats: list[str], offline: bool) -> list[s
               "repeats are in the tables and CSV files). Summed over the tables: "
               f"{n_sets} sample-set entries from {n_meas} measurements (a sample set used by "
               "several tables counts once per table).",
-              "- **Quoted from the paper:** every \"paper\" column (CIFAR-10, FID-50k, minimum of "
-              "three), and the literature baselines " + ", ".join(QUOTED_BASELINES)
+              "- **Quoted from the paper:** every \"paper\" column (CIFAR-10, FID-50k as published: the "
+              "paper's own values one 50k set each, its EDM values EDM's minimum of three, its EDM+DG "
+              "values DG's one 50k set; Table 3 names the protocol beside each and adds ours on one "
+              "set, repeat 0), and the literature baselines " + ", ".join(QUOTED_BASELINES)
               + " in Tables 1-2 (status \"quoted\"); this pipeline does not train them.",
               f"- **Two EDM baselines:** \"{PUBLISHED_EDM}\" is EDM's official network imported "
               "from its pickle (the paper's EDM numbers are this network's, trained at batch 512); "
@@ -240,8 +242,9 @@ def _fidelity_section(base: Path) -> list[str]:
     link = f"[{FIDELITY_DOC}]({_rel(doc, base)})" if doc else f"`{FIDELITY_DOC}` of the aot repository"
     return ['<a id="fidelity"></a>', "## Fidelity: where the sources disagree", "",
             "Every place where the paper, the authors' code, EDM and DG disagree or are silent "
-            "(Table 3's NFE, the conditional batch, Table 4's unreadable cells, the discriminator's "
-            f"epochs, the FID reference statistics, the EDM baselines), and what this run chose: {link}.",
+            "(Table 3's NFE, the conditional batch, Table 4's unreadable cells, the discriminators' "
+            "recipes, the FID reference statistics and protocol, the training seeds, the EDM baselines), "
+            f"and what this run chose: {link}.",
             ""]
 
 

@@ -120,7 +120,7 @@ def display_table(number: int, full: pd.DataFrame, feature_network: str | None) 
         for c in [c for c in ("uncond", "cond") if f"fid_{c}" in full]:
             single = full[f"fid_{c}_single"] if f"fid_{c}_single" in full else pd.Series([float("nan")] * len(full))
             out[f"{c}: {m} (ours, min)"] = full[f"fid_{c}"].map(fmt_value)
-            out[f"{c}: {m} (ours, one 50k set)"] = single.map(fmt_value)
+            out[f"{c}: {m} (ours, one set)"] = single.map(fmt_value)
             out[f"{c}: n"] = [str(n) if n else "" for n in full[f"n_{c}"]]
             out[f"{c}: FID (paper)"] = full[f"fid_{c}_paper"].map(paper_cell)
             # like for like: the one-set difference beside a one-set paper value

@@ -234,8 +234,8 @@ def discriminator_text(training: Any) -> str:
         return ""
     if "batch" not in training:
         return f"imported ({training['source']})" if training.get("source") else ""
-    pool = training.get("pool_size")
-    return (f"batch {training['batch']}, {training.get('epoch')} epochs, lr {fmt(training.get('lr'))}, "
+    pool, epochs = training.get("pool_size"), training.get("epoch")
+    return (f"batch {training['batch']}, {epochs} epoch{'' if epochs == 1 else 's'}, lr {fmt(training.get('lr'))}, "
             f"weight decay {fmt(training.get('weight_decay'))}, "
             + (f"AOT pools of N = {pool}" if pool else "independent noise"))
 
@@ -244,15 +244,15 @@ def table3_notes(full: pd.DataFrame, compared: bool = True) -> list[str]:
     """Table 3's own notes: the two FID protocols and (`compared`: a Δ is shown) what Δ compares,
     the two discriminator recipes, and the training of each measured guided row's discriminator
     (from its results)."""
-    notes = ["Ours: (ours, min) is the minimum over the repeats of a sample set (disjoint 50k seed "
-             "ranges, EDM's protocol); (ours, one 50k set) is its repeat 0 alone, the protocol of the "
-             "paper's one-set values." + (" Δ compares like with like: one 50k set against a one-set "
-                                           "paper value, the minimum against a minimum of three (the "
-                                           "paper protocol column)." if compared else ""),
-             "Discriminators: the EDM+DG rows' as DG trains its released heads (dg.baseline.<part>: DG's "
-             "train.py, batch 128); EDM-AOT's, with and without AOT, with the paper's recipe (dg.<part>: "
-             "batch = N = 512 unconditional, N = 2048 conditional), so that those two rows differ only "
-             "in the pairing."]
+    notes = ["Ours: (ours, min) is the minimum over the repeats of a sample set (disjoint seed ranges, "
+             "EDM's protocol); (ours, one set) is its repeat 0 alone (fid.num_images images, 50k at the "
+             "paper's scale), the protocol of the paper's one-set values."
+             + (" Δ compares like with like: one set against a one-set paper value, the minimum against "
+                "a minimum of three (the paper protocol column)." if compared else ""),
+             "Discriminators: the EDM+DG rows' trained as DG trains its released heads (dg.baseline.<part>; "
+             "the paper config: DG's batch 128); EDM-AOT's, with and without AOT, with the paper's recipe "
+             "(dg.<part>; batch = N = 512 unconditional, N = 2048 conditional), so that those two rows "
+             "differ only in the pairing."]
     used: dict[str, list[str]] = {}
     for _, row in full.iterrows():
         for c in ("uncond", "cond"):
@@ -320,11 +320,11 @@ def build_table3(agg: pd.DataFrame, dataset: str | None = PAPER_DATASET) -> pd.D
     for label in labels + extra_labels:
         p = paper[paper["model"] == table3_paper_label(label)]
         p = p.iloc[0] if len(p) else None
-        protocol, source = TABLE3_PAPER_PROTOCOL.get(table3_paper_label(label), ("", ""))
+        quoted = p is not None and any(pd.notna(p[f"fid_{cond_name(c)}"]) for c in (False, True))
+        protocol, source = TABLE3_PAPER_PROTOCOL.get(table3_paper_label(label), ("", "")) if quoted else ("", "")
         row: dict[str, Any] = {"model": label,
                                "nfe_paper": int(p["nfe"]) if p is not None and pd.notna(p["nfe"]) else None,
-                               "paper_protocol": protocol if p is not None else "",
-                               "paper_source": source if p is not None else ""}
+                               "paper_protocol": protocol, "paper_source": source}
         for cond in (False, True):
             c = cond_name(cond)
             r = _table3_cell(agg, label, cond)
