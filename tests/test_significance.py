@@ -7,8 +7,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,6 +77,7 @@ def test_an_imported_model_is_refused_only_when_the_study_is_asked_for():
     run = load(cfg)  # `all` still plans
     (problem,) = run.replicate_problems("significance")
     assert "edm-uncond-vp" in problem and "imported" in problem and "\n" not in problem
+    assert "edm-uncond-vp-rep1" not in run.models  # nothing of it is registered
 
 
 def test_a_model_named_like_a_replicate_with_other_settings_is_refused():
@@ -297,3 +300,51 @@ def test_cli_refuses_a_bad_design(tmp_path):
                           "--out-prefix", str(tmp_path / "s")], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and res.stderr.startswith("error: significance")
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end, on a copy of the tiny run (tests/configs/tiny.yaml)
+
+
+@pytest.mark.slow
+def test_significance_end_to_end_on_the_tiny_run(tiny_run, tmp_path):
+    """`snakemake significance` after `all`: replicate 0 is `all`'s model (not trained again, its
+    sets not made again), replicate 1 trains with seed + 1; the table's values are the FID results'
+    means; `snakemake all` then puts the study into the run report."""
+    from conftest import RUN, TINY
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    extra = tmp_path / "significance.yaml"
+    extra.write_text(yaml.safe_dump({"significance": {"replicates": 2, "parts": ["uncond"], "nfe": [7]}}))
+    run_dir = work / "results" / RUN
+    kept = {p: p.stat().st_mtime_ns for p in [*run_dir.glob("models/*-uncond/network-final.pt"),
+                                                 *run_dir.glob("fid/*-uncond/*/rep0.json")]}
+    assert kept
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+           "--cores", "2"]
+    config = ["--configfile", str(TINY), str(extra)]  # last: it takes several values
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([*cmd, "significance", *config], capture_output=True, text=True, timeout=1200, env=env)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing of `all` was made again
+    trained_now = sorted(re.findall(r"models/([^/]+)/network-final\.pt", res.stdout + res.stderr))
+    assert sorted(set(trained_now)) == ["aot-uncond-rep1", "edm-uncond-rep1"]
+    for arm in ("edm", "aot"):
+        options = json.loads((run_dir / "models" / f"{arm}-uncond-rep1" / "training_options.json").read_text())
+        base = json.loads((run_dir / "models" / f"{arm}-uncond" / "training_options.json").read_text())
+        assert options["seed"] == base["seed"] + 1
+        assert {k: v for k, v in options.items() if k not in ("seed", "model_name", "outdir")} == \
+            {k: v for k, v in base.items() if k not in ("seed", "model_name", "outdir")}
+    table = pd.read_csv(run_dir / "tables" / "significance.csv", comment="#")
+    assert list(table["kind"]) == ["default", "tables", "nfe"] and table["replicates"].eq(2).all()
+    # the EDM value of replicate 1 at the default sampler: the mean of its set's repeats
+    rep1 = sorted(run_dir.glob("fid/edm-uncond-rep1/heun-n8-rho7/rep*.json"))
+    fids = [json.loads(p.read_text())["fid"] for p in rep1]
+    assert len(fids) == 2
+    assert float(table["edm_values"].iloc[0].split()[1]) == pytest.approx(np.mean(fids), rel=1e-5)
+    assert (run_dir / "figures" / "significance.png").stat().st_size > 0
+    res = subprocess.run([*cmd, "all", *config], capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    readme = (run_dir / "README.md").read_text()
+    assert "Significance: EDM-AOT minus EDM" in readme and "significance.png" in readme

@@ -1,10 +1,11 @@
 """Statistics of the significance study: is EDM-AOT's FID gain larger than a second training run's?
 
-The paper, like EDM and DG, reports the minimum of three FID measurements of one trained network per
-method. The study trains K independently seeded replicates per model instead; replicate r of EDM and
-of EDM-AOT share the training seed, and every replicate is sampled with the same sampling seeds (a
-paired design). Per sampler setting each replicate gives one FID per arm. This module turns those
-numbers into statistics (docs/significance.md explains them for a reader who knows FID):
+The paper, like EDM and DG, measures one trained network per method (once; EDM's protocol, which
+the pipeline's tables follow, takes the minimum of three measurements). The study trains K
+independently seeded replicates per model instead; replicate r of EDM and of EDM-AOT share the
+training seed, and every replicate is sampled with the same sampling seeds (a paired design). Per
+sampler setting each replicate gives one FID per arm. This module turns those numbers into
+statistics (docs/significance.md explains them for a reader who knows FID):
 
 * :func:`fd_interval`: the Frechet distance between two feature sets with a bootstrap confidence
   interval for the population distance, corrected for the estimator's finite-sample bias;

@@ -348,9 +348,9 @@ def plot_significance(full: pd.DataFrame, meta: dict) -> Any:
     forest plot, one panel per part), zero dashed and the paper's gain as a cross where known."""
     parts = list(dict.fromkeys(full["part"])) or ["uncond"]
     height = max(2.5, 0.45 * max((full["part"] == p).sum() for p in parts) + 1.2)
-    fig, axes = new_figure(1, len(parts), size=(6.0, height))
+    fig, axes = new_figure(len(parts), 1, size=(7.5, height))
     level = float(meta["level"])
-    for ax, part in zip(axes[0], parts):
+    for ax, part in zip(axes[:, 0], parts):
         rows = full[full["part"] == part].reset_index(drop=True)
         ys = list(range(len(rows)))[::-1]
         for y, (_, r) in zip(ys, rows.iterrows()):
@@ -365,7 +365,7 @@ def plot_significance(full: pd.DataFrame, meta: dict) -> Any:
         labels = [f"{r['setting']}" + (f" ({r['comparison']})" if meta["study"] != "significance" else "")
                   for _, r in rows.iterrows()]
         ax.set_yticks(ys, labels, fontsize=7)
-        ax.set_xlabel(f"{meta['metric']} difference, EDM-AOT minus EDM ({level * 100:g} % CI)")
+        ax.set_xlabel(f"{meta['metric']}: EDM-AOT minus EDM, mean and {level * 100:g} % CI", fontsize=8)
         ax.set_title(f"{part}: K = {', '.join(str(int(k)) for k in sorted(set(rows['replicates'])))} replicates",
                      fontsize=9)
         if rows["paper_gain"].notna().any():

@@ -514,7 +514,7 @@ class RunSettings:
                             _fail(f"models: {name!r} is the name of replicate {r} of {base!r}, but its settings "
                                   f"differ from {base!r}'s with seed {seed + r}; rename it")
                 entries.append({"study": study, "part": part, "arm": arm, "base": base, "replicate": r,
-                                "model": name, "new": bool(r) and name not in self.models, "train": t,
+                                "model": name, "new": bool(r) and not problem and name not in self.models, "train": t,
                                 "problem": problem})
         self._check_paired_seeds(entries)
         return entries
