@@ -328,7 +328,8 @@ def test_significance_end_to_end_on_the_tiny_run(tiny_run, tmp_path):
     res = subprocess.run([*cmd, "significance", *config], capture_output=True, text=True, timeout=1200, env=env)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing of `all` was made again
-    trained_now = sorted(re.findall(r"models/([^/]+)/network-final\.pt", res.stdout + res.stderr))
+    trained_now = re.findall(r"rule train:\s*\n(?:\s+\w+: [^\n]*\n)*?\s+output: results/[^/]+/models/([^/]+)/"
+                             r"network-final\.pt", res.stdout + res.stderr)
     assert sorted(set(trained_now)) == ["aot-uncond-rep1", "edm-uncond-rep1"]
     for arm in ("edm", "aot"):
         options = json.loads((run_dir / "models" / f"{arm}-uncond-rep1" / "training_options.json").read_text())
