@@ -227,25 +227,17 @@ def _needed(fn, effect, sd, level, power) -> int | None:
     return fn(abs(effect), sd, level=level, power=power)
 
 
-def _interval(mean: Any, low: Any, high: Any) -> str:
-    if mean is None or pd.isna(mean):
-        return ""
-    cell = fmt_value(mean)
-    if low is not None and not pd.isna(low):
-        cell += f" [{fmt_value(low)}, {fmt_value(high)}]"
-    return cell
-
-
 def _signed(v: Any) -> str:
-    return "" if v is None or pd.isna(v) else f"{float(v):+.3f}"
+    return f"{float(v):+.3f}"
 
 
-def _signed_interval(mean: Any, low: Any, high: Any) -> str:
+def _cell(mean: Any, low: Any, high: Any, fmt=fmt_value) -> str:
+    """'mean [low, high]' (the interval left out where there is none), empty without a mean."""
     if mean is None or pd.isna(mean):
         return ""
-    cell = _signed(mean)
+    cell = fmt(mean)
     if low is not None and not pd.isna(low):
-        cell += f" [{_signed(low)}, {_signed(high)}]"
+        cell += f" [{fmt(low)}, {fmt(high)}]"
     return cell
 
 
@@ -269,8 +261,8 @@ def power_note(row: Any, power: float) -> str:
     return "; ".join(parts)
 
 
-def _cells(fmt, full: pd.DataFrame, arm: str) -> list[str]:
-    return [fmt(*r) for r in full[[f"{arm}_mean", f"{arm}_low", f"{arm}_high"]].itertuples(index=False)]
+def _cells(full: pd.DataFrame, arm: str, fmt=fmt_value) -> list[str]:
+    return [_cell(*r, fmt=fmt) for r in full[[f"{arm}_mean", f"{arm}_low", f"{arm}_high"]].itertuples(index=False)]
 
 
 def display_table(full: pd.DataFrame, meta: dict) -> pd.DataFrame:
@@ -279,9 +271,9 @@ def display_table(full: pd.DataFrame, meta: dict) -> pd.DataFrame:
     return pd.DataFrame({
         "Part": full["part"], "Comparison": full["comparison"], "Setting": full["setting"],
         "K": full["replicates"],
-        f"EDM {m} mean [{ci}]": _cells(_interval, full, "edm"),
-        f"EDM-AOT {m} mean [{ci}]": _cells(_interval, full, "aot"),
-        f"Difference [{ci}]": _cells(_signed_interval, full, "diff"),
+        f"EDM {m} mean [{ci}]": _cells(full, "edm"),
+        f"EDM-AOT {m} mean [{ci}]": _cells(full, "aot"),
+        f"Difference [{ci}]": _cells(full, "diff", fmt=_signed),
         "p": full["p"].map(_p_cell),
         "Min of repeats, replicate 0 (EDM / EDM-AOT)": [
             f"{fmt_value(a)} / {fmt_value(b)}" for a, b in zip(full["edm_paper_protocol"], full["aot_paper_protocol"])],
