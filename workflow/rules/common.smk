@@ -760,24 +760,32 @@ _PACKED = {}
 
 def packed_sets(kind):
     """{"<model>/<key>": group id} of every set of a kind that the run's tables, figures and
-    pool-size study can ask for."""
+    studies can ask for. The sets of `all` are packed first and alone, then the pool-size
+    study's and the significance study's that `all` does not have, each in groups of their own:
+    a target's groups are never filled with sets of another target, whose jobs it does not run.
+    """
     if kind not in _PACKED:
         guided = kind == "guided"
         # a fixed runtime of the rule is what each member asks for; else it follows the work
         fixed = config["resources"]["generate_dg" if guided else "generate"].get(
             "runtime"
         )
-        minutes = {}
-        every = [p for paths in TABLES.values() for p in paths] + pool_study_fids()
-        every += significance_fids("significance") + significance_fids("pool_study")
-        for model, key in fid_sets(every):
-            if key.startswith("dg") == guided:
-                plain = key.split("-", 1)[1] if guided else key
-                work = sample_set_work_s(plain, guided)
-                minutes[f"{model}/{key}"] = fixed or minutes_for(
-                    work, WALLTIME["signal_s"]
-                )
-        groups = pack_groups(minutes, WALLTIME["max_minutes"], sets_per_job(kind))
+        targets = [
+            [p for paths in TABLES.values() for p in paths],
+            pool_study_fids(),
+            significance_fids("significance") + significance_fids("pool_study"),
+        ]
+        groups, seen = [], set()
+        for every in targets:
+            minutes = {}
+            for model, key in fid_sets(every):
+                name = f"{model}/{key}"
+                if key.startswith("dg") == guided and name not in seen:
+                    plain = key.split("-", 1)[1] if guided else key
+                    work = sample_set_work_s(plain, guided)
+                    minutes[name] = fixed or minutes_for(work, WALLTIME["signal_s"])
+            groups += pack_groups(minutes, WALLTIME["max_minutes"], sets_per_job(kind))
+            seen |= set(minutes)
         _PACKED[kind] = {
             n: f"{kind}{i}" for i, names in enumerate(groups) for n in names
         }
