@@ -417,15 +417,7 @@ class Interference:
             if self.first_done(g):
                 g.state = "start"
             return
-        if g.state == "start":
-            segs = sh.log_segments(self.p(set_log(*g.second)))
-            if segs:
-                g.job = segs[-1].job
-                self.move_end(g.job, g.note)
-                g.state = "moved"
-            return
-        if g.state == "moved" and self.put_limit_back(g.job, g.note):
-            g.state = "done"
+        self.move_end_once_started(g, set_log(*g.second))
 
     # C: the second member's network damaged once the first member has finished
     def step_bad_input(self, g: Group) -> None:
@@ -448,15 +440,20 @@ class Interference:
 
     # D: the end time near as the discriminator starts
     def step_end_time_discriminator(self, d: Discriminator) -> None:
-        if d.state == "start":
-            segs = sh.log_segments(self.p(disc_log(d.model, d.mode)))
+        self.move_end_once_started(d, disc_log(d.model, d.mode))
+
+    def move_end_once_started(self, item: Group | Discriminator, log: str) -> None:
+        """start -> moved: once the job's log has its first segment, its end time is moved near;
+        moved -> done: once the job has been requeued (Restarts >= 1), its time limit is put back."""
+        if item.state == "start":
+            segs = sh.log_segments(self.p(log))
             if segs:
-                d.job = segs[-1].job
-                self.move_end(d.job, d.note)
-                d.state = "moved"
+                item.job = segs[-1].job
+                self.move_end(item.job, item.note)
+                item.state = "moved"
             return
-        if d.state == "moved" and self.put_limit_back(d.job, d.note):
-            d.state = "done"
+        if item.state == "moved" and self.put_limit_back(item.job, item.note):
+            item.state = "done"
 
 
 @pytest.fixture(scope="module")
